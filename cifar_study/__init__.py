@@ -1,0 +1,1 @@
+"""Shared code for the CIFAR-10 SimpleCNN study pipeline (see README.md)."""

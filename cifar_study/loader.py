@@ -1,0 +1,101 @@
+"""Batches for training and evaluation, two ways with one augmentation distribution.
+
+- `CustomCIFAR10` + `DataLoader` (`train.loader: dataloader`): the reference, one image at a
+  time through torchvision transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, Normalize).
+- `TensorLoader` (`train.loader: tensor`, the default): the whole uint8 split lives in one tensor
+  on the training device, and each batch is cropped, flipped and normalised at once, airbench-style.
+  Crop offsets and flips are drawn per image from a seeded CPU generator, so the stream of
+  batches is the same on every device.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from cifar_study.data import Split
+
+PAD = 4  # RandomCrop(32, padding=4): zero padding, crop offset uniform in 0..2*PAD per axis
+SIZE = 32
+
+
+class CustomCIFAR10(torch.utils.data.Dataset):
+    """Images from the canonical uint8 arrays as normalised float tensors (C, H, W)."""
+
+    def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], augment: bool):
+        self.images, self.labels = split.images, split.labels
+        steps = [T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip()] if augment else []
+        self.transform = T.Compose([*steps, T.Normalize(mean, std)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div_(255)
+        return self.transform(image), int(self.labels[i])
+
+
+def dataloader(split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
+               batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(CustomCIFAR10(split, mean, std, augment), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, generator=generator, persistent_workers=num_workers > 0)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per image: a random 32x32 crop of the zero-padded 40x40 image and a flip with p=0.5."""
+    n, device = images.shape[0], images.device
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    base = torch.arange(SIZE)
+    rows = (dy + base).to(device)
+    cols = (dx + torch.where(flip, SIZE - 1 - base, base)).to(device)
+    # One gather for the whole batch: out[b, c, h, w] = padded[b, c, rows[b, h], cols[b, w]].
+    return padded[torch.arange(n, device=device)[:, None, None, None],
+                  torch.arange(images.shape[1], device=device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TensorLoader:
+    """Iterates over (normalised float images, labels) batches of a split held in device memory."""
+
+    def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
+                 batch_size: int, shuffle: bool, seed: int, device: torch.device):
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images.transpose(0, 3, 1, 2))).to(device)
+        self.labels = torch.from_numpy(split.labels).to(device)
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        # x/255 normalised in one multiply-add: (x/255 - mean)/std = x*scale + shift.
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+        self.augment, self.batch_size, self.shuffle = augment, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                images = random_crop_flip(images, self.generator)
+            yield images.float() * self.scale + self.shift, self.labels[idx]
+
+
+def make_loader(kind: str, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
+                batch_size: int, seed: int, device: torch.device, num_workers: int = 0):
+    """A training loader (augment=True, shuffled) or an evaluation one, of the kind `train.loader` names."""
+    if kind == "tensor":
+        return TensorLoader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
+                            seed=seed, device=device)
+    return dataloader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
+                      num_workers=num_workers, seed=seed)

@@ -1,0 +1,141 @@
+"""params.yaml, validated once into typed, frozen objects.
+
+Every stage calls `load_params()`; nothing else reads the raw YAML. A wrong key, type or
+value raises `ParamError` whose message names the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_study.errors import ParamError
+
+# torchvision.datasets.CIFAR10's archive and checksum, repeated here so that the
+# parameters (and DVC's view of them) stay plain data.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float | None = None,
+          le: float | None = None, default: Any) -> Any:
+    return field(default=default, metadata={"choices": choices, "ge": ge, "gt": gt, "le": le})
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = _rule(default="download", choices=("download", "folder", "synthetic"))
+    path: str = ""  # source=folder: directory or .tar/.tar.gz in image-folder layout
+    url: str = CIFAR10_URL  # source=download: http(s):// or file:// URL of cifar-10-python.tar.gz
+    md5: str = CIFAR10_MD5
+    train_limit: int = _rule(default=0, ge=0)  # 0 = all; else a class-balanced subset
+    test_limit: int = _rule(default=0, ge=0)
+    val_size: int = _rule(default=0, ge=0)  # 0 = held-out set is the test split (the seed's protocol)
+    seed: int = 0  # subset selection and synthetic images
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str = _rule(default="simple_cnn", choices=("simple_cnn",))
+    dropout: float = _rule(default=0.5, ge=0.0, le=0.999)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = _rule(default=30, gt=0)
+    batch_size: int = _rule(default=128, gt=0)
+    lr: float = _rule(default=0.001, gt=0.0)
+    seed: int = 42
+    device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
+    num_workers: int = _rule(default=0, ge=0)  # loader=dataloader only
+    flow_every: int = _rule(default=200, gt=0)  # batches between gradient/weight-flow snapshots
+    channels_last: bool = False
+    amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class PlotParams:
+    samples: int = _rule(default=32, gt=0, le=100)  # images in the sample-prediction grid
+    dpi: int = _rule(default=120, ge=50, le=600)
+
+
+@dataclass(frozen=True)
+class WandbParams:
+    mode: str = _rule(default="offline", choices=("offline", "online", "disabled"))
+    project: str = "cifar10-simplecnn"
+    entity: str = ""  # empty: the account's default entity
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    plots: PlotParams = field(default_factory=PlotParams)
+    wandb: WandbParams = field(default_factory=WandbParams)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as a plain dict (for checkpoints and W&B configs)."""
+        return dataclasses.asdict(getattr(self, name))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw or {})
+
+
+def parse_params(raw: Any) -> Params:
+    return _build(Params, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "params.yaml"
+    if not isinstance(raw, dict):
+        raise ParamError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamError(f"{prefix}{unknown[0]}: unknown key (allowed in {where}: {', '.join(fields)})")
+    values = {}
+    for name, value in raw.items():
+        key, kind = f"{prefix}{name}", hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, prefix=f"{key}.")
+        else:
+            values[name] = _check(key, value, kind, fields[name].metadata)
+    return cls(**values)
+
+
+def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> Any:
+    # bool is an int subclass in Python, so `epochs: true` must be refused explicitly.
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ParamError(f"{key}: expected {kind.__name__}, got {value!r}")
+    value = kind(value)
+    if rule.get("choices") and value not in rule["choices"]:
+        raise ParamError(f"{key}: {value!r} is not one of {', '.join(rule['choices'])}")
+    if rule.get("ge") is not None and value < rule["ge"]:
+        raise ParamError(f"{key}: {value!r} must be >= {rule['ge']}")
+    if rule.get("gt") is not None and value <= rule["gt"]:
+        raise ParamError(f"{key}: {value!r} must be > {rule['gt']}")
+    if rule.get("le") is not None and value > rule["le"]:
+        raise ParamError(f"{key}: {value!r} must be <= {rule['le']}")
+    return value

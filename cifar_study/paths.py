@@ -1,0 +1,13 @@
+"""Where each stage reads and writes; dvc.yaml declares the same paths."""
+DATA = "data/cifar10.npz"
+RAW_DIR = "data/raw"  # downloaded archives (git-ignored, kept so a re-run does not download again)
+DATA_SUMMARY = "metrics/data.json"
+FLOPS = "metrics/flops.json"
+CHECKPOINT = "models/model.pt"
+TRAIN_METRICS = "metrics/train.json"
+HISTORY = "plots/data/history.csv"
+FLOW = "plots/data/flow.csv"
+EVAL_METRICS = "metrics/eval.json"
+PREDICTIONS = "plots/data/predictions.csv"
+CLASS_ACCURACY = "plots/data/class_accuracy.csv"
+FIGURES = "plots/figures"

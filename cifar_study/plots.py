@@ -1,0 +1,121 @@
+"""The study's figures, each a function from plain data to a matplotlib Figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
+
+from cifar_study.flow import FlowSnapshot
+from cifar_study.io import atomic_path
+
+CORRECT, WRONG = "#1a7f37", "#cf222e"
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def learning_curves(history: list[dict], heldout_name: str) -> Figure:
+    epochs = [int(r["epoch"]) for r in history]
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for ax, metric, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "acc", "Accuracy")):
+        scale = 100 if metric == "acc" else 1
+        ax.plot(epochs, [float(r[f"train_{metric}"]) * scale for r in history], "o-", label="train (augmented)")
+        ax.plot(epochs, [float(r[f"heldout_{metric}"]) * scale for r in history], "s-",
+                label=f"{heldout_name} (held-out)")
+        ax.set(title=f"{title} per epoch", xlabel="epoch", ylabel="accuracy (%)" if metric == "acc" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves")
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    threshold = confusion.max() / 2
+    for i in ticks:
+        for j in ticks:
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if confusion[i, j] > threshold else "black")
+    acc = np.trace(confusion) / max(confusion.sum(), 1)
+    ax.set(title=f"Confusion matrix on the test split (accuracy {acc:.2%})", xlabel="predicted class",
+           ylabel="actual class")
+    return fig
+
+
+def class_accuracy_figure(accuracy: np.ndarray, classes: list[str]) -> Figure:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    bars = ax.barh(classes, accuracy * 100, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracy], padding=3, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(title="Accuracy per class on the test split", xlabel="accuracy (%)", ylabel="class", xlim=(0, 110))
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def prediction_grid(images: np.ndarray, actual: list[str], predicted: list[str]) -> Figure:
+    cols = min(8, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig = Figure(figsize=(cols * 1.6, rows * 1.9))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, a, p in zip(axes.flat, images, actual, predicted):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"pred: {p}\ntrue: {a}", fontsize=8, color=CORRECT if a == p else WRONG)
+    right = sum(a == p for a, p in zip(actual, predicted))
+    fig.suptitle(f"Sample test predictions: {right}/{len(actual)} correct (green correct, red wrong)")
+    return fig
+
+
+def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
+    """Mean and max |grad| or |W| per layer, at the first, middle and last snapshot (log scale)."""
+    label = {"grad": "|gradient|", "weight": "|weight|"}[quantity]
+    picks = sorted({0, len(snapshots) // 2, len(snapshots) - 1})
+    layers = snapshots[0].layers
+    x = np.arange(len(layers))
+    width = 0.8 / len(picks)
+    fig = Figure(figsize=(13, 4.5))
+    axes = fig.subplots(1, 2)
+    for ax, stat in zip(axes, ("mean", "max")):
+        for k, i in enumerate(picks):
+            snap = snapshots[i]
+            ax.bar(x + (k - (len(picks) - 1) / 2) * width, snap.stat(f"{quantity}_{stat}"), width,
+                   label=f"step {snap.step} (epoch {snap.epoch})")
+        ax.set_yscale("log")
+        ax.set_xticks(x, layers, rotation=45, ha="right")
+        ax.set(title=f"{stat.capitalize()} {label} per layer", xlabel="layer (non-bias parameters)",
+               ylabel=f"{stat} {label} (log scale)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{'Gradient' if quantity == 'grad' else 'Weight'} flow")
+    return fig
+
+
+def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
+    """Mean |gradient| of every layer at every snapshot: the whole run in one picture."""
+    values = np.array([snap.stat("grad_mean") for snap in snapshots]).T  # (layers, steps)
+    fig = Figure(figsize=(11, 4.5))
+    ax = fig.subplots()
+    positive = values[values > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="viridis", norm=norm,
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="mean |gradient| (log scale)")
+    steps = [snap.step for snap in snapshots]
+    tick_idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
+    ax.set_xticks(tick_idx, [str(steps[i]) for i in tick_idx])
+    ax.set_yticks(np.arange(len(snapshots[0].layers)), snapshots[0].layers)
+    ax.set(title="Gradient flow over the whole run", xlabel="training step (batch)", ylabel="layer")
+    return fig

@@ -1,0 +1,143 @@
+"""The training loop: Adam, cross-entropy, per-epoch train and held-out metrics, flow snapshots.
+
+A plain loop in the nanoGPT manner. Loss and accuracy are summed on the device and read back
+only at progress-bar updates and at the end of an epoch, so a GPU never waits on the host.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from cifar_study.errors import ParamError, UserError
+from cifar_study.flow import FlowSnapshot, flow_parameters, flow_snapshot
+from cifar_study.params import TrainParams
+
+SYNC_EVERY = 20  # batches between host reads (progress bar, non-finite-loss check)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class TrainLogger(Protocol):
+    """Receives what training produces as it happens (W&B implements this)."""
+
+    def log_epoch(self, record: dict) -> None: ...
+
+    def log_flow(self, snapshot: FlowSnapshot) -> None: ...
+
+
+class NullLogger:
+    def log_epoch(self, record: dict) -> None:
+        pass
+
+    def log_flow(self, snapshot: FlowSnapshot) -> None:
+        pass
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    predictions: torch.Tensor  # (N,) predicted class, on the CPU
+    probabilities: torch.Tensor  # (N, classes) softmax, on the CPU
+    labels: torch.Tensor  # (N,)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one record per epoch
+    flow: list[FlowSnapshot] = field(default_factory=list)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ParamError(f"train.amp: 'fp16' needs a CUDA device (training on {device.type}); use bf16 or none")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def prepare_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "none",
+             channels_last: bool = False) -> Evaluation:
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        with autocast(device, amp):
+            logits.append(model(prepare_input(x, device, channels_last)).float())
+        labels.append(y.to(device))
+    logits_t, labels_t = torch.cat(logits), torch.cat(labels)
+    loss = F.cross_entropy(logits_t, labels_t).item()
+    predictions = logits_t.argmax(1)
+    return Evaluation(loss, (predictions == labels_t).float().mean().item(), predictions.cpu(),
+                      logits_t.softmax(1).cpu(), labels_t.cpu())
+
+
+def train(model: nn.Module, train_loader: Iterable, heldout_loader: Iterable, p: TrainParams,
+          device: torch.device, heldout_name: str, logger: TrainLogger | None = None) -> TrainResult:
+    """Train `model` in place for `p.epochs` epochs; return per-epoch history and flow snapshots."""
+    logger = logger or NullLogger()
+    model.to(device)
+    if p.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if p.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
+    watched = flow_parameters(model)
+    result, step = TrainResult(), 0
+    for epoch in range(1, p.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
+        seen = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True)
+        for batch, (x, y) in enumerate(bar):
+            x, y = prepare_input(x, device, p.channels_last), y.to(device, non_blocking=True)
+            with autocast(device, p.amp):
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if step % p.flow_every == 0:
+                scaler.unscale_(optimizer)  # flow statistics must see the true gradients
+                snapshot = flow_snapshot(watched, step, epoch)
+                result.flow.append(snapshot)
+                logger.log_flow(snapshot)
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            step += 1
+            if batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1:
+                if first_bad.item() >= 0:
+                    raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad.item() + 1}: "
+                                           f"lower train.lr (now {p.lr}) or check the data")
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+        bar.close()
+        heldout = evaluate(forward, heldout_loader, device, p.amp, p.channels_last)
+        record = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                  "heldout_loss": heldout.loss, "heldout_acc": heldout.acc, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - started}
+        result.history.append(record)
+        logger.log_epoch(record)
+        print(f"epoch {epoch}/{p.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+              f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
+    return result

@@ -1,0 +1,44 @@
+"""Stage evaluate: the trained model on the test split: accuracy, loss, confusion, per-class accuracy."""
+import numpy as np
+
+from cifar_study import paths
+from cifar_study.checkpoint import load_checkpoint, model_from_checkpoint
+from cifar_study.cli import run_stage
+from cifar_study.data import load_dataset
+from cifar_study.device import resolve_device
+from cifar_study.io import write_csv, write_json
+from cifar_study.loader import make_loader
+from cifar_study.params import load_params
+from cifar_study.scores import class_accuracy, confusion_matrix
+from cifar_study.training import evaluate
+
+
+def main() -> None:
+    params = load_params()
+    device = resolve_device(params.train.device)
+    state = load_checkpoint(paths.CHECKPOINT, device)
+    model = model_from_checkpoint(state, device)
+    dataset = load_dataset(paths.DATA)
+    classes = state["classes"]
+    loader = make_loader("tensor", dataset.test, state["mean"], state["std"], augment=False,
+                         batch_size=1000, seed=0, device=device)
+    result = evaluate(model, loader, device)
+
+    actual, predicted = result.labels.numpy(), result.predictions.numpy()
+    per_class = class_accuracy(confusion_matrix(actual, predicted, len(classes)))
+    write_json(paths.EVAL_METRICS, {
+        "test_acc": round(result.acc, 6), "test_loss": round(result.loss, 6),
+        "per_class_acc": {c: round(float(a), 6) for c, a in zip(classes, per_class)},
+    })
+    confidence = result.probabilities.max(dim=1).values.numpy()
+    write_csv(paths.PREDICTIONS, [
+        {"index": i, "actual": classes[a], "predicted": classes[p], "confidence": round(float(c), 4)}
+        for i, (a, p, c) in enumerate(zip(actual, predicted, confidence))], ("index", "actual", "predicted", "confidence"))
+    write_csv(paths.CLASS_ACCURACY, [{"class": c, "accuracy": round(float(a), 6)} for c, a in zip(classes, per_class)],
+              ("class", "accuracy"))
+    print(f"evaluate: test accuracy {result.acc:.4f}, loss {result.loss:.4f} on {len(actual)} images; "
+          f"worst class {classes[int(np.argmin(per_class))]} ({per_class.min():.3f})")
+
+
+if __name__ == "__main__":
+    run_stage(main)
