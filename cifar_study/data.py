@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -152,27 +155,37 @@ def split_validation(split: Split, val_size: int, num_classes: int, seed: int) -
 # --- download: the official python archive ---------------------------------------------------
 
 def from_download(url: str, md5: str, raw_dir: Path) -> Dataset:
-    """Fetch cifar-10-python.tar.gz with torchvision (md5-checked) and read its pickled batches."""
+    """Fetch cifar-10-python.tar.gz with torchvision, check its md5, and read its pickled batches.
+
+    The archive is kept in `raw_dir`, so a re-run with the same md5 does not download again.
+    """
     from torchvision.datasets.utils import check_integrity, download_url
 
-    filename = "cifar-10-python.tar.gz"
-    archive = raw_dir / filename
+    archive = raw_dir / "cifar-10-python.tar.gz"
     if not check_integrity(str(archive), md5):
+        # Download beside the final name and rename only when the checksum matches: an
+        # interrupted or corrupt download is never mistaken for the archive.
+        part = archive.with_name(archive.name + ".part")
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail fast instead of hanging without network
         try:
-            download_url(url, str(raw_dir), filename, md5=None)
+            if url.startswith("file://"):  # torchvision's downloader cannot read file:// URLs
+                raw_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(url2pathname(urlparse(url).path), part)
+            else:
+                download_url(url, str(raw_dir), part.name, md5=None)
         except Exception as exc:  # URLError, HTTPError, timeouts, OSError: all mean "no archive"
-            archive.unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             raise DataError(
-                f"could not download {url}: {exc}. Offline? Point data.url at a local copy "
-                f"(file:///path/to/{filename}) or set data.source: folder with data.path: "
-                f"a directory or .tar.gz in train/<class>/, test/<class>/ layout") from None
+                f"could not download {url} ({exc}). Offline? Set data.url to a local copy "
+                f"(file:///path/to/cifar-10-python.tar.gz), or data.source: folder with data.path: "
+                f"a directory or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg") from None
         finally:
             socket.setdefaulttimeout(old_timeout)
-        if not check_integrity(str(archive), md5):
-            archive.unlink(missing_ok=True)  # never leave a corrupt archive behind as if valid
-            raise DataError(f"{url}: downloaded file's md5 is not {md5} (corrupt or wrong file; removed)")
+        if not check_integrity(str(part), md5):
+            part.unlink()
+            raise DataError(f"{url}: the downloaded file's md5 is not data.md5={md5} (corrupt or wrong file; deleted)")
+        part.replace(archive)
     return read_python_archive(archive)
 
 

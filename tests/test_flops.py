@@ -1,0 +1,29 @@
+from cifar_study.flops import count_flops, flops_report, torch_flop_count
+from cifar_study.model import SimpleCNN, count_parameters
+
+
+def test_simple_cnn_flops_match_the_seed_exactly():
+    report = flops_report(SimpleCNN())
+    assert report["flops"] == 161_163_264
+    assert report["gflops"] == 0.1612
+    assert report["params"] == count_parameters(SimpleCNN()) == 4_441_482
+
+
+def test_per_layer_flops_follow_the_seed_formula():
+    layers = {layer.name: layer.flops for layer in count_flops(SimpleCNN())}
+    assert layers == {
+        "block1.conv": 2 * 3 * 32 * 9 * 32 * 32,
+        "block2.conv": 2 * 32 * 64 * 9 * 32 * 32,
+        "block3.conv": 2 * 64 * 128 * 9 * 16 * 16,
+        "block4.conv": 2 * 128 * 128 * 9 * 16 * 16,
+        "fc1": 2 * 8192 * 512,
+        "fc2": 2 * 512 * 10,
+    }
+
+
+def test_flop_counter_mode_agrees():
+    assert torch_flop_count(SimpleCNN()) == 161_163_264
+
+
+def test_flops_scale_with_classes():
+    assert flops_report(SimpleCNN(num_classes=5))["flops"] == 161_163_264 - 2 * 512 * 5
