@@ -48,18 +48,18 @@ def dataloader(split: Split, mean: Sequence[float], std: Sequence[float], *, aug
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per image: a random 32x32 crop of the zero-padded 40x40 image and a flip with p=0.5."""
-    n, device = images.shape[0], images.device
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    n, c, device = images.shape[0], images.shape[1], images.device
+    side = SIZE + 2 * PAD
+    padded = F.pad(images, (PAD, PAD, PAD, PAD)).view(n, c, side * side)
     dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
     flip = torch.rand(n, 1, generator=generator) < 0.5
     base = torch.arange(SIZE)
-    rows = (dy + base).to(device)
-    cols = (dx + torch.where(flip, SIZE - 1 - base, base)).to(device)
-    # One gather for the whole batch: out[b, c, h, w] = padded[b, c, rows[b, h], cols[b, w]].
-    return padded[torch.arange(n, device=device)[:, None, None, None],
-                  torch.arange(images.shape[1], device=device)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    rows = (dy + base) * side
+    cols = dx + torch.where(flip, SIZE - 1 - base, base)
+    # One gather for the whole batch: out[b, :, h, w] = padded[b, :, rows[b, h] + cols[b, w]].
+    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, SIZE * SIZE).to(device)
+    return torch.gather(padded, 2, index.expand(n, c, SIZE * SIZE)).view(n, c, SIZE, SIZE)
 
 
 class TensorLoader:
@@ -88,7 +88,7 @@ class TensorLoader:
             images = self.images[idx]
             if self.augment:
                 images = random_crop_flip(images, self.generator)
-            yield images.float() * self.scale + self.shift, self.labels[idx]
+            yield images.float().mul_(self.scale).add_(self.shift), self.labels[idx]
 
 
 def make_loader(kind: str, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,

@@ -86,58 +86,80 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
                       logits_t.softmax(1).cpu(), labels_t.cpu())
 
 
+@dataclass
+class Run:
+    """What the training loop carries between batches and epochs."""
+    model: nn.Module  # the module that owns the parameters (saved in checkpoints)
+    forward: nn.Module  # what is called on batches: the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    watched: list  # (layer name, parameter) pairs for the flow statistics
+    p: TrainParams
+    device: torch.device
+    step: int = 0  # global batch index
+
+
+def setup(model: nn.Module, p: TrainParams, device: torch.device) -> Run:
+    model.to(device)
+    if p.channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast(device, p.amp)  # refuses an unusable amp setting before any work
+    return Run(model, torch.compile(model) if p.compile else model, torch.optim.Adam(model.parameters(), lr=p.lr),
+               torch.amp.GradScaler(device.type, enabled=p.amp == "fp16"), flow_parameters(model), p, device)
+
+
+def train_epoch(run: Run, loader: Iterable, epoch: int, logger: TrainLogger, flow: list[FlowSnapshot]) -> tuple[float, float]:
+    """One pass over `loader`; returns the epoch's mean train loss and accuracy."""
+    p, device = run.p, run.device
+    run.forward.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True)
+    for batch, (x, y) in enumerate(bar):
+        x, y = prepare_input(x, device, p.channels_last), y.to(device, non_blocking=True)
+        with autocast(device, p.amp):
+            logits = run.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if run.step % p.flow_every == 0:
+            run.scaler.unscale_(run.optimizer)  # flow statistics must see the true gradients
+            snapshot = flow_snapshot(run.watched, run.step, epoch)
+            flow.append(snapshot)
+            logger.log_flow(snapshot)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        loss = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        run.step += 1
+        if batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1:
+            if first_bad.item() >= 0:
+                raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad.item() + 1}: "
+                                       f"lower train.lr (now {p.lr}) or check the data")
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+    bar.close()
+    return loss_sum.item() / seen, correct.item() / seen
+
+
 def train(model: nn.Module, train_loader: Iterable, heldout_loader: Iterable, p: TrainParams,
           device: torch.device, heldout_name: str, logger: TrainLogger | None = None) -> TrainResult:
     """Train `model` in place for `p.epochs` epochs; return per-epoch history and flow snapshots."""
     logger = logger or NullLogger()
-    model.to(device)
-    if p.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if p.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
-    watched = flow_parameters(model)
-    result, step = TrainResult(), 0
+    run, result = setup(model, p, device), TrainResult()
     for epoch in range(1, p.epochs + 1):
-        model.train()
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
-        seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True)
-        for batch, (x, y) in enumerate(bar):
-            x, y = prepare_input(x, device, p.channels_last), y.to(device, non_blocking=True)
-            with autocast(device, p.amp):
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if step % p.flow_every == 0:
-                scaler.unscale_(optimizer)  # flow statistics must see the true gradients
-                snapshot = flow_snapshot(watched, step, epoch)
-                result.flow.append(snapshot)
-                logger.log_flow(snapshot)
-            scaler.step(optimizer)
-            scaler.update()
-            loss = loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            step += 1
-            if batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1:
-                if first_bad.item() >= 0:
-                    raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad.item() + 1}: "
-                                           f"lower train.lr (now {p.lr}) or check the data")
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-        bar.close()
-        heldout = evaluate(forward, heldout_loader, device, p.amp, p.channels_last)
-        record = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                  "heldout_loss": heldout.loss, "heldout_acc": heldout.acc, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - started}
+        train_loss, train_acc = train_epoch(run, train_loader, epoch, logger, result.flow)
+        heldout = evaluate(run.forward, heldout_loader, device, p.amp, p.channels_last)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                  "heldout_loss": heldout.loss, "heldout_acc": heldout.acc,
+                  "lr": run.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(record)
         logger.log_epoch(record)
-        print(f"epoch {epoch}/{p.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+        print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
     return result

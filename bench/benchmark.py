@@ -1,0 +1,286 @@
+"""Data-path and training-throughput benchmark: the plain PyTorch way against this pipeline.
+
+Runs, in one process, on the same data and device:
+  (a) loader throughput: torchvision + PIL per-image DataLoader vs the pipeline's TensorLoader;
+  (b) training throughput of SimpleCNN train steps: the plain loop (plain loader, fp32, loss.item()
+      every batch) vs the pipeline's default options vs its speed options;
+  (c) the share of step time spent waiting for data, and in flow snapshots at train.flow_every.
+Configurations are measured in interleaved rounds and medians are reported, so a slow patch on a
+noisy machine hits all of them alike. Prints a table and writes JSON.
+
+    python bench/benchmark.py [--device cpu|cuda|mps|auto] [--quick] [--out bench/results/benchmark.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cifar_study.data import channel_stats, synthetic  # noqa: E402
+from cifar_study.device import resolve_device, seed_everything  # noqa: E402
+from cifar_study.flops import flops_report  # noqa: E402
+from cifar_study.flow import flow_parameters, flow_snapshot  # noqa: E402
+from cifar_study.loader import TensorLoader  # noqa: E402
+from cifar_study.model import SimpleCNN  # noqa: E402
+from cifar_study.params import TrainParams  # noqa: E402
+from cifar_study.training import NullLogger, setup, train_epoch  # noqa: E402
+
+BATCH = 128
+
+
+class PlainCIFAR10(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: a PIL image from the uint8 array, then transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def plain_loader(images, labels, mean, std, workers: int) -> DataLoader:
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    return DataLoader(PlainCIFAR10(images, labels, transform), batch_size=BATCH, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
+def batches(loader, n: int) -> Iterator:
+    """`n` batches, cycling over the loader as often as needed."""
+    while True:
+        for item in loader:
+            yield item
+            n -= 1
+            if n == 0:
+                return
+
+
+class Limited:
+    """A loader cut to `n` batches (with a length, for the progress bar), timing each wait for data."""
+
+    def __init__(self, loader, n: int, sync: Callable[[], None]):
+        self.loader, self.n, self.sync, self.data_seconds = loader, n, sync, 0.0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        it = batches(self.loader, self.n)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.data_seconds += time.perf_counter() - started
+            yield item
+
+
+def plain_steps(model, optimizer, loader, n: int, device, sync) -> float:
+    """The plain loop of tutorials and of the seed: fp32, a host read of the loss every batch."""
+    model.train()
+    running = 0.0
+    sync()
+    started = time.perf_counter()
+    for x, y in batches(loader, n):
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+    sync()
+    return time.perf_counter() - started
+
+
+@dataclasses.dataclass
+class Config:
+    name: str
+    options: dict  # TrainParams overrides; empty for the plain loop
+    plain: bool = False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (a smoke run, noisier)")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to warm up)")
+    ap.add_argument("--out", default="bench/results/benchmark.json")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    steps, rounds, warmup = (8, 3, 2) if args.quick else (20, 5, 3)
+    torch.manual_seed(0)
+    ds = synthetic(seed=0)  # same shapes as CIFAR-10; loading cost does not depend on content
+    images, labels = ds.train.images, ds.train.labels
+    mean, std = channel_stats(images)
+    split = ds.train
+
+    # (a) loader throughput
+    loaders = {
+        "plain torchvision+PIL DataLoader (0 workers)": lambda: plain_loader(images, labels, mean, std, 0),
+        "pipeline TensorLoader": lambda: TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True,
+                                                      seed=0, device=device),
+    }
+    loader_batches = 10 if args.quick else 30
+    loader_ips: dict[str, list[float]] = {k: [] for k in loaders}
+    for _ in range(rounds):
+        for name, make in loaders.items():
+            loader = make()
+            sync()
+            started = time.perf_counter()
+            for x, _ in batches(loader, loader_batches):
+                x.sum()  # touch the data, as training would
+            sync()
+            loader_ips[name].append(loader_batches * BATCH / (time.perf_counter() - started))
+
+    # (b) + (c) training throughput
+    configs = [
+        Config("plain loop (PIL DataLoader, fp32, .item() per batch)", {}, plain=True),
+        Config("pipeline default (TensorLoader, fp32)", {}),
+        Config("pipeline + channels_last", {"channels_last": True}),
+        Config("pipeline + bf16 autocast", {"amp": "bf16"}),
+        Config("pipeline + bf16 + channels_last", {"amp": "bf16", "channels_last": True}),
+    ]
+    if args.compile:
+        configs.append(Config("pipeline + bf16 + channels_last + compile",
+                              {"amp": "bf16", "channels_last": True, "compile": True}))
+    state = {}
+    for cfg in configs:
+        seed_everything(0)
+        model = SimpleCNN()
+        if cfg.plain:
+            state[cfg.name] = (model.to(device), torch.optim.Adam(model.parameters(), lr=1e-3),
+                               plain_loader(images, labels, mean, std, 0))
+        else:
+            p = TrainParams(**{"flow_every": 10**9, **cfg.options})  # flow cost is measured apart, below
+            state[cfg.name] = (setup(model, p, device),
+                               TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True, seed=0,
+                                            device=device))
+    train_ips: dict[str, list[float]] = {c.name: [] for c in configs}
+    data_share: dict[str, list[float]] = {c.name: [] for c in configs}
+
+    def measure(cfg: Config, n: int) -> tuple[float, float]:
+        if cfg.plain:
+            model, optimizer, loader = state[cfg.name]
+            return plain_steps(model, optimizer, loader, n, device, sync), float("nan")
+        run, loader = state[cfg.name]
+        limited = Limited(loader, n, sync)
+        sync()
+        started = time.perf_counter()
+        train_epoch(run, limited, 1, NullLogger(), [])
+        sync()
+        elapsed = time.perf_counter() - started
+        return elapsed, limited.data_seconds / elapsed
+
+    for cfg in configs:
+        measure(cfg, warmup)  # first batches: allocator, oneDNN/cuDNN kernel choice, compilation
+    for _ in range(rounds):
+        for cfg in configs:
+            elapsed, share = measure(cfg, steps)
+            train_ips[cfg.name].append(steps * BATCH / elapsed)
+            data_share[cfg.name].append(share)
+
+    # (c) flow snapshot cost at the default interval, against the default config's step time
+    run, loader = state[configs[1].name]
+    x, y = next(iter(loader))
+    F.cross_entropy(run.forward(x), y).backward()
+    snap_times = []
+    for _ in range(20):
+        sync()
+        started = time.perf_counter()
+        flow_snapshot(run.watched, 0, 1)
+        sync()
+        snap_times.append(time.perf_counter() - started)
+    step_seconds = BATCH / statistics.median(train_ips[configs[1].name])
+    flow_every = TrainParams().flow_every
+    flow_share = statistics.median(snap_times) / (flow_every * step_seconds)
+
+    # the physical limit: training FLOPs per image (forward + backward ≈ 3 × forward) against a
+    # dense matmul's measured rate on this device
+    train_flops = 3 * flops_report(SimpleCNN())["flops"]
+    peak = {dtype: matmul_rate(device, dtype, sync) for dtype in ("float32", "bfloat16")}
+
+    report = {
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "quick": args.quick, "batch_size": BATCH, "steps_per_round": steps,
+        "rounds": rounds,
+        "loader_images_per_s": {k: statistics.median(v) for k, v in loader_ips.items()},
+        "train_images_per_s": {k: statistics.median(v) for k, v in train_ips.items()},
+        "train_images_per_s_all": train_ips,
+        "data_wait_share": {k: statistics.median(v) for k, v in data_share.items() if not configs[0].name == k},
+        "flow_snapshot_seconds": statistics.median(snap_times),
+        "flow_share_at_default_interval": flow_share,
+        "train_gflop_per_image": train_flops / 1e9,
+        "matmul_peak_gflops": peak,
+    }
+    print_table(report, configs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+
+
+def matmul_rate(device: torch.device, dtype: str, sync, n: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    a @ b
+    times = []
+    for _ in range(reps):
+        sync()
+        started = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def print_table(r: dict, configs: list[Config]) -> None:
+    print(f"\ndevice: {r['device']} ({r['device_name']}), torch {r['torch']}, {r['threads']} threads, "
+          f"batch {r['batch_size']}, medians of {r['rounds']} rounds")
+    print("\n(a) loader throughput")
+    loaders = r["loader_images_per_s"]
+    base = next(iter(loaders.values()))
+    for name, ips in loaders.items():
+        print(f"  {name:<55} {ips:>12,.0f} img/s  {ips / base:>7.1f}x")
+    print("\n(b) training throughput (SimpleCNN train steps)")
+    train = r["train_images_per_s"]
+    base = train[configs[0].name]
+    for cfg in configs:
+        ips = train[cfg.name]
+        share = r["data_wait_share"].get(cfg.name)
+        data = f"data wait {share:5.1%}" if share is not None else ""
+        achieved = ips * r["train_gflop_per_image"]
+        print(f"  {cfg.name:<55} {ips:>8,.1f} img/s  {ips / base:>5.2f}x  {achieved:>7.1f} GFLOP/s  {data}")
+    print(f"\n(c) flow snapshot: {r['flow_snapshot_seconds'] * 1e3:.2f} ms each = "
+          f"{r['flow_share_at_default_interval']:.3%} of training time at one every 200 batches")
+    print(f"\nphysical limit: {r['train_gflop_per_image']:.4f} GFLOP per training image (3 x forward); "
+          f"dense matmul on this device: {r['matmul_peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
+          f"{r['matmul_peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16")
+
+
+if __name__ == "__main__":
+    main()
