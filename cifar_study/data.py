@@ -12,6 +12,7 @@ import pickle
 import shutil
 import socket
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -143,6 +144,14 @@ def balanced_subset(split: Split, limit: int, num_classes: int, seed: int, key: 
     return Split(split.images[idx], split.labels[idx])
 
 
+def heldout_split(ds: Dataset, p: DataParams) -> tuple[Split, Split, str]:
+    """(train, held-out, its name): the test split by default (the seed's protocol), else a validation split."""
+    if p.val_size == 0:
+        return ds.train, ds.test, "test"
+    train, val = split_validation(ds.train, p.val_size, len(ds.classes), p.seed)
+    return train, val, "val"
+
+
 def split_validation(split: Split, val_size: int, num_classes: int, seed: int) -> tuple[Split, Split]:
     """(train, validation): a class-balanced validation split of `val_size` images held out of `split`."""
     if val_size >= len(split.labels):
@@ -177,7 +186,7 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Dataset:
         except Exception as exc:  # URLError, HTTPError, timeouts, OSError: all mean "no archive"
             part.unlink(missing_ok=True)
             raise DataError(
-                f"could not download {url} ({exc}). Offline? Set data.url to a local copy "
+                f"could not download {url} ({_first_line(exc)}). Offline? Set data.url to a local copy "
                 f"(file:///path/to/cifar-10-python.tar.gz), or data.source: folder with data.path: "
                 f"a directory or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg") from None
         finally:
@@ -198,8 +207,8 @@ def read_python_archive(archive: Path) -> Dataset:
                 if member.isfile() and (name.startswith(("data_batch_", "test_batch")) or name == "batches.meta"):
                     # The archive's md5 was checked above, so unpickling it is safe.
                     batches[name] = pickle.load(tar.extractfile(member), encoding="latin1")
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise DataError(f"{archive}: not a readable CIFAR-10 python archive ({exc})") from None
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, zlib.error) as exc:
+        raise DataError(f"{archive}: not a readable CIFAR-10 python archive ({_first_line(exc)})") from None
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if "test_batch" not in batches or "batches.meta" not in batches or not train_names:
         raise DataError(f"{archive}: missing data_batch_*, test_batch or batches.meta")
@@ -222,14 +231,15 @@ def from_folder(path: Path) -> Dataset:
         return _from_image_files(files, lambda p: p.read_bytes(), str(path))
     try:
         tar = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"data.path: {path} is neither a directory nor a readable tar archive ({exc})") from None
+    except (tarfile.TarError, OSError):
+        raise DataError(f"data.path: {path} is neither a directory nor a readable tar archive "
+                        f"(.tar, .tar.gz, .tar.bz2, .tar.xz)") from None
     with tar:
         try:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
             return _from_image_files(members, lambda m: tar.extractfile(m).read(), str(path))
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise DataError(f"data.path: {path} is truncated or corrupt ({exc})") from None
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
+            raise DataError(f"data.path: {path} is truncated or corrupt ({_first_line(exc)})") from None
 
 
 def _from_image_files(files: dict, read, where: str) -> Dataset:
@@ -267,7 +277,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
                 raise DataError(f"{name}: expected a 32x32 RGB image, got {im.size[0]}x{im.size[1]} {im.mode}")
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{name}: cannot decode image ({exc})") from None
+        raise DataError(f"{name}: cannot decode image ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --- synthetic: learnable class patterns plus noise, for offline smoke runs and tests ---------

@@ -11,3 +11,4 @@ EVAL_METRICS = "metrics/eval.json"
 PREDICTIONS = "plots/data/predictions.csv"
 CLASS_ACCURACY = "plots/data/class_accuracy.csv"
 FIGURES = "plots/figures"
+RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro` removing outputs

@@ -6,9 +6,10 @@ only at progress-bar updates and at the end of an epoch, so a GPU never waits on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from cifar_study.errors import ParamError, UserError
 from cifar_study.flow import FlowSnapshot, flow_parameters, flow_snapshot
 from cifar_study.params import TrainParams
+from cifar_study.resume import ResumeStore
 
 SYNC_EVERY = 20  # batches between host reads (progress bar, non-finite-loss check)
 
@@ -55,6 +57,7 @@ class Evaluation:
 class TrainResult:
     history: list[dict] = field(default_factory=list)  # one record per epoch
     flow: list[FlowSnapshot] = field(default_factory=list)
+    optimizer_state: dict = field(default_factory=dict)  # at the end, for the checkpoint
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -146,20 +149,58 @@ def train_epoch(run: Run, loader: Iterable, epoch: int, logger: TrainLogger, flo
     return loss_sum.item() / seen, correct.item() / seen
 
 
-def train(model: nn.Module, train_loader: Iterable, heldout_loader: Iterable, p: TrainParams,
-          device: torch.device, heldout_name: str, logger: TrainLogger | None = None) -> TrainResult:
-    """Train `model` in place for `p.epochs` epochs; return per-epoch history and flow snapshots."""
+def rng_state(run: Run, loader: Any) -> dict[str, Any]:
+    """Every random stream training draws from: dropout (torch), data order and augmentation (loader)."""
+    return {"torch": torch.get_rng_state(), "loader": loader.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []}
+
+
+def set_rng_state(run: Run, loader: Any, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    loader.generator.set_state(state["loader"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(model: nn.Module, train_loader: Any, heldout_loader: Iterable, p: TrainParams,
+          device: torch.device, heldout_name: str, logger: TrainLogger | None = None,
+          resume: ResumeStore | None = None) -> TrainResult:
+    """Train `model` in place for `p.epochs` epochs; return per-epoch history and flow snapshots.
+
+    With `resume`, the state after each epoch is saved there, and a matching saved state is
+    continued from instead of starting at epoch 1.
+    """
     logger = logger or NullLogger()
     run, result = setup(model, p, device), TrainResult()
-    for epoch in range(1, p.epochs + 1):
+    saved = resume.load() if resume else None
+    if saved:
+        model.load_state_dict(saved["model_state"])
+        run.optimizer.load_state_dict(saved["optimizer_state"])
+        run.scaler.load_state_dict(saved["scaler_state"])
+        run.step = saved["step"]
+        result.history = saved["history"]
+        result.flow = [FlowSnapshot(**f) for f in saved["flow"]]
+        set_rng_state(run, train_loader, saved["rng"])
+        print(f"resuming after epoch {saved['epoch']}/{p.epochs} from {resume.path}", flush=True)
+    for epoch in range(len(result.history) + 1, p.epochs + 1):
         started = time.perf_counter()
-        train_loss, train_acc = train_epoch(run, train_loader, epoch, logger, result.flow)
+        try:
+            train_loss, train_acc = train_epoch(run, train_loader, epoch, logger, result.flow)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of {device.type} memory at train.batch_size={p.batch_size}: "
+                            f"lower train.batch_size (or use train.amp: bf16)") from None
         heldout = evaluate(run.forward, heldout_loader, device, p.amp, p.channels_last)
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                   "heldout_loss": heldout.loss, "heldout_acc": heldout.acc,
                   "lr": run.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(record)
+        if resume:
+            resume.save({"epoch": epoch, "step": run.step, "model_state": model.state_dict(),
+                         "optimizer_state": run.optimizer.state_dict(), "scaler_state": run.scaler.state_dict(),
+                         "history": result.history, "flow": [dataclasses.asdict(f) for f in result.flow],
+                         "rng": rng_state(run, train_loader)})
         logger.log_epoch(record)
         print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
+    result.optimizer_state = run.optimizer.state_dict()
     return result

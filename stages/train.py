@@ -1,13 +1,17 @@
 """Stage train: the study's training run; writes the checkpoint, per-epoch history and flow data."""
+import sys
+from pathlib import Path
+
 from cifar_study import paths
 from cifar_study.checkpoint import save_checkpoint
 from cifar_study.cli import run_stage
-from cifar_study.data import channel_stats, load_dataset, split_validation
+from cifar_study.data import channel_stats, heldout_split, load_dataset
 from cifar_study.device import resolve_device, seed_everything
 from cifar_study.io import write_csv, write_json
 from cifar_study.loader import make_loader
 from cifar_study.model import build_model
 from cifar_study.params import load_params
+from cifar_study.resume import ResumeStore, fingerprint
 from cifar_study.training import train
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr", "seconds")
@@ -20,11 +24,7 @@ def main() -> None:
     device = resolve_device(p.device)
     dataset = load_dataset(paths.DATA)
     classes = dataset.classes
-    if params.data.val_size:
-        train_split, heldout = split_validation(dataset.train, params.data.val_size, len(classes), params.data.seed)
-        heldout_name = "val"
-    else:  # the seed's protocol: the per-epoch held-out numbers are on the test split
-        train_split, heldout, heldout_name = dataset.train, dataset.test, "test"
+    train_split, heldout, heldout_name = heldout_split(dataset, params.data)
     mean, std = channel_stats(train_split.images)
     print(f"train: {len(train_split.labels)} images on {device}; held-out: {heldout_name} split "
           f"({len(heldout.labels)} images)", flush=True)
@@ -35,9 +35,17 @@ def main() -> None:
     heldout_loader = make_loader(p.loader, heldout, mean, std, augment=False, batch_size=1000,
                                  seed=p.seed, device=device, num_workers=p.num_workers)
     model = build_model(params.model, len(classes))
-    result = train(model, train_loader, heldout_loader, p, device, heldout_name)
+    resume = ResumeStore(Path(paths.RESUME), fingerprint(params.section("model"), params.section("train"),
+                                                         params.data.val_size, params.data.seed, files=(paths.DATA,)))
+    try:
+        result = train(model, train_loader, heldout_loader, p, device, heldout_name, resume=resume)
+    except KeyboardInterrupt:
+        print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
+              f"(dvc repro) with the same params to continue", file=sys.stderr)
+        raise
 
-    save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), model=params.section("model"),
+    save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), optimizer_state=result.optimizer_state,
+                    model=params.section("model"),
                     train=params.section("train"), classes=classes, mean=mean, std=std,
                     epoch=p.epochs, history=result.history)
     write_csv(paths.HISTORY, result.history, HISTORY_COLUMNS)
@@ -49,6 +57,7 @@ def main() -> None:
         "heldout_loss": round(last["heldout_loss"], 6), "heldout_acc": round(last["heldout_acc"], 6),
         "best_heldout_acc": round(max(r["heldout_acc"] for r in result.history), 6),
     })
+    resume.clear()  # every output is written: nothing left to resume
 
 
 if __name__ == "__main__":

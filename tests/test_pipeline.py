@@ -123,6 +123,21 @@ def test_wandb_settings_rerun_nothing(repo):
     assert ran(dvc(repo, "repro")) == set()
 
 
+def test_bad_param_under_dvc_repro_fails_and_keeps_every_output(repo):
+    outputs = {p: p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file() and ".dvc" not in p.parts
+               and ".git" not in p.parts and p.parts[-2] != "dvc_plots"}
+    set_params(repo, {"train": {"epochs": 0}})
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env(),
+                          capture_output=True, text=True)
+    set_params(repo, {"train": {"epochs": 2}})
+    assert proc.returncode != 0
+    assert "error: train.epochs: 0 must be > 0" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for path, data in outputs.items():
+        if path.name != "params.yaml":
+            assert path.read_bytes() == data, path
+
+
 def test_plots_show_renders_every_plot(repo):
     dvc(repo, "plots", "show", "-o", "dvc_plots")
     html = (repo / "dvc_plots/index.html").read_text()

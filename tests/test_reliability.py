@@ -1,0 +1,245 @@
+"""Bad input gets one clear line and changes nothing; interrupted training resumes; writes are atomic."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cifar_study import io as cio
+from cifar_study.data import Split, fetch, from_folder
+from cifar_study.errors import DataError, UserError
+from cifar_study.model import SimpleCNN
+from cifar_study.params import DataParams, TrainParams
+from cifar_study.training import train
+from tests.conftest import ROOT, encode, image_folder_files, python_archive, write_files, write_tar
+
+# --- bad data: one line naming the file ------------------------------------------------------
+
+
+def corrupt(files: dict, name: str, data: bytes) -> dict:
+    return {**files, name: data}
+
+
+def bad_sources(tmp: Path, tiny) -> list[tuple[str, Path, str]]:
+    files = image_folder_files(tiny)
+    first = next(iter(files))  # train/airplane/0000.png
+    no_cat_test = {k: v for k, v in files.items() if not k.startswith("test/cat/")}
+    no_test = {k: v for k, v in files.items() if not k.startswith("test/")}
+    big = encode(np.zeros((64, 64, 3), np.uint8))
+    gray = encode(np.zeros((32, 32), np.uint8))
+    good_tar = write_tar(tmp / "good.tar.gz", files)
+    truncated = tmp / "truncated.tar.gz"
+    truncated.write_bytes(good_tar.read_bytes()[: good_tar.stat().st_size // 2])
+    text = tmp / "notes.txt"
+    text.write_text("not an archive")
+    return [
+        ("missing path", tmp / "nowhere", "does not exist"),
+        ("not an archive", text, "neither a directory nor a readable tar archive"),
+        ("truncated archive", truncated, "truncated or corrupt"),
+        ("class missing from test", write_files(tmp / "nocat", no_cat_test), "different classes (differ in: cat)"),
+        ("split missing", write_files(tmp / "notest", no_test), "has no test/<class>/"),
+        ("image not 32x32", write_files(tmp / "big", corrupt(files, first, big)),
+         f"{first}: expected a 32x32 RGB image, got 64x64 RGB"),
+        ("image not RGB", write_files(tmp / "gray", corrupt(files, first, gray)),
+         f"{first}: expected a 32x32 RGB image, got 32x32 L"),
+        ("undecodable image", write_files(tmp / "junk", corrupt(files, first, b"\x89PNG garbage")),
+         f"{first}: cannot decode image"),
+    ]
+
+
+def test_bad_data_sources_are_refused_with_the_file_named(tmp_path, tiny):
+    cases = bad_sources(tmp_path, tiny)
+    for label, path, message in cases:
+        with pytest.raises(DataError) as err:
+            from_folder(path)
+        assert message in str(err.value), label
+        assert "\n" not in str(err.value), label
+    assert len(cases) == 8
+
+
+def test_labels_out_of_range_are_refused(tmp_path, tiny):
+    bad = type(tiny)(Split(tiny.train.images, np.where(tiny.train.labels == 3, 12, tiny.train.labels)),
+                     tiny.test, tiny.classes)
+    archive = python_archive(bad, tmp_path / "a.tar.gz")
+    with pytest.raises(DataError, match="train: label 12 out of range 0..9"):
+        fetch(DataParams(source="download", url=archive.as_uri(), md5=hashlib.md5(archive.read_bytes()).hexdigest()),
+              raw_dir=tmp_path / "raw")
+
+
+# --- stages: exit code 2, one line, no traceback, outputs untouched ---------------------------
+
+def project(tmp: Path, **changes) -> Path:
+    """A minimal project directory (package, stages, params) with a tiny synthetic config."""
+    repo = tmp / "proj"
+    if not repo.exists():
+        shutil.copytree(ROOT / "cifar_study", repo / "cifar_study", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
+            "train": {"epochs": 4, "batch_size": 16, "flow_every": 10, "device": "cpu"},
+            "wandb": {"mode": "disabled"}}
+    for section, values in (base | changes).items():
+        params[section].update(values)
+    for section, values in changes.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def stage(repo: Path, name: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_stage(repo: Path, name: str) -> tuple[int, str, str]:
+    proc = stage(repo, name)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for d in ("data", "models", "metrics", "plots") if (repo / d).exists()
+            for p in sorted((repo / d).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny project after fetch_data and an uninterrupted train; returns it and its outputs."""
+    repo = project(tmp_path_factory.mktemp("rel"))
+    for name in ("fetch_data", "train"):
+        code, out, err = run_stage(repo, name)
+        assert code == 0, err
+    assert not (repo / ".train_state/train.pt").exists()  # cleared after a complete run
+    return repo, snapshot(repo)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"train": {"epochs": 0}}, "error: train.epochs: 0 must be > 0"),
+    ({"train": {"lr": "fast"}}, "error: train.lr: expected float, got 'fast'"),
+    ({"train": {"device": "cuda"}}, "error: train.device: 'cuda' asked for"),
+    ({"data": {"val_size": 400}}, "error: data.val_size: 400 must be smaller than the 400 training images"),
+])
+def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, changes, message):
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    repo, outputs = trained
+    project(repo.parent, **changes)
+    code, _, err = run_stage(repo, "train")
+    project(repo.parent)
+    assert code == 2
+    assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert snapshot(repo) == outputs
+
+
+def test_unknown_key_is_refused_by_every_stage(trained):
+    repo, outputs = trained
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epoch"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        for name in ("fetch_data", "flops", "train", "evaluate", "visualize"):
+            code, _, err = run_stage(repo, name)
+            assert code == 2 and err.strip() == "error: train.epoch: unknown key (allowed in train: " \
+                "epochs, batch_size, lr, seed, device, loader, num_workers, flow_every, channels_last, amp, compile)"
+    finally:
+        project(repo.parent)
+    assert snapshot(repo) == outputs
+
+
+def without_seconds(history_csv: bytes) -> list[list[str]]:
+    rows = [line.split(",") for line in history_csv.decode().splitlines()]
+    col = rows[0].index("seconds")
+    return [r[:col] + r[col + 1:] for r in rows]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_training_resumes_to_the_same_result(trained, sig):
+    repo, outputs = trained
+    state = repo / ".train_state/train.pt"
+    proc = stage(repo, "train", start_new_session=True)
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:  # wait for the first complete epoch
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "completed epochs are saved" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert state.exists()
+
+    code, out, err = run_stage(repo, "train")
+    assert code == 0, err
+    assert "resuming after epoch" in out
+    after = snapshot(repo)
+    assert after["metrics/train.json"] == outputs["metrics/train.json"]
+    assert without_seconds(after["plots/data/history.csv"]) == without_seconds(outputs["plots/data/history.csv"])
+    assert after["plots/data/flow.csv"] == outputs["plots/data/flow.csv"]
+    resumed = torch.load(repo / "models/model.pt", weights_only=True)["model_state"]
+    uninterrupted = torch.load(io.BytesIO(outputs["models/model.pt"]), weights_only=True)["model_state"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    assert not state.exists()
+
+
+def test_state_from_other_params_is_not_resumed(trained, tmp_path):
+    repo, _ = trained
+    other = project(tmp_path, train={"lr": 0.002, "epochs": 1})
+    shutil.copytree(repo / "data", other / "data")
+    (other / ".train_state").mkdir()
+    shutil.copy(ROOT / "params.yaml", other / ".train_state/train.pt")  # junk state: must be ignored, loudly
+    code, out, err = run_stage(other, "train")
+    assert code == 0, err
+    assert "ignoring unreadable resume state" in out and "resuming" not in out
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "m.json"
+    cio.write_json(target, {"acc": 0.5})
+    with pytest.raises(RuntimeError), cio.atomic_path(target) as tmp:
+        tmp.write_text('{"acc": 0.')  # half written...
+        raise RuntimeError("killed")  # ...then the process dies
+    assert json.loads(target.read_text()) == {"acc": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_failing_rename_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "h.csv"
+    cio.write_csv(target, [{"a": 1}], ["a"])
+    monkeypatch.setattr(cio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        cio.write_csv(target, [{"a": 2}], ["a"])
+    assert target.read_text().splitlines() == ["a", "1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["h.csv"]
+
+
+# --- training faults ---------------------------------------------------------------------------
+
+class OutOfMemoryModel(SimpleCNN):
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tiny):
+    from cifar_study.loader import make_loader
+    loader = make_loader("tensor", tiny.train, [0.5] * 3, [0.25] * 3, augment=True, batch_size=32, seed=0,
+                         device=torch.device("cpu"))
+    with pytest.raises(UserError, match="out of cpu memory at train.batch_size=32: lower train.batch_size"):
+        train(OutOfMemoryModel(), loader, loader, TrainParams(epochs=1, batch_size=32), torch.device("cpu"), "test")
