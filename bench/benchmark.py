@@ -212,6 +212,8 @@ def main() -> None:
     step_seconds = BATCH / statistics.median(train_ips[configs[1].name])
     flow_every = TrainParams().flow_every
     flow_share = statistics.median(snap_times) / (flow_every * step_seconds)
+    wandb_seconds = wandb_flow_overhead(split, mean, std, device, sync, rounds)
+    wandb_share = wandb_seconds / (flow_every * step_seconds)
 
     # the physical limit: training FLOPs per image (forward + backward ≈ 3 × forward) against a
     # dense matmul's measured rate on this device
@@ -228,6 +230,8 @@ def main() -> None:
         "data_wait_share": {k: statistics.median(v) for k, v in data_share.items() if not configs[0].name == k},
         "flow_snapshot_seconds": statistics.median(snap_times),
         "flow_share_at_default_interval": flow_share,
+        "wandb_flow_log_seconds": wandb_seconds,
+        "wandb_flow_share_at_default_interval": wandb_share,
         "train_gflop_per_image": train_flops / 1e9,
         "matmul_peak_gflops": peak,
     }
@@ -236,6 +240,39 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten: {out}")
+
+
+def wandb_flow_overhead(split, mean, std, device, sync, rounds: int) -> float:
+    """Extra training seconds per flow snapshot logged to W&B (offline): the same 40 train steps with a
+    snapshot every 10 batches, logged to W&B vs not logged, interleaved; median difference / 4."""
+    import os
+    import tempfile
+
+    from cifar_study.params import WandbParams
+    from cifar_study.tracking import Tracker
+
+    steps, every = 40, 10
+    run = setup(SimpleCNN(), TrainParams(flow_every=every), device)
+    loader = TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True, seed=0, device=device)
+    train_epoch(run, Limited(loader, 2, sync), 1, NullLogger(), [])  # warm up
+    extra = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["WANDB_DIR"] = tmp
+        for _ in range(rounds):
+            times = {}
+            for logged in (False, True):
+                tracker = Tracker(WandbParams(mode="offline", project="benchmark"), "benchmark", "bench", {}) \
+                    if logged else NullLogger()
+                run.step = 0
+                sync()
+                started = time.perf_counter()
+                train_epoch(run, Limited(loader, steps, sync), 1, tracker, [])
+                if logged:
+                    tracker.finish()  # wait for the background thread: all of its work is counted
+                sync()
+                times[logged] = time.perf_counter() - started
+            extra.append((times[True] - times[False]) / (steps // every))
+    return statistics.median(extra)
 
 
 def matmul_rate(device: torch.device, dtype: str, sync, n: int = 2048, reps: int = 10) -> float:
@@ -276,7 +313,10 @@ def print_table(r: dict, configs: list[Config]) -> None:
         achieved = ips * r["train_gflop_per_image"]
         print(f"  {cfg.name:<55} {ips:>8,.1f} img/s  {ips / base:>5.2f}x  {achieved:>7.1f} GFLOP/s  {data}")
     print(f"\n(c) flow snapshot: {r['flow_snapshot_seconds'] * 1e3:.2f} ms each = "
-          f"{r['flow_share_at_default_interval']:.3%} of training time at one every 200 batches")
+          f"{r['flow_share_at_default_interval']:.3%} of training time at one every 200 batches (default config)")
+    print(f"    W&B flow logging (2 images + scalars, offline, background thread): "
+          f"{r['wandb_flow_log_seconds'] * 1e3:.0f} ms extra training time each = "
+          f"{r['wandb_flow_share_at_default_interval']:.3%} of training time at one every 200 batches")
     print(f"\nphysical limit: {r['train_gflop_per_image']:.4f} GFLOP per training image (3 x forward); "
           f"dense matmul on this device: {r['matmul_peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
           f"{r['matmul_peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16")

@@ -31,13 +31,13 @@ class TrainingDiverged(UserError):
 class TrainLogger(Protocol):
     """Receives what training produces as it happens (W&B implements this)."""
 
-    def log_epoch(self, record: dict) -> None: ...
+    def log_epoch(self, record: dict, step: int, heldout_name: str) -> None: ...
 
     def log_flow(self, snapshot: FlowSnapshot) -> None: ...
 
 
 class NullLogger:
-    def log_epoch(self, record: dict) -> None:
+    def log_epoch(self, record: dict, step: int, heldout_name: str) -> None:
         pass
 
     def log_flow(self, snapshot: FlowSnapshot) -> None:
@@ -199,7 +199,7 @@ def train(model: nn.Module, train_loader: Any, heldout_loader: Iterable, p: Trai
                          "optimizer_state": run.optimizer.state_dict(), "scaler_state": run.scaler.state_dict(),
                          "history": result.history, "flow": [dataclasses.asdict(f) for f in result.flow],
                          "rng": rng_state(run, train_loader)})
-        logger.log_epoch(record)
+        logger.log_epoch(record, run.step, heldout_name)
         print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
     result.optimizer_state = run.optimizer.state_dict()

@@ -10,7 +10,10 @@ from cifar_study.io import write_csv, write_json
 from cifar_study.loader import make_loader
 from cifar_study.params import load_params
 from cifar_study.scores import class_accuracy, confusion_matrix
+from cifar_study.tracking import Tracker, wandb_group
 from cifar_study.training import evaluate
+
+WANDB_SAMPLES = 100  # test images in W&B's predictions table
 
 
 def main() -> None:
@@ -26,10 +29,9 @@ def main() -> None:
 
     actual, predicted = result.labels.numpy(), result.predictions.numpy()
     per_class = class_accuracy(confusion_matrix(actual, predicted, len(classes)))
-    write_json(paths.EVAL_METRICS, {
-        "test_acc": round(result.acc, 6), "test_loss": round(result.loss, 6),
-        "per_class_acc": {c: round(float(a), 6) for c, a in zip(classes, per_class)},
-    })
+    metrics = {"test_acc": round(result.acc, 6), "test_loss": round(result.loss, 6),
+               "per_class_acc": {c: round(float(a), 6) for c, a in zip(classes, per_class)}}
+    write_json(paths.EVAL_METRICS, metrics)
     confidence = result.probabilities.max(dim=1).values.numpy()
     write_csv(paths.PREDICTIONS, [
         {"index": i, "actual": classes[a], "predicted": classes[p], "confidence": round(float(c), 4)}
@@ -38,6 +40,13 @@ def main() -> None:
               ("class", "accuracy"))
     print(f"evaluate: test accuracy {result.acc:.4f}, loss {result.loss:.4f} on {len(actual)} images; "
           f"worst class {classes[int(np.argmin(per_class))]} ({per_class.min():.3f})")
+
+    # Joins the W&B group of the train run that made this checkpoint, even when evaluate re-runs alone.
+    with Tracker(params.wandb, "evaluate", wandb_group(state.get("run_key", "unknown")),
+                 {"model": state["model"], "train": state["train"], "checkpoint": paths.CHECKPOINT}) as tracker:
+        sample = np.sort(np.random.default_rng(0).choice(len(actual), min(WANDB_SAMPLES, len(actual)), replace=False))
+        tracker.log_evaluation(actual, predicted, classes, per_class, sample, dataset.test.images)
+        tracker.summary({"test_acc": metrics["test_acc"], "test_loss": metrics["test_loss"]})
 
 
 if __name__ == "__main__":

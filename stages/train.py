@@ -7,11 +7,13 @@ from cifar_study.checkpoint import save_checkpoint
 from cifar_study.cli import run_stage
 from cifar_study.data import channel_stats, heldout_split, load_dataset
 from cifar_study.device import resolve_device, seed_everything
+from cifar_study.flops import flops_report
 from cifar_study.io import write_csv, write_json
 from cifar_study.loader import make_loader
 from cifar_study.model import build_model
 from cifar_study.params import load_params
 from cifar_study.resume import ResumeStore, fingerprint
+from cifar_study.tracking import Tracker, wandb_group
 from cifar_study.training import train
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr", "seconds")
@@ -35,29 +37,36 @@ def main() -> None:
     heldout_loader = make_loader(p.loader, heldout, mean, std, augment=False, batch_size=1000,
                                  seed=p.seed, device=device, num_workers=p.num_workers)
     model = build_model(params.model, len(classes))
-    resume = ResumeStore(Path(paths.RESUME), fingerprint(params.section("model"), params.section("train"),
-                                                         params.data.val_size, params.data.seed, files=(paths.DATA,)))
-    try:
-        result = train(model, train_loader, heldout_loader, p, device, heldout_name, resume=resume)
-    except KeyboardInterrupt:
-        print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
-              f"(dvc repro) with the same params to continue", file=sys.stderr)
-        raise
+    # What this run depends on: it keys the resume state and names the W&B group.
+    run_key = fingerprint(params.section("model"), params.section("train"), params.data.val_size,
+                          params.data.seed, files=(paths.DATA, *paths.code_files()))
+    resume = ResumeStore(Path(paths.RESUME), run_key)
+    with Tracker(params.wandb, "train", wandb_group(run_key), {"model": params.section("model"),
+                 "train": params.section("train"), "data": params.section("data")}) as tracker:
+        try:
+            result = train(model, train_loader, heldout_loader, p, device, heldout_name, tracker, resume)
+        except KeyboardInterrupt:
+            print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
+                  f"(dvc repro) with the same params to continue", file=sys.stderr)
+            raise
 
-    save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), optimizer_state=result.optimizer_state,
-                    model=params.section("model"),
-                    train=params.section("train"), classes=classes, mean=mean, std=std,
-                    epoch=p.epochs, history=result.history)
-    write_csv(paths.HISTORY, result.history, HISTORY_COLUMNS)
-    write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
-    last = result.history[-1]
-    write_json(paths.TRAIN_METRICS, {
-        "epochs": p.epochs, "heldout_split": heldout_name,
-        "train_loss": round(last["train_loss"], 6), "train_acc": round(last["train_acc"], 6),
-        "heldout_loss": round(last["heldout_loss"], 6), "heldout_acc": round(last["heldout_acc"], 6),
-        "best_heldout_acc": round(max(r["heldout_acc"] for r in result.history), 6),
-    })
-    resume.clear()  # every output is written: nothing left to resume
+        save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), optimizer_state=result.optimizer_state,
+                        model=params.section("model"), train=params.section("train"), classes=classes, mean=mean,
+                        std=std, epoch=p.epochs, history=result.history, run_key=run_key)
+        write_csv(paths.HISTORY, result.history, HISTORY_COLUMNS)
+        write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
+        last = result.history[-1]
+        metrics = {
+            "epochs": p.epochs, "heldout_split": heldout_name,
+            "train_loss": round(last["train_loss"], 6), "train_acc": round(last["train_acc"], 6),
+            "heldout_loss": round(last["heldout_loss"], 6), "heldout_acc": round(last["heldout_acc"], 6),
+            "best_heldout_acc": round(max(r["heldout_acc"] for r in result.history), 6),
+        }
+        write_json(paths.TRAIN_METRICS, metrics)
+        resume.clear()  # every output is written: nothing left to resume
+        flops = flops_report(build_model(params.model, len(classes)))
+        tracker.summary({**metrics, "gflops_per_sample": flops["gflops"], "flops_per_sample": flops["flops"],
+                         "params": flops["params"]})
 
 
 if __name__ == "__main__":

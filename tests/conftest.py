@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from cifar_study.data import Dataset, Split, synthetic
@@ -70,3 +75,41 @@ def python_archive(ds: Dataset, path: Path) -> Path:
         "cifar-10-batches-py/batches.meta": pickle.dumps({"label_names": ds.classes}),
     }
     return write_tar(path, files)
+
+
+# --- a minimal project directory for running stage scripts ------------------------------------
+
+def project(tmp: Path, **changes) -> Path:
+    """A minimal project directory (package, stages, params) with a tiny synthetic config."""
+    repo = tmp / "proj"
+    if not repo.exists():
+        shutil.copytree(ROOT / "cifar_study", repo / "cifar_study", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
+            "train": {"epochs": 4, "batch_size": 16, "flow_every": 10, "device": "cpu"},
+            "wandb": {"mode": "disabled"}}
+    for changed in (base, changes):
+        for section, values in changed.items():
+            params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def stage(repo: Path, name: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_stage(repo: Path, name: str, env: dict | None = None) -> tuple[int, str, str]:
+    proc = stage(repo, name, env)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for d in ("data", "models", "metrics", "plots") if (repo / d).exists()
+            for p in sorted((repo / d).rglob("*")) if p.is_file()}
+
+

@@ -23,7 +23,7 @@ from cifar_study.errors import DataError, UserError
 from cifar_study.model import SimpleCNN
 from cifar_study.params import DataParams, TrainParams
 from cifar_study.training import train
-from tests.conftest import ROOT, encode, image_folder_files, python_archive, write_files, write_tar
+from tests.conftest import ROOT, encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
 
 # --- bad data: one line naming the file ------------------------------------------------------
 
@@ -79,41 +79,6 @@ def test_labels_out_of_range_are_refused(tmp_path, tiny):
 
 
 # --- stages: exit code 2, one line, no traceback, outputs untouched ---------------------------
-
-def project(tmp: Path, **changes) -> Path:
-    """A minimal project directory (package, stages, params) with a tiny synthetic config."""
-    repo = tmp / "proj"
-    if not repo.exists():
-        shutil.copytree(ROOT / "cifar_study", repo / "cifar_study", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    base = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
-            "train": {"epochs": 4, "batch_size": 16, "flow_every": 10, "device": "cpu"},
-            "wandb": {"mode": "disabled"}}
-    for section, values in (base | changes).items():
-        params[section].update(values)
-    for section, values in changes.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    return repo
-
-
-def stage(repo: Path, name: str, **popen) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
-
-
-def run_stage(repo: Path, name: str) -> tuple[int, str, str]:
-    proc = stage(repo, name)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
-
-
-def snapshot(repo: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(repo)): p.read_bytes() for d in ("data", "models", "metrics", "plots") if (repo / d).exists()
-            for p in sorted((repo / d).rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:

@@ -1,0 +1,182 @@
+"""Weights & Biases logging that can never cost a run.
+
+Every W&B call goes through `Tracker._guard`: the first failure (no network, a bad API key, a
+full disk, a W&B bug) prints one warning and turns W&B off for the rest of the stage, which goes
+on and writes exactly the outputs it writes without W&B.
+
+Logging runs on one background thread, in order: rendering a flow chart takes a few hundred
+milliseconds on a CPU, and the training loop must not wait for it.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import numpy as np
+
+from cifar_study import plots
+from cifar_study.flow import STATS, FlowSnapshot
+from cifar_study.params import WandbParams
+
+INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
+
+
+def wandb_mode(p: WandbParams) -> str:
+    """The WANDB_MODE environment variable overrides `wandb.mode` in params.yaml."""
+    return os.environ.get("WANDB_MODE") or p.mode
+
+
+def wandb_group(run_key: str) -> str:
+    """The W&B group of a pipeline run: the train run's key, which the checkpoint carries to evaluate."""
+    return f"run-{run_key[:10]}"
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def figure_image(fig: Any) -> Any:
+    """A matplotlib Figure as a PIL image (W&B stores it as PNG)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    buf.seek(0)
+    return Image.open(buf)
+
+
+class Tracker:
+    """One W&B run for one stage: `job_type` is the stage, `group` ties a pipeline run's stages together."""
+
+    def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any]):
+        self.run = None
+        self.wandb = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb")  # one thread: logs stay in order
+        mode = wandb_mode(p)
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError as exc:
+            self._warn("import", exc)
+            return
+        self.wandb = wandb
+        self.run = self._guard("init", lambda: wandb.init(
+            project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
+            name=f"{stage}-{group}", config={**config, "git": git_state()},
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True)), always=True)
+        if self.run is not None:
+            self._guard("setup", self._define_metrics)
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"warning: W&B {what} failed ({type(exc).__name__}: {reason}); continuing without W&B",
+              file=sys.stderr, flush=True)
+
+    def _guard(self, what: str, call: Callable[[], Any], always: bool = False) -> Any:
+        if self.run is None and not always:
+            return None
+        try:
+            return call()
+        except Exception as exc:  # any W&B failure: warn once, then W&B is off
+            self._warn(what, exc)
+            self._shutdown()
+            return None
+
+    def _submit(self, what: str, call: Callable[[], Any]) -> None:
+        """Run `call` on the logging thread (guarded); returns at once."""
+        if self.run is not None:
+            self._worker.submit(self._guard, what, call)
+
+    def _shutdown(self) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass  # already failing: the warning has been printed
+
+    def _define_metrics(self) -> None:
+        # Per-epoch charts use the epoch as x axis; flow charts use the global batch step.
+        self.run.define_metric("epoch")
+        for prefix in ("train/*", "test/*", "val/*", "lr"):
+            self.run.define_metric(prefix, step_metric="epoch")
+
+    # --- training (implements training.TrainLogger) ---
+
+    def log_epoch(self, record: dict, step: int, heldout_name: str) -> None:
+        values = {"epoch": record["epoch"], "train/loss": record["train_loss"], "train/acc": record["train_acc"],
+                  f"{heldout_name}/loss": record["heldout_loss"], f"{heldout_name}/acc": record["heldout_acc"],
+                  "lr": record["lr"], "epoch_seconds": record["seconds"]}
+        self._submit("log", lambda: self.run.log(values, step=step))
+
+    def log_flow(self, snapshot: FlowSnapshot) -> None:
+        if self.run is None:
+            return
+
+        def log() -> None:
+            values: dict[str, Any] = {
+                "gradients": self.wandb.Image(figure_image(plots.flow_bars([snapshot], "grad"))),
+                "weights": self.wandb.Image(figure_image(plots.flow_bars([snapshot], "weight"))),
+            }
+            for layer, row in zip(snapshot.layers, snapshot.values):
+                values.update({f"flow/{stat}/{layer}": v for stat, v in zip(STATS, row)})
+            self.run.log(values, step=snapshot.step)
+
+        self._submit("log", log)
+
+    # --- evaluation ---
+
+    def log_evaluation(self, actual: np.ndarray, predicted: np.ndarray, classes: list[str], per_class: np.ndarray,
+                       sample: np.ndarray, images: np.ndarray) -> None:
+        """Confusion matrix, per-class accuracy and sample predictions (`sample` indexes the test split)."""
+        if self.run is None:
+            return
+        wandb = self.wandb
+
+        def log() -> None:
+            accuracy = wandb.Table(columns=["class", "accuracy"], data=[[c, float(a)] for c, a in zip(classes, per_class)])
+            table = wandb.Table(columns=["image", "predicted", "actual", "correct"])
+            for i in sample:
+                table.add_data(wandb.Image(images[i]), classes[predicted[i]], classes[actual[i]],
+                               bool(predicted[i] == actual[i]))
+            grid = plots.prediction_grid(images[sample[:32]], [classes[i] for i in actual[sample[:32]]],
+                                         [classes[i] for i in predicted[sample[:32]]])
+            self.run.log({
+                "confusion_matrix": wandb.plot.confusion_matrix(y_true=actual.tolist(), preds=predicted.tolist(),
+                                                                class_names=classes),
+                "class_accuracy": wandb.plot.bar(accuracy, "class", "accuracy", title="Accuracy per class (test)"),
+                "predictions": table,
+                "prediction_grid": wandb.Image(figure_image(grid), caption="green correct, red wrong"),
+            })
+
+        self._submit("log", log)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._submit("summary", lambda: self.run.summary.update(values))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Wait for queued logs, then close the run."""
+        self._worker.shutdown(wait=True)
+        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+        self.run = None
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        self.finish(0 if kind is None else 130 if kind is KeyboardInterrupt else 1)

@@ -1,0 +1,120 @@
+"""W&B: what an offline run holds, and that W&B failures never change or stop a run."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import project, run_stage, snapshot
+from tests.wandb_records import config, history, run_info, summary
+
+# 400 images / batch 16 = 25 batches an epoch, 50 steps, a snapshot every 7: steps 0, 7, ..., 49.
+TINY = {"train": {"epochs": 2, "flow_every": 7}}
+SNAPSHOT_STEPS = list(range(0, 50, 7))
+
+
+def without_seconds(outputs: dict[str, bytes]) -> dict[str, object]:
+    """Outputs that must not depend on W&B (the per-epoch wall time and the checkpoint's copy of it aside)."""
+    kept = {k: v for k, v in outputs.items() if k != "models/model.pt" and "figures" not in k}
+    rows = list(csv.DictReader(io.StringIO(kept.pop("plots/data/history.csv").decode())))
+    return {**kept, "history": [{k: v for k, v in r.items() if k != "seconds"} for r in rows]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same tiny pipeline run twice: W&B disabled, then offline."""
+    repo = project(tmp_path_factory.mktemp("wb"), **TINY)
+    wandb_dir = repo.parent / "wandb-out"
+    wandb_dir.mkdir()
+    outputs, logs = {}, {}
+    for mode in ("disabled", "offline"):
+        env = {"WANDB_MODE": mode, "WANDB_DIR": str(wandb_dir)}
+        for name in ("fetch_data", "train", "evaluate"):
+            code, out, err = run_stage(repo, name, env)
+            assert code == 0, err
+            logs[mode, name] = err
+        outputs[mode] = snapshot(repo)
+    return repo, wandb_dir, outputs, logs
+
+
+def offline_runs(wandb_dir: Path) -> dict[str, Path]:
+    found = {}
+    for log in wandb_dir.glob("wandb/offline-run-*/run-*.wandb"):
+        found[run_info(log)["job_type"]] = log
+    return found
+
+
+def test_offline_train_run_holds_flow_images_config_and_summary(runs):
+    repo, wandb_dir, _, _ = runs
+    log = offline_runs(wandb_dir)["train"]
+    rows = history(log)
+    image_steps = [int(r["_step"]) for r in rows if r.get("gradients/_type") == "image-file"]
+    assert image_steps == SNAPSHOT_STEPS
+    assert [int(r["_step"]) for r in rows if r.get("weights/_type") == "image-file"] == SNAPSHOT_STEPS
+    assert all("flow/grad_mean/fc1" in r and "flow/weight_max/block1.conv" in r
+               for r in rows if "gradients/_type" in r)
+    epochs = [r for r in rows if "train/loss" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all("test/acc" in r and "lr" in r for r in epochs)
+    cfg = config(log)
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["flow_every"] == 7 and cfg["model"]["name"] == "simple_cnn"
+    assert set(cfg["git"]) == {"commit", "dirty"}
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    s = summary(log)
+    assert s["gflops_per_sample"] == 0.1612 and s["params"] == 4_441_482
+    assert s["train_loss"] == metrics["train_loss"] and s["heldout_acc"] == metrics["heldout_acc"]
+
+
+def test_offline_evaluate_run_holds_charts_in_the_same_group(runs):
+    repo, wandb_dir, _, _ = runs
+    found = offline_runs(wandb_dir)
+    train_info, eval_info = run_info(found["train"]), run_info(found["evaluate"])
+    assert eval_info["group"] == train_info["group"] and train_info["group"].startswith("run-")
+    assert (train_info["job_type"], eval_info["job_type"]) == ("train", "evaluate")
+    logged = {k for r in history(found["evaluate"]) for k in r}
+    for key in ("confusion_matrix_table/_type", "class_accuracy_table/_type", "predictions/_type",
+                "prediction_grid/_type"):
+        assert key in logged
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert summary(found["evaluate"])["test_acc"] == metrics["test_acc"]
+
+
+def test_outputs_are_identical_with_and_without_wandb(runs):
+    _, _, outputs, _ = runs
+    assert without_seconds(outputs["offline"]) == without_seconds(outputs["disabled"])
+
+
+@pytest.mark.parametrize("broken", ["init", "log"])
+def test_failing_wandb_warns_once_and_changes_nothing(runs, broken, monkeypatch, capsys, tmp_path):
+    """wandb.init or wandb.log raising: training completes, one warning, the same outputs."""
+    import wandb
+
+    repo, _, outputs, _ = runs
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    if broken == "init":
+        monkeypatch.setattr(wandb, "init", lambda **kw: (_ for _ in ()).throw(ConnectionError("no network")))
+    else:
+        monkeypatch.setattr(wandb.Run, "log", lambda *a, **kw: (_ for _ in ()).throw(OSError("No space left")))
+    from stages import train
+
+    train.main()
+    err = capsys.readouterr().err
+    assert err.count("warning: W&B") == 1 and f"W&B {broken} failed" in err
+    assert "continuing without W&B" in err
+    assert without_seconds(snapshot(repo)) == without_seconds(outputs["disabled"])
+
+
+def test_wandb_mode_param_and_env(monkeypatch):
+    from cifar_study.params import WandbParams
+    from cifar_study.tracking import Tracker, wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode(WandbParams(mode="offline")) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(WandbParams(mode="online")) == "disabled"
+    tracker = Tracker(WandbParams(mode="online"), "train", "run-x", {})
+    assert not tracker.active  # disabled: W&B is not even imported for the run
