@@ -20,3 +20,6 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	pytest
+
+bench: $(STAMP)
+	python bench/benchmark.py

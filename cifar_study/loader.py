@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
 from cifar_study.data import Split
@@ -40,9 +40,12 @@ class CustomCIFAR10(torch.utils.data.Dataset):
 
 
 def dataloader(split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
-               batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
+               batch_size: int, shuffle: bool, num_workers: int, seed: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """`batch_size` is global: with `world` ranks, each loads its DistributedSampler shard in batches of batch_size/world."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(CustomCIFAR10(split, mean, std, augment), batch_size=batch_size, shuffle=shuffle,
+    dataset = CustomCIFAR10(split, mean, std, augment)
+    sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
+    return DataLoader(dataset, batch_size=batch_size // world, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, generator=generator, persistent_workers=num_workers > 0)
 
 
@@ -63,10 +66,14 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.
 
 
 class TensorLoader:
-    """Iterates over (normalised float images, labels) batches of a split held in device memory."""
+    """Iterates over (normalised float images, labels) batches of a split held in device memory.
+
+    With `world` ranks, every rank draws the same global batch (same seed) and keeps rows
+    rank, rank+world, ...: together the ranks see exactly the batches one process would.
+    """
 
     def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
-                 batch_size: int, shuffle: bool, seed: int, device: torch.device):
+                 batch_size: int, shuffle: bool, seed: int, device: torch.device, rank: int = 0, world: int = 1):
         self.images = torch.from_numpy(np.ascontiguousarray(split.images.transpose(0, 3, 1, 2))).to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
         std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
@@ -74,6 +81,7 @@ class TensorLoader:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
         self.augment, self.batch_size, self.shuffle = augment, batch_size, shuffle
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -86,16 +94,17 @@ class TensorLoader:
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             images = self.images[idx]
-            if self.augment:
+            if self.augment:  # the whole global batch, so every rank's generator stays in step
                 images = random_crop_flip(images, self.generator)
-            yield images.float().mul_(self.scale).add_(self.shift), self.labels[idx]
+            mine = slice(self.rank, None, self.world)
+            yield images[mine].float().mul_(self.scale).add_(self.shift), self.labels[idx][mine]
 
 
 def make_loader(kind: str, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
-                batch_size: int, seed: int, device: torch.device, num_workers: int = 0):
+                batch_size: int, seed: int, device: torch.device, num_workers: int = 0, rank: int = 0, world: int = 1):
     """A training loader (augment=True, shuffled) or an evaluation one, of the kind `train.loader` names."""
     if kind == "tensor":
         return TensorLoader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
-                            seed=seed, device=device)
+                            seed=seed, device=device, rank=rank, world=world)
     return dataloader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
-                      num_workers=num_workers, seed=seed)
+                      num_workers=num_workers, seed=seed, rank=rank, world=world)

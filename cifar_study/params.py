@@ -57,6 +57,7 @@ class TrainParams:
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
+    nproc: int = _rule(default=1, ge=1)  # processes (ranks) the train stage launches with torchrun
 
 
 @dataclass(frozen=True)

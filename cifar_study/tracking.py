@@ -58,12 +58,12 @@ def figure_image(fig: Any) -> Any:
 class Tracker:
     """One W&B run for one stage: `job_type` is the stage, `group` ties a pipeline run's stages together."""
 
-    def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any]):
+    def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any], enabled: bool = True):
         self.run = None
         self.wandb = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb")  # one thread: logs stay in order
         mode = wandb_mode(p)
-        if mode == "disabled":
+        if mode == "disabled" or not enabled:  # enabled=False: a data-parallel rank other than 0
             return
         try:
             import wandb

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from cifar_study.distributed import Dist, all_reduce_sum
 from cifar_study.errors import ParamError, UserError
 from cifar_study.flow import FlowSnapshot, flow_parameters, flow_snapshot
 from cifar_study.params import TrainParams
@@ -99,27 +100,33 @@ class Run:
     watched: list  # (layer name, parameter) pairs for the flow statistics
     p: TrainParams
     device: torch.device
+    dist: Dist = Dist()
     step: int = 0  # global batch index
 
 
-def setup(model: nn.Module, p: TrainParams, device: torch.device) -> Run:
+def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist()) -> Run:
     model.to(device)
     if p.channels_last:
         model.to(memory_format=torch.channels_last)
     autocast(device, p.amp)  # refuses an unusable amp setting before any work
-    return Run(model, torch.compile(model) if p.compile else model, torch.optim.Adam(model.parameters(), lr=p.lr),
-               torch.amp.GradScaler(device.type, enabled=p.amp == "fp16"), flow_parameters(model), p, device)
+    forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.active else model
+    return Run(model, torch.compile(forward) if p.compile else forward, torch.optim.Adam(model.parameters(), lr=p.lr),
+               torch.amp.GradScaler(device.type, enabled=p.amp == "fp16"), flow_parameters(model), p, device, d)
 
 
 def train_epoch(run: Run, loader: Iterable, epoch: int, logger: TrainLogger, flow: list[FlowSnapshot]) -> tuple[float, float]:
     """One pass over `loader`; returns the epoch's mean train loss and accuracy."""
     p, device = run.p, run.device
     run.forward.train()
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
     seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True,
+               disable=None if run.dist.main else True)  # None: shown on a terminal, not in log files
     for batch, (x, y) in enumerate(bar):
         x, y = prepare_input(x, device, p.channels_last), y.to(device, non_blocking=True)
         with autocast(device, p.amp):
@@ -127,7 +134,7 @@ def train_epoch(run: Run, loader: Iterable, epoch: int, logger: TrainLogger, flo
             loss = F.cross_entropy(logits.float(), y)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
-        if run.step % p.flow_every == 0:
+        if run.step % p.flow_every == 0 and run.dist.main:  # gradients are already all-reduced: rank 0 suffices
             run.scaler.unscale_(run.optimizer)  # flow statistics must see the true gradients
             snapshot = flow_snapshot(run.watched, run.step, epoch)
             flow.append(snapshot)
@@ -146,7 +153,9 @@ def train_epoch(run: Run, loader: Iterable, epoch: int, logger: TrainLogger, flo
                                        f"lower train.lr (now {p.lr}) or check the data")
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
     bar.close()
-    return loss_sum.item() / seen, correct.item() / seen
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                         torch.tensor(float(seen), device=device)]), run.dist)
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
 def rng_state(run: Run, loader: Any) -> dict[str, Any]:
@@ -164,14 +173,14 @@ def set_rng_state(run: Run, loader: Any, state: dict[str, Any]) -> None:
 
 def train(model: nn.Module, train_loader: Any, heldout_loader: Iterable, p: TrainParams,
           device: torch.device, heldout_name: str, logger: TrainLogger | None = None,
-          resume: ResumeStore | None = None) -> TrainResult:
+          resume: ResumeStore | None = None, d: Dist = Dist()) -> TrainResult:
     """Train `model` in place for `p.epochs` epochs; return per-epoch history and flow snapshots.
 
     With `resume`, the state after each epoch is saved there, and a matching saved state is
     continued from instead of starting at epoch 1.
     """
     logger = logger or NullLogger()
-    run, result = setup(model, p, device), TrainResult()
+    run, result = setup(model, p, device, d), TrainResult()
     saved = resume.load() if resume else None
     if saved:
         model.load_state_dict(saved["model_state"])
@@ -189,18 +198,21 @@ def train(model: nn.Module, train_loader: Any, heldout_loader: Iterable, p: Trai
         except torch.OutOfMemoryError:
             raise UserError(f"out of {device.type} memory at train.batch_size={p.batch_size}: "
                             f"lower train.batch_size (or use train.amp: bf16)") from None
-        heldout = evaluate(run.forward, heldout_loader, device, p.amp, p.channels_last)
+        # Every rank evaluates the whole held-out set with the same weights: no collectives needed.
+        heldout = evaluate(run.model if run.dist.active else run.forward, heldout_loader, device, p.amp,
+                           p.channels_last)
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                   "heldout_loss": heldout.loss, "heldout_acc": heldout.acc,
                   "lr": run.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(record)
-        if resume:
+        if resume and d.main:
             resume.save({"epoch": epoch, "step": run.step, "model_state": model.state_dict(),
                          "optimizer_state": run.optimizer.state_dict(), "scaler_state": run.scaler.state_dict(),
                          "history": result.history, "flow": [dataclasses.asdict(f) for f in result.flow],
                          "rng": rng_state(run, train_loader)})
         logger.log_epoch(record, run.step, heldout_name)
-        print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-              f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
+        if d.main:
+            print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                  f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record['seconds']:.1f}s", flush=True)
     result.optimizer_state = run.optimizer.state_dict()
     return result

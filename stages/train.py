@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from cifar_study import paths
+from cifar_study import distributed, paths
 from cifar_study.checkpoint import save_checkpoint
 from cifar_study.cli import run_stage
 from cifar_study.data import channel_stats, heldout_split, load_dataset
@@ -24,16 +24,20 @@ def main() -> None:
     params = load_params()
     p = params.train
     device = resolve_device(p.device)
+    if p.nproc > 1 and not distributed.launched():
+        sys.exit(distributed.launch(p.nproc, "stages.train", p.batch_size))
+    d, device = distributed.init(device, p.batch_size)
     dataset = load_dataset(paths.DATA)
     classes = dataset.classes
     train_split, heldout, heldout_name = heldout_split(dataset, params.data)
     mean, std = channel_stats(train_split.images)
-    print(f"train: {len(train_split.labels)} images on {device}; held-out: {heldout_name} split "
-          f"({len(heldout.labels)} images)", flush=True)
+    if d.main:
+        print(f"train: {len(train_split.labels)} images on {device} x {d.world} process(es); held-out: "
+              f"{heldout_name} split ({len(heldout.labels)} images)", flush=True)
 
-    seed_everything(p.seed)
+    seed_everything(p.seed + d.rank)  # dropout differs per rank; data order and augmentation come from the loader's seed
     train_loader = make_loader(p.loader, train_split, mean, std, augment=True, batch_size=p.batch_size,
-                               seed=p.seed, device=device, num_workers=p.num_workers)
+                               seed=p.seed, device=device, num_workers=p.num_workers, rank=d.rank, world=d.world)
     heldout_loader = make_loader(p.loader, heldout, mean, std, augment=False, batch_size=1000,
                                  seed=p.seed, device=device, num_workers=p.num_workers)
     model = build_model(params.model, len(classes))
@@ -42,13 +46,18 @@ def main() -> None:
                           params.data.seed, files=(paths.DATA, *paths.code_files()))
     resume = ResumeStore(Path(paths.RESUME), run_key)
     with Tracker(params.wandb, "train", wandb_group(run_key), {"model": params.section("model"),
-                 "train": params.section("train"), "data": params.section("data")}) as tracker:
+                 "train": params.section("train"), "data": params.section("data")}, enabled=d.main) as tracker:
         try:
-            result = train(model, train_loader, heldout_loader, p, device, heldout_name, tracker, resume)
+            result = train(model, train_loader, heldout_loader, p, device, heldout_name, tracker, resume, d)
         except KeyboardInterrupt:
-            print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
-                  f"(dvc repro) with the same params to continue", file=sys.stderr)
+            if d.main:
+                print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
+                      f"(dvc repro) with the same params to continue", file=sys.stderr)
             raise
+        finally:
+            distributed.shutdown(d)
+        if not d.main:
+            return  # rank 0 alone writes the outputs
 
         save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), optimizer_state=result.optimizer_state,
                         model=params.section("model"), train=params.section("train"), classes=classes, mean=mean,
