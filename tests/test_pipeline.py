@@ -144,3 +144,37 @@ def test_plots_show_renders_every_plot(repo):
     for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix", "Accuracy per class"):
         assert title in html
     assert len(list((repo / "dvc_plots/static").glob("*.png"))) == 7
+
+
+def test_remote_push_then_fresh_clone_pull_reruns_nothing(repo, tmp_path):
+    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "remote and current results")
+    dvc(repo, "repro")  # make sure the workspace matches dvc.lock before pushing
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "lock", "--allow-empty")
+    dvc(repo, "push")
+    clone = tmp_path / "teammate"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, env=env())
+    dvc(clone, "pull")
+    assert (clone / "models/model.pt").is_file() and (clone / "data/cifar10.npz").is_file()
+    assert "up to date" in dvc(clone, "status")
+    assert ran(dvc(clone, "repro")) == set()
+
+
+def test_queued_experiments_run_and_are_listed(repo):
+    for lr in ("0.002", "0.004"):
+        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=1")
+    dvc(repo, "exp", "run", "--run-all")
+    table = json.loads(dvc(repo, "exp", "show", "--json"))
+    found = {}
+    for rev in table:
+        for exp in (rev.get("experiments") or []):
+            for run in exp.get("revs", []):
+                data = run.get("data") or {}
+                lr = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("lr")
+                metrics = data.get("metrics", {}).get("metrics/eval.json", {}).get("data", {})
+                if lr is not None:
+                    found[lr] = metrics
+    assert {0.002, 0.004} <= set(found), table
+    assert all("test_acc" in found[lr] for lr in (0.002, 0.004))

@@ -1,0 +1,92 @@
+"""The README's Results section, generated from the committed metrics/, plots/ and dvc.lock.
+
+    python -m cifar_study.report           # rewrite the section in README.md
+    python -m cifar_study.report --check   # exit 1 if README.md is out of date
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from cifar_study import paths
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+# The seed's published numbers (official CIFAR-10 archive).
+SEED = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787, "loss_last": 0.519}
+FIGURES = ("learning_curves", "confusion_matrix", "class_accuracy", "sample_predictions", "gradient_flow",
+           "weight_flow", "gradient_flow_heatmap")
+
+
+def _fetch_params(root: Path) -> dict:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return lock["stages"]["fetch_data"]["params"]["params.yaml"]
+
+
+def render(root: Path = Path(".")) -> str:
+    if not (root / paths.EVAL_METRICS).is_file():
+        return "No baseline run is committed yet: `make repro` produces one."
+    history = list(csv.DictReader(open(root / paths.HISTORY)))
+    train = json.loads((root / paths.TRAIN_METRICS).read_text())
+    evaluation = json.loads((root / paths.EVAL_METRICS).read_text())
+    flops = json.loads((root / paths.FLOPS).read_text())
+    data = json.loads((root / paths.DATA_SUMMARY).read_text())
+    fetch = _fetch_params(root)
+    split = train["heldout_split"]
+    hours = sum(float(r["seconds"]) for r in history) / 3600
+    source = f"`{fetch['data.source']}`" + (f" from `{fetch['data.path']}`" if fetch["data.source"] == "folder" else "")
+    lines = [
+        f"Made by one `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
+        f"({data['train_count']:,} training / {data['test_count']:,} test images); training took "
+        f"{hours:.2f} h (sum of the per-epoch times in `{paths.HISTORY}`). Held-out set: the {split} split.",
+        "",
+        "| | this run | the seed (official archive) |",
+        "|---|---|---|",
+        f"| final test accuracy | **{evaluation['test_acc']:.2%}** | {SEED['test_acc']:.2%} |",
+        f"| epoch-1 held-out accuracy | {float(history[0]['heldout_acc']):.2%} | {SEED['epoch1_heldout_acc']:.2%} |",
+        f"| train loss, first → last epoch | {float(history[0]['train_loss']):.3f} → "
+        f"{float(history[-1]['train_loss']):.3f} | {SEED['loss_first']:.3f} → {SEED['loss_last']:.3f} |",
+        f"| GFLOPs per image | {flops['gflops']} ({flops['flops']:,} FLOPs) | {SEED['gflops']} |",
+        f"| test loss | {evaluation['test_loss']:.4f} | |",
+        "",
+        f"| epoch | train loss | train acc | {split} loss | {split} acc | seconds |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in history:
+        lines.append(f"| {r['epoch']} | {float(r['train_loss']):.4f} | {float(r['train_acc']):.2%} | "
+                     f"{float(r['heldout_loss']):.4f} | {float(r['heldout_acc']):.2%} | {float(r['seconds']):.0f} |")
+    lines += ["", "| class | test accuracy |", "|---|---:|"]
+    lines += [f"| {c} | {a:.2%} |" for c, a in evaluation["per_class_acc"].items()]
+    lines.append("")
+    lines += [f"![{name}]({paths.FIGURES}/{name}.png)" for name in FIGURES]
+    return "\n".join(lines)
+
+
+def update(readme: Path, root: Path = Path(".")) -> str:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: missing the {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{render(root)}\n{END}{tail}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = ap.parse_args()
+    readme = Path("README.md")
+    new = update(readme)
+    if args.check:
+        if new != readme.read_text():
+            sys.exit("README.md's Results section is out of date: run python -m cifar_study.report")
+        return
+    readme.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

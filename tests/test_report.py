@@ -1,0 +1,35 @@
+"""The README's Results section is generated from the committed files, never typed."""
+from pathlib import Path
+
+from cifar_study.report import END, START, render, update
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_results_match_the_committed_metrics():
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(START) == 1 and readme.count(END) == 1
+    section = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert section == render(ROOT).strip(), "run: python -m cifar_study.report"
+    assert update(ROOT / "README.md", ROOT) == readme
+
+
+def test_render_reports_every_epoch_and_the_seed(tmp_path):
+    for rel in ("metrics", "plots/data"):
+        (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "plots/data/history.csv").write_text(
+        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n"
+        "1,1.8,0.35,1.4,0.49,0.001,200\n2,1.5,0.45,1.2,0.57,0.001,210\n")
+    (tmp_path / "metrics/train.json").write_text('{"heldout_split": "test"}')
+    (tmp_path / "metrics/eval.json").write_text(
+        '{"test_acc": 0.57, "test_loss": 1.2, "per_class_acc": {"cat": 0.4, "dog": 0.6}}')
+    (tmp_path / "metrics/flops.json").write_text('{"flops": 161163264, "gflops": 0.1612}')
+    (tmp_path / "metrics/data.json").write_text('{"train_count": 50000, "test_count": 10000}')
+    (tmp_path / "dvc.lock").write_text(
+        "stages:\n  fetch_data:\n    params:\n      params.yaml:\n        data.source: folder\n"
+        "        data.path: ../shared/data/cifar10-jpg.tar.gz\n")
+    text = render(tmp_path)
+    assert "| 2 | 1.5000 | 45.00% | 1.2000 | 57.00% | 210 |" in text
+    assert "**57.00%** | 84.54%" in text and "49.00% | 47.23%" in text
+    assert "from `../shared/data/cifar10-jpg.tar.gz`" in text and "0.11 h" in text
+    assert "| dog | 60.00% |" in text
