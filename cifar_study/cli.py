@@ -14,6 +14,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
+    # still stop a stage cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except UserError as exc:
