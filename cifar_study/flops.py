@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cifar_study.model import count_parameters
+
 INPUT_SHAPE = (1, 3, 32, 32)
 
 
@@ -66,7 +68,7 @@ def flops_report(model: nn.Module) -> dict:
     return {
         "flops": total,
         "gflops": round(total / 1e9, 4),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_parameters(model),
         "flop_counter_mode_flops": reference,
         # Both count 2 FLOPs per multiply-add of convolutions and matmuls and skip biases,
         # BatchNorm, ReLU and pooling, so for Conv2d/Linear models they agree exactly.

@@ -45,34 +45,31 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def _items(items) -> dict:
+    return {_key(i): json.loads(i.value_json) for i in items}
+
+
 def history(path: Path) -> list[dict]:
     """One dict per logged step: key -> decoded JSON value (images appear as their metadata)."""
-    rows = []
+    return [_items(r.history.item) for r in records(path) if r.WhichOneof("record_type") == "history"]
+
+
+def _updates(path: Path, updates_of: dict) -> dict:
+    """Merge, in log order, the key/value updates of the record types in `updates_of` (type -> getter)."""
+    values: dict = {}
     for r in records(path):
-        if r.WhichOneof("record_type") == "history":
-            rows.append({_key(i): json.loads(i.value_json) for i in r.history.item})
-    return rows
+        getter = updates_of.get(r.WhichOneof("record_type"))
+        if getter:
+            values.update(_items(getter(r)))
+    return values
 
 
 def config(path: Path) -> dict:
-    values: dict = {}
-    for r in records(path):
-        if r.WhichOneof("record_type") == "config":
-            for i in r.config.update:
-                values[_key(i)] = json.loads(i.value_json)
-        elif r.WhichOneof("record_type") == "run":
-            for i in r.run.config.update:
-                values[_key(i)] = json.loads(i.value_json)
-    return values
+    return _updates(path, {"config": lambda r: r.config.update, "run": lambda r: r.run.config.update})
 
 
 def summary(path: Path) -> dict:
-    values: dict = {}
-    for r in records(path):
-        if r.WhichOneof("record_type") == "summary":
-            for i in r.summary.update:
-                values[_key(i)] = json.loads(i.value_json)
-    return values
+    return _updates(path, {"summary": lambda r: r.summary.update})
 
 
 def run_info(path: Path) -> dict:
