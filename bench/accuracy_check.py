@@ -19,7 +19,8 @@ from cifar_study.device import resolve_device, seed_everything  # noqa: E402
 from cifar_study.loader import make_loader  # noqa: E402
 from cifar_study.model import SimpleCNN  # noqa: E402
 from cifar_study.params import DataParams, TrainParams  # noqa: E402
-from cifar_study.training import evaluate, train  # noqa: E402
+from cifar_study.evaluation import evaluate  # noqa: E402
+from cifar_study.training import setup, train  # noqa: E402
 
 CONFIGS = {
     "fp32 (default)": {},
@@ -42,17 +43,17 @@ def main() -> None:
     for name, options in CONFIGS.items():
         p = TrainParams(epochs=args.epochs, **options)
         seed_everything(p.seed)
-        train_loader = make_loader(p.loader, ds.train, mean, std, augment=True, batch_size=p.batch_size,
+        train_loader = make_loader(p.loader, ds.train, mean, std, augment=True, shuffle=True, batch_size=p.batch_size,
                                    seed=p.seed, device=device)
-        test_loader = make_loader(p.loader, ds.test, mean, std, augment=False, batch_size=1000, seed=p.seed,
+        test_loader = make_loader(p.loader, ds.test, mean, std, augment=False, shuffle=False, batch_size=1000, seed=p.seed,
                                   device=device)
         model = SimpleCNN()
         started = time.perf_counter()
-        history = train(model, train_loader, test_loader, p, device, "test").history
+        history = train(setup(model, p, device), train_loader, test_loader, "test").history
         seconds = time.perf_counter() - started
         test = evaluate(model, test_loader, device)  # fp32 evaluation, as the evaluate stage does
-        results[name] = {"test_acc": test.acc, "train_loss": history[-1]["train_loss"], "seconds": seconds}
-        print(f"{name}: test accuracy {test.acc:.4f}, train loss {history[-1]['train_loss']:.4f}, {seconds:.0f}s",
+        results[name] = {"test_acc": test.acc, "train_loss": history[-1].train_loss, "seconds": seconds}
+        print(f"{name}: test accuracy {test.acc:.4f}, train loss {history[-1].train_loss:.4f}, {seconds:.0f}s",
               flush=True)
     reference = results["fp32 (default)"]["test_acc"]
     for name, r in results.items():

@@ -11,12 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar_study.errors import CheckpointError
+from cifar_study.errors import CheckpointError, ParamError, first_line
+from cifar_study.history import EpochRecord
 from cifar_study.io import atomic_path
-from cifar_study.model import MODELS, build_model
-from cifar_study.params import ModelParams
+from cifar_study.model import build_model
+from cifar_study.params import ModelParams, parse_section
 
 REQUIRED = ("model_state", "model", "classes", "mean", "std", "epoch")
+
+
+def training_payload(model: nn.Module, optimizer: torch.optim.Optimizer, history: list[EpochRecord]) -> dict[str, Any]:
+    """What a checkpoint and the resume state both hold: weights, optimizer state, epochs done and their history."""
+    return {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "epoch": len(history),
+            "history": [r.row() for r in history]}
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:
@@ -34,7 +41,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals: all mean "not ours"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
@@ -42,13 +49,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 
 def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
-    model_params = ModelParams(**state["model"])
-    if model_params.name not in MODELS:
-        raise CheckpointError(f"checkpoint holds unknown model {model_params.name!r}")
+    try:  # the same validation as params.yaml: a checkpoint is input too
+        model_params: ModelParams = parse_section("model", state["model"])
+    except ParamError as exc:
+        raise CheckpointError(f"checkpoint's model params: {exc}") from None
     model = build_model(model_params, num_classes=len(state["classes"]))
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as exc:
+        # load_state_dict's first line only says "Error(s) in loading state_dict"; the second says which tensor.
+        lines = str(exc).splitlines()
         raise CheckpointError(f"checkpoint does not fit {model_params.name} with {len(state['classes'])} classes: "
-                              f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
+                              f"{lines[1].strip() if len(lines) > 1 else first_line(exc)}") from None
     return model.to(device).eval()

@@ -22,11 +22,11 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_study.errors import DataError, ParamError
+from cifar_study.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE
+from cifar_study.errors import DataError, ParamError, first_line
 from cifar_study.io import atomic_path
 from cifar_study.params import DataParams
 
-IMAGE_SHAPE = (32, 32, 3)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
 # Full size of the synthetic set; data.train_limit / data.test_limit subset it like real data.
@@ -96,8 +96,6 @@ def fetch(p: DataParams, raw_dir: str | Path = "data/raw") -> Dataset:
     if p.source == "download":
         ds = from_download(p.url, p.md5, Path(raw_dir))
     elif p.source == "folder":
-        if not p.path:
-            raise ParamError("data.path: required when data.source is 'folder' (a directory or .tar/.tar.gz)")
         ds = from_folder(Path(p.path))
     else:
         ds = synthetic(p.seed)
@@ -111,7 +109,8 @@ def fetch(p: DataParams, raw_dir: str | Path = "data/raw") -> Dataset:
 def validate(ds: Dataset) -> None:
     for name, split in ds.splits():
         if split.images.dtype != np.uint8 or split.images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{name} images: expected uint8 (N, 32, 32, 3), got {split.images.dtype} {split.images.shape}")
+            raise DataError(f"{name} images: expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, {CHANNELS}), "
+                            f"got {split.images.dtype} {split.images.shape}")
         if len(split.labels) != len(split.images):
             raise DataError(f"{name}: {len(split.images)} images but {len(split.labels)} labels")
         bad = (split.labels < 0) | (split.labels >= len(ds.classes))
@@ -145,7 +144,7 @@ def balanced_subset(split: Split, limit: int, num_classes: int, seed: int, key: 
 
 
 def heldout_split(ds: Dataset, p: DataParams) -> tuple[Split, Split, str]:
-    """(train, held-out, its name): the test split by default (the seed's protocol), else a validation split."""
+    """(train, held-out, its name): the test split by default (the original study's protocol), else a validation split."""
     if p.val_size == 0:
         return ds.train, ds.test, "test"
     train, val = split_validation(ds.train, p.val_size, len(ds.classes), p.seed)
@@ -186,7 +185,7 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Dataset:
         except Exception as exc:  # URLError, HTTPError, timeouts, OSError: all mean "no archive"
             part.unlink(missing_ok=True)
             raise DataError(
-                f"could not download {url} ({_first_line(exc)}). Offline? Set data.url to a local copy "
+                f"could not download {url} ({first_line(exc)}). Offline? Set data.url to a local copy "
                 f"(file:///path/to/cifar-10-python.tar.gz), or data.source: folder with data.path: "
                 f"a directory or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg") from None
         finally:
@@ -208,7 +207,7 @@ def read_python_archive(archive: Path) -> Dataset:
                     # The archive's md5 was checked above, so unpickling it is safe.
                     batches[name] = pickle.load(tar.extractfile(member), encoding="latin1")
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, zlib.error) as exc:
-        raise DataError(f"{archive}: not a readable CIFAR-10 python archive ({_first_line(exc)})") from None
+        raise DataError(f"{archive}: not a readable CIFAR-10 python archive ({first_line(exc)})") from None
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if "test_batch" not in batches or "batches.meta" not in batches or not train_names:
         raise DataError(f"{archive}: missing data_batch_*, test_batch or batches.meta")
@@ -216,7 +215,7 @@ def read_python_archive(archive: Path) -> Dataset:
     def to_split(names: list[str]) -> Split:
         data = np.concatenate([np.asarray(batches[n]["data"], dtype=np.uint8) for n in names])
         labels = np.concatenate([np.asarray(batches[n]["labels"], dtype=np.int64) for n in names])
-        return Split(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels)
+        return Split(data.reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1).copy(), labels)
 
     return Dataset(to_split(train_names), to_split(["test_batch"]), list(batches["batches.meta"]["label_names"]))
 
@@ -239,7 +238,7 @@ def from_folder(path: Path) -> Dataset:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
             return _from_image_files(members, lambda m: tar.extractfile(m).read(), str(path))
         except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
-            raise DataError(f"data.path: {path} is truncated or corrupt ({_first_line(exc)})") from None
+            raise DataError(f"data.path: {path} is truncated or corrupt ({first_line(exc)})") from None
 
 
 def _from_image_files(files: dict, read, where: str) -> Dataset:
@@ -273,15 +272,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode != "RGB" or im.size != (32, 32):
-                raise DataError(f"{name}: expected a 32x32 RGB image, got {im.size[0]}x{im.size[1]} {im.mode}")
+            if im.mode != "RGB" or im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, got {im.size[0]}x{im.size[1]} {im.mode}")
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{name}: cannot decode image ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{name}: cannot decode image ({first_line(exc)})") from None
 
 
 # --- synthetic: learnable class patterns plus noise, for offline smoke runs and tests ---------

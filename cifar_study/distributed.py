@@ -67,11 +67,8 @@ def shutdown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, module: str, batch_size: int) -> int:
+def launch(nproc: int, module: str) -> int:
     """Re-run `python -m module` as `nproc` ranks on this machine under torchrun; returns its exit code."""
-    if batch_size % nproc:
-        raise ParamError(f"train.batch_size: {batch_size} must be divisible by train.nproc={nproc} "
-                         f"(it is the global batch, split evenly across ranks)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", module]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.Popen(cmd)

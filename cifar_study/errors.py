@@ -15,3 +15,8 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint cannot be loaded or does not fit the model it is loaded into."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none), for one-line errors."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

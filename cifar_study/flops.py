@@ -1,6 +1,6 @@
-"""FLOPs per image, counted the seed's way, and cross-checked with PyTorch's own counter.
+"""FLOPs per image, counted the original study's way, and cross-checked with PyTorch's own counter.
 
-The seed counts one multiply-add as 2 FLOPs and only Conv2d and Linear layers:
+The original study counts one multiply-add as 2 FLOPs and only Conv2d and Linear layers:
 conv `2·Cin·Cout·Kh·Kw·Hout·Wout` (divided by groups), linear `2·in·out`; biases, BatchNorm,
 ReLU, pooling and dropout are not counted.
 """
@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cifar_study.cifar10 import CHANNELS, IMAGE_SIZE
 from cifar_study.model import count_parameters
 
-INPUT_SHAPE = (1, 3, 32, 32)
+INPUT_SHAPE = (1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # one image
 
 
 @dataclass

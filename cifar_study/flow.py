@@ -1,7 +1,7 @@
 """Gradient flow and weight flow: per-layer mean and max |grad| and |W| during training.
 
 Taken after backward and before the optimizer step, for every parameter that is not a bias
-(conv, BatchNorm and linear weights), the way the seed's flow charts show them.
+(conv, BatchNorm and linear weights), the way the original study's flow charts show them.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 STATS = ("grad_mean", "grad_max", "weight_mean", "weight_max")
+COLUMNS = ("step", "epoch", "layer", *STATS)  # flow.csv: one row per layer per snapshot
 
 
 @dataclass
@@ -21,8 +22,7 @@ class FlowSnapshot:
     values: list[list[float]]  # per layer: the four STATS
 
     def rows(self) -> list[dict]:
-        return [{"step": self.step, "epoch": self.epoch, "layer": layer, **dict(zip(STATS, v))}
-                for layer, v in zip(self.layers, self.values)]
+        return [dict(zip(COLUMNS, (self.step, self.epoch, layer, *v))) for layer, v in zip(self.layers, self.values)]
 
     def stat(self, name: str) -> list[float]:
         i = STATS.index(name)

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
+from cifar_study.cifar10 import IMAGE_SIZE
 from cifar_study.data import Split
 
 PAD = 4  # RandomCrop(32, padding=4): zero padding, crop offset uniform in 0..2*PAD per axis
-SIZE = 32
 
 
 class CustomCIFAR10(torch.utils.data.Dataset):
@@ -28,7 +28,7 @@ class CustomCIFAR10(torch.utils.data.Dataset):
 
     def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], augment: bool):
         self.images, self.labels = split.images, split.labels
-        steps = [T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip()] if augment else []
+        steps = [T.RandomCrop(IMAGE_SIZE, padding=PAD), T.RandomHorizontalFlip()] if augment else []
         self.transform = T.Compose([*steps, T.Normalize(mean, std)])
 
     def __len__(self) -> int:
@@ -52,17 +52,17 @@ def dataloader(split: Split, mean: Sequence[float], std: Sequence[float], *, aug
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per image: a random 32x32 crop of the zero-padded 40x40 image and a flip with p=0.5."""
     n, c, device = images.shape[0], images.shape[1], images.device
-    side = SIZE + 2 * PAD
+    side = IMAGE_SIZE + 2 * PAD
     padded = F.pad(images, (PAD, PAD, PAD, PAD)).view(n, c, side * side)
     dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
     flip = torch.rand(n, 1, generator=generator) < 0.5
-    base = torch.arange(SIZE)
+    base = torch.arange(IMAGE_SIZE)
     rows = (dy + base) * side
-    cols = dx + torch.where(flip, SIZE - 1 - base, base)
+    cols = dx + torch.where(flip, IMAGE_SIZE - 1 - base, base)
     # One gather for the whole batch: out[b, :, h, w] = padded[b, :, rows[b, h] + cols[b, w]].
-    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, SIZE * SIZE).to(device)
-    return torch.gather(padded, 2, index.expand(n, c, SIZE * SIZE)).view(n, c, SIZE, SIZE)
+    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, IMAGE_SIZE * IMAGE_SIZE).to(device)
+    return torch.gather(padded, 2, index.expand(n, c, IMAGE_SIZE * IMAGE_SIZE)).view(n, c, IMAGE_SIZE, IMAGE_SIZE)
 
 
 class TensorLoader:
@@ -101,10 +101,11 @@ class TensorLoader:
 
 
 def make_loader(kind: str, split: Split, mean: Sequence[float], std: Sequence[float], *, augment: bool,
-                batch_size: int, seed: int, device: torch.device, num_workers: int = 0, rank: int = 0, world: int = 1):
-    """A training loader (augment=True, shuffled) or an evaluation one, of the kind `train.loader` names."""
+                shuffle: bool, batch_size: int, seed: int, device: torch.device, num_workers: int = 0, rank: int = 0,
+                world: int = 1):
+    """A loader of the kind `train.loader` names: for training (augment, shuffle) or evaluation (neither)."""
     if kind == "tensor":
-        return TensorLoader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
+        return TensorLoader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=shuffle,
                             seed=seed, device=device, rank=rank, world=world)
-    return dataloader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=augment,
+    return dataloader(split, mean, std, augment=augment, batch_size=batch_size, shuffle=shuffle,
                       num_workers=num_workers, seed=seed, rank=rank, world=world)

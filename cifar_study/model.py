@@ -1,4 +1,4 @@
-"""The study's model: SimpleCNN, as the seed defines it."""
+"""The study's model: SimpleCNN, as the original study defines it."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -6,6 +6,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from cifar_study.cifar10 import CHANNELS, IMAGE_SIZE
 from cifar_study.params import ModelParams
 
 
@@ -21,12 +22,12 @@ class SimpleCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.5):
         super().__init__()
-        self.block1 = conv_block(3, 32)
+        self.block1 = conv_block(CHANNELS, 32)
         self.block2 = conv_block(32, 64)
         self.block3 = conv_block(64, 128)
         self.block4 = conv_block(128, 128)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(128 * 8 * 8, 512)
+        self.fc1 = nn.Linear(128 * (IMAGE_SIZE // 4) ** 2, 512)  # two 2x2 max-pools: 32x32 -> 8x8
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(512, num_classes)
 

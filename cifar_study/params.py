@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from cifar_study.errors import ParamError
+from cifar_study.errors import ParamError, first_line
 
 # torchvision.datasets.CIFAR10's archive and checksum, repeated here so that the
 # parameters (and DVC's view of them) stay plain data.
@@ -34,7 +34,7 @@ class DataParams:
     md5: str = CIFAR10_MD5
     train_limit: int = _rule(default=0, ge=0)  # 0 = all; else a class-balanced subset
     test_limit: int = _rule(default=0, ge=0)
-    val_size: int = _rule(default=0, ge=0)  # 0 = held-out set is the test split (the seed's protocol)
+    val_size: int = _rule(default=0, ge=0)  # 0 = held-out set is the test split (the original study's protocol)
     seed: int = 0  # subset selection and synthetic images
 
 
@@ -93,12 +93,28 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ParamError(f"{path}: not valid YAML ({first_line(exc)})") from None
     return parse_params(raw or {})
 
 
 def parse_params(raw: Any) -> Params:
-    return _build(Params, raw, prefix="")
+    params = _build(Params, raw, prefix="")
+    _check_together(params)
+    return params
+
+
+def parse_section(name: str, raw: Any) -> Any:
+    """One section (e.g. a checkpoint's `model` dict) validated exactly as in params.yaml."""
+    return _build(typing.get_type_hints(Params)[name], raw, prefix=f"{name}.")
+
+
+def _check_together(params: Params) -> None:
+    """Rules that tie two keys together, checked before any stage does work."""
+    if params.data.source == "folder" and not params.data.path:
+        raise ParamError("data.path: required when data.source is 'folder' (a directory or .tar/.tar.gz)")
+    if params.train.batch_size % params.train.nproc:
+        raise ParamError(f"train.batch_size: {params.train.batch_size} must be divisible by train.nproc="
+                         f"{params.train.nproc} (it is the global batch, split evenly across ranks)")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

@@ -1,5 +1,4 @@
-"""Where each stage reads and writes; dvc.yaml declares the same paths."""
-from pathlib import Path
+"""Where each stage reads and writes; dvc.yaml declares the same paths (tests/test_code_deps.py checks it)."""
 
 DATA = "data/cifar10.npz"
 RAW_DIR = "data/raw"  # downloaded archives (git-ignored, kept so a re-run does not download again)
@@ -15,7 +14,11 @@ CLASS_ACCURACY = "plots/data/class_accuracy.csv"
 FIGURES = "plots/figures"
 RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro` removing outputs
 
-
-def code_files() -> list[Path]:
-    """The package and the train stage: a change to them starts training afresh instead of resuming."""
-    return sorted(Path("cifar_study").glob("*.py")) + [Path("stages/train.py")]
+# Per stage: (data it reads, outputs and metrics it writes), as dvc.yaml declares them.
+STAGE_FILES = {
+    "fetch_data": ((), (DATA, DATA_SUMMARY)),
+    "flops": ((), (FLOPS,)),
+    "train": ((DATA,), (CHECKPOINT, HISTORY, FLOW, TRAIN_METRICS)),
+    "evaluate": ((CHECKPOINT, DATA), (PREDICTIONS, CLASS_ACCURACY, EVAL_METRICS)),
+    "visualize": ((HISTORY, FLOW, PREDICTIONS, TRAIN_METRICS, DATA), (FIGURES,)),
+}

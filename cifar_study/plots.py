@@ -1,14 +1,18 @@
 """The study's figures, each a function from plain data to a matplotlib Figure."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
 
 from cifar_study.flow import FlowSnapshot
+from cifar_study.history import EpochRecord
 from cifar_study.io import atomic_path
+from cifar_study.scores import class_accuracy
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
 
@@ -18,14 +22,14 @@ def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def learning_curves(history: list[dict], heldout_name: str) -> Figure:
-    epochs = [int(r["epoch"]) for r in history]
+def learning_curves(history: list[EpochRecord], heldout_name: str) -> Figure:
+    epochs = [r.epoch for r in history]
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for ax, metric, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "acc", "Accuracy")):
         scale = 100 if metric == "acc" else 1
-        ax.plot(epochs, [float(r[f"train_{metric}"]) * scale for r in history], "o-", label="train (augmented)")
-        ax.plot(epochs, [float(r[f"heldout_{metric}"]) * scale for r in history], "s-",
+        ax.plot(epochs, [getattr(r, f"train_{metric}") * scale for r in history], "o-", label="train (augmented)")
+        ax.plot(epochs, [getattr(r, f"heldout_{metric}") * scale for r in history], "s-",
                 label=f"{heldout_name} (held-out)")
         ax.set(title=f"{title} per epoch", xlabel="epoch", ylabel="accuracy (%)" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
@@ -119,3 +123,34 @@ def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
     ax.set_yticks(np.arange(len(snapshots[0].layers)), snapshots[0].layers)
     ax.set(title="Gradient flow over the whole run", xlabel="training step (batch)", ylabel="layer")
     return fig
+
+
+@dataclass
+class StudyData:
+    """Everything the study's figures are drawn from (the visualize stage reads it from the pipeline's files)."""
+    history: list[EpochRecord]
+    heldout_name: str
+    flow: list[FlowSnapshot]
+    classes: list[str]
+    confusion: np.ndarray  # (classes, classes) counts on the test split
+    sample_images: np.ndarray  # (N, 32, 32, 3) uint8 test images for the prediction grid
+    sample_actual: list[str]
+    sample_predicted: list[str]
+
+
+# The study's figures in reading order: plots/figures/<name>.png. The README and the tests read the names here.
+_DRAW: dict[str, Callable[[StudyData], Figure]] = {
+    "learning_curves": lambda d: learning_curves(d.history, d.heldout_name),
+    "confusion_matrix": lambda d: confusion_figure(d.confusion, d.classes),
+    "class_accuracy": lambda d: class_accuracy_figure(class_accuracy(d.confusion), d.classes),
+    "sample_predictions": lambda d: prediction_grid(d.sample_images, d.sample_actual, d.sample_predicted),
+    "gradient_flow": lambda d: flow_bars(d.flow, "grad"),
+    "weight_flow": lambda d: flow_bars(d.flow, "weight"),
+    "gradient_flow_heatmap": lambda d: flow_heatmap(d.flow),
+}
+FIGURES = tuple(_DRAW)
+
+
+def study_figures(data: StudyData) -> dict[str, Figure]:
+    """Every figure of the study, by name."""
+    return {name: draw(data) for name, draw in _DRAW.items()}

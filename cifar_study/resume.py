@@ -3,19 +3,28 @@
 `dvc repro` deletes nothing here, so a run that was interrupted (Ctrl-C, SIGTERM, a killed
 process, a power cut) continues from its last complete epoch when the stage runs again with the
 same parameters and data, and ends with the same metrics as a run that was never interrupted.
-A state whose fingerprint (params + data) differs is ignored, and replaced at the next epoch end.
+A state whose fingerprint (params + data + code) differs is ignored, and replaced at the next epoch end.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from cifar_study import paths
+from cifar_study.checkpoint import training_payload
+from cifar_study.code_deps import code_deps
+from cifar_study.errors import first_line
+from cifar_study.flow import FlowSnapshot
+from cifar_study.history import EpochRecord
 from cifar_study.io import atomic_path
+from cifar_study.params import Params
+from cifar_study.training import TrainResult, TrainState
 
 
 def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
@@ -28,28 +37,68 @@ def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
     return h.hexdigest()
 
 
+def run_key(params: Params) -> str:
+    """What a training run depends on: its params, the data and the train stage's code (as dvc.yaml declares it)."""
+    return fingerprint(params.section("model"), params.section("train"), params.data.val_size, params.data.seed,
+                       files=(paths.DATA, *code_deps("stages/train.py")))
+
+
+def rng_state(state: TrainState, loader: Any) -> dict[str, Any]:
+    """Every random stream training draws from: dropout (torch), data order and augmentation (loader)."""
+    return {"torch": torch.get_rng_state(), "loader": loader.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if state.device.type == "cuda" else []}
+
+
+def set_rng_state(loader: Any, rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    loader.generator.set_state(rng["loader"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 @dataclass
 class ResumeStore:
     path: Path
     key: str  # fingerprint of what the run depends on
 
-    def load(self) -> dict[str, Any] | None:
+    def restore(self, state: TrainState, loader: Any) -> TrainResult | None:
+        """Load a matching saved state into `state` and `loader`; return what it had produced, or None."""
+        saved = self._load()
+        if saved is None:
+            return None
+        state.model.load_state_dict(saved["model_state"])
+        state.optimizer.load_state_dict(saved["optimizer_state"])
+        state.scaler.load_state_dict(saved["scaler_state"])
+        state.step = saved["step"]
+        set_rng_state(loader, saved["rng"])
+        print(f"resuming: {saved['epoch']} of {state.p.epochs} epochs are saved in {self.path}; "
+              f"continuing with epoch {saved['epoch'] + 1}", flush=True)
+        return TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
+                           [FlowSnapshot(**f) for f in saved["flow"]])
+
+    def saver(self, state: TrainState, loader: Any) -> Callable[[TrainResult], None]:
+        """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
+        def save(result: TrainResult) -> None:
+            with atomic_path(self.path) as tmp:
+                torch.save({**training_payload(state.model, state.optimizer, result.history),
+                            "step": state.step, "scaler_state": state.scaler.state_dict(),
+                            "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
+                            "key": self.key}, tmp)
+        return save
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _load(self) -> dict[str, Any] | None:
         """The saved state for this key, or None (no state, another run's state, or an unreadable file)."""
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a state file is a convenience: a bad one means starting over, loudly
-            print(f"warning: ignoring unreadable resume state {self.path} ({str(exc).splitlines()[0]})", flush=True)
+            print(f"warning: ignoring unreadable resume state {self.path} ({first_line(exc)})", flush=True)
             return None
-        if state.get("key") != self.key:
-            print(f"note: {self.path} is from other params or data; starting from epoch 1", flush=True)
+        if saved.get("key") != self.key:
+            print(f"note: {self.path} is from other params, data or code; starting from epoch 1", flush=True)
             return None
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "key": self.key}, tmp)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        return saved

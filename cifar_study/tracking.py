@@ -17,10 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from cifar_study import plots
+from cifar_study.errors import first_line
 from cifar_study.flow import STATS, FlowSnapshot
-from cifar_study.params import WandbParams
+from cifar_study.history import EpochRecord
+from cifar_study.flops import flops_report
+from cifar_study.model import build_model
+from cifar_study.params import ModelParams, WandbParams
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
 
@@ -83,8 +88,7 @@ class Tracker:
         return self.run is not None
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"warning: W&B {what} failed ({type(exc).__name__}: {reason}); continuing without W&B",
+        print(f"warning: W&B {what} failed ({type(exc).__name__}: {first_line(exc)}); continuing without W&B",
               file=sys.stderr, flush=True)
 
     def _guard(self, what: str, call: Callable[[], Any], always: bool = False) -> Any:
@@ -118,10 +122,8 @@ class Tracker:
 
     # --- training (implements training.TrainLogger) ---
 
-    def log_epoch(self, record: dict, step: int, heldout_name: str) -> None:
-        values = {"epoch": record["epoch"], "train/loss": record["train_loss"], "train/acc": record["train_acc"],
-                  f"{heldout_name}/loss": record["heldout_loss"], f"{heldout_name}/acc": record["heldout_acc"],
-                  "lr": record["lr"], "epoch_seconds": record["seconds"]}
+    def log_epoch(self, record: EpochRecord, step: int, heldout_name: str) -> None:
+        values = record.logged(heldout_name)
         self._submit("log", lambda: self.run.log(values, step=step))
 
     def log_flow(self, snapshot: FlowSnapshot) -> None:
@@ -165,6 +167,15 @@ class Tracker:
             })
 
         self._submit("log", log)
+
+    def log_model_cost(self, p: ModelParams, num_classes: int) -> None:
+        """FLOPs and parameters per image in the run's summary (the flops stage owns the tracked numbers)."""
+        if self.run is None:
+            return
+        with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG that training uses
+            flops = flops_report(build_model(p, num_classes))
+        self.summary({"gflops_per_sample": flops["gflops"], "flops_per_sample": flops["flops"],
+                      "params": flops["params"]})
 
     def summary(self, values: dict[str, Any]) -> None:
         self._submit("summary", lambda: self.run.summary.update(values))

@@ -6,12 +6,12 @@ from cifar_study.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_study.cli import run_stage
 from cifar_study.data import load_dataset
 from cifar_study.device import resolve_device
+from cifar_study.evaluation import evaluate
 from cifar_study.io import write_csv, write_json
 from cifar_study.loader import make_loader
 from cifar_study.params import load_params
 from cifar_study.scores import class_accuracy, confusion_matrix
 from cifar_study.tracking import Tracker, wandb_group
-from cifar_study.training import evaluate
 
 WANDB_SAMPLES = 100  # test images in W&B's predictions table
 
@@ -23,16 +23,16 @@ def main() -> None:
     model = model_from_checkpoint(state, device)
     dataset = load_dataset(paths.DATA)
     classes = state["classes"]
-    loader = make_loader("tensor", dataset.test, state["mean"], state["std"], augment=False,
+    loader = make_loader("tensor", dataset.test, state["mean"], state["std"], augment=False, shuffle=False,
                          batch_size=1000, seed=0, device=device)
     result = evaluate(model, loader, device)
 
-    actual, predicted = result.labels.numpy(), result.predictions.numpy()
+    actual, predicted = result.labels.cpu().numpy(), result.predictions().numpy()
     per_class = class_accuracy(confusion_matrix(actual, predicted, len(classes)))
     metrics = {"test_acc": round(result.acc, 6), "test_loss": round(result.loss, 6),
                "per_class_acc": {c: round(float(a), 6) for c, a in zip(classes, per_class)}}
     write_json(paths.EVAL_METRICS, metrics)
-    confidence = result.probabilities.max(dim=1).values.numpy()
+    confidence = result.confidence().numpy()
     write_csv(paths.PREDICTIONS, [
         {"index": i, "actual": classes[a], "predicted": classes[p], "confidence": round(float(c), 4)}
         for i, (a, p, c) in enumerate(zip(actual, predicted, confidence))], ("index", "actual", "predicted", "confidence"))

@@ -1,4 +1,4 @@
-"""Stage flops: FLOPs and parameters per image of the chosen model, the seed's way."""
+"""Stage flops: FLOPs and parameters per image of the chosen model, the original study's way."""
 from cifar_study import paths
 from cifar_study.cli import run_stage
 from cifar_study.flops import flops_report, format_table

@@ -5,40 +5,35 @@ from cifar_study import paths, plots
 from cifar_study.cli import run_stage
 from cifar_study.data import load_dataset
 from cifar_study.flow import snapshots_from_rows
+from cifar_study.history import EpochRecord
 from cifar_study.io import read_csv, read_json
 from cifar_study.params import load_params
-from cifar_study.scores import class_accuracy, confusion_matrix
+from cifar_study.scores import confusion_matrix
 
 
 def main() -> None:
     params = load_params()
     p = params.plots
-    history = read_csv(paths.HISTORY)
-    heldout_name = read_json(paths.TRAIN_METRICS)["heldout_split"]
     predictions = read_csv(paths.PREDICTIONS)
-    snapshots = snapshots_from_rows(read_csv(paths.FLOW))
     dataset = load_dataset(paths.DATA)
     classes = dataset.classes
     index = {c: i for i, c in enumerate(classes)}
     actual = np.array([index[r["actual"]] for r in predictions])
     predicted = np.array([index[r["predicted"]] for r in predictions])
-    confusion = confusion_matrix(actual, predicted, len(classes))
     # A fixed, seeded choice of test images, so the grid compares like with like across runs.
     sample = np.sort(np.random.default_rng(0).choice(len(predictions), min(p.samples, len(predictions)), replace=False))
-
-    figures = {
-        "learning_curves.png": plots.learning_curves(history, heldout_name),
-        "confusion_matrix.png": plots.confusion_figure(confusion, classes),
-        "class_accuracy.png": plots.class_accuracy_figure(class_accuracy(confusion), classes),
-        "sample_predictions.png": plots.prediction_grid(dataset.test.images[sample],
-                                                        [classes[i] for i in actual[sample]],
-                                                        [classes[i] for i in predicted[sample]]),
-        "gradient_flow.png": plots.flow_bars(snapshots, "grad"),
-        "weight_flow.png": plots.flow_bars(snapshots, "weight"),
-        "gradient_flow_heatmap.png": plots.flow_heatmap(snapshots),
-    }
+    data = plots.StudyData(
+        history=[EpochRecord.from_row(r) for r in read_csv(paths.HISTORY)],
+        heldout_name=read_json(paths.TRAIN_METRICS)["heldout_split"],
+        flow=snapshots_from_rows(read_csv(paths.FLOW)),
+        classes=classes,
+        confusion=confusion_matrix(actual, predicted, len(classes)),
+        sample_images=dataset.test.images[sample],
+        sample_actual=[classes[i] for i in actual[sample]],
+        sample_predicted=[classes[i] for i in predicted[sample]])
+    figures = plots.study_figures(data)
     for name, fig in figures.items():
-        plots.save_figure(fig, f"{paths.FIGURES}/{name}", p.dpi)
+        plots.save_figure(fig, f"{paths.FIGURES}/{name}.png", p.dpi)
     print(f"visualize: {len(figures)} figures in {paths.FIGURES}/")
 
 

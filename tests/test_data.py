@@ -8,7 +8,7 @@ import pytest
 
 from cifar_study.data import balanced_subset, fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
 from cifar_study.errors import DataError, ParamError
-from cifar_study.params import DataParams
+from cifar_study.params import DataParams, parse_params
 from tests.conftest import SHARED_ARCHIVE, image_folder_files, python_archive, write_files, write_tar
 
 
@@ -120,7 +120,7 @@ def test_download_without_network_says_how_to_use_a_local_copy(tmp_path):
 
 def test_folder_source_needs_a_path():
     with pytest.raises(ParamError, match="data.path: required"):
-        fetch(DataParams(source="folder"))
+        parse_params({"data": {"source": "folder"}})
 
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason=f"real CIFAR-10 archive not present at {SHARED_ARCHIVE}")

@@ -51,7 +51,7 @@ def test_two_gloo_ranks_reach_the_accuracy_of_one_process(tmp_path):
 
 def test_batch_size_must_split_evenly(tmp_path):
     repo = project(tmp_path, train={"nproc": 3, "batch_size": 16, "epochs": 1})
-    assert run_stage(repo, "fetch_data")[0] == 0
-    code, _, err = run_stage(repo, "train")
-    assert code == 2 and err.strip() == ("error: train.batch_size: 16 must be divisible by train.nproc=3 "
-                                         "(it is the global batch, split evenly across ranks)")
+    for stage in ("fetch_data", "train"):  # every stage validates all of params.yaml before any work
+        code, _, err = run_stage(repo, stage)
+        assert code == 2 and err.strip() == ("error: train.batch_size: 16 must be divisible by train.nproc=3 "
+                                             "(it is the global batch, split evenly across ranks)")

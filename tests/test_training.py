@@ -8,7 +8,9 @@ from cifar_study.errors import ParamError
 from cifar_study.loader import make_loader
 from cifar_study.model import SimpleCNN
 from cifar_study.params import TrainParams
-from cifar_study.training import TrainingDiverged, evaluate, train
+from cifar_study.evaluation import evaluate
+from cifar_study.history import EpochRecord
+from cifar_study.training import TrainingDiverged, setup, train
 
 CPU = torch.device("cpu")
 
@@ -17,23 +19,23 @@ def run(tiny, loader="tensor", **overrides):
     p = TrainParams(**{"epochs": 2, "batch_size": 32, "flow_every": 3, "loader": loader, **overrides})
     seed_everything(p.seed)
     mean, std = [0.5] * 3, [0.25] * 3
-    train_loader = make_loader(loader, tiny.train, mean, std, augment=True, batch_size=p.batch_size,
+    train_loader = make_loader(loader, tiny.train, mean, std, augment=True, shuffle=True, batch_size=p.batch_size,
                                seed=p.seed, device=CPU)
-    test_loader = make_loader(loader, tiny.test, mean, std, augment=False, batch_size=100, seed=p.seed, device=CPU)
+    test_loader = make_loader(loader, tiny.test, mean, std, augment=False, shuffle=False, batch_size=100, seed=p.seed, device=CPU)
     model = SimpleCNN()
-    return model, train(model, train_loader, test_loader, p, CPU, "test")
+    return model, train(setup(model, p, CPU), train_loader, test_loader, "test")
 
 
 def test_training_records_every_epoch_and_learns(tiny):
     _, result = run(tiny, epochs=3)
-    assert [r["epoch"] for r in result.history] == [1, 2, 3]
-    assert set(result.history[0]) == {"epoch", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr", "seconds"}
-    assert result.history[-1]["heldout_acc"] > 0.3  # chance is 0.1
-    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert EpochRecord.columns() == ("epoch", "train_loss", "train_acc", "heldout_loss", "heldout_acc", "lr", "seconds")
+    assert result.history[-1].heldout_acc > 0.3  # chance is 0.1
+    assert all(math.isfinite(r.train_loss) for r in result.history)
 
 
 def test_same_seed_same_metrics_on_cpu(tiny):
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.row().items() if k != "seconds"} for r in h]  # noqa: E731
     for loader in ("tensor", "dataloader"):
         (_, a), (_, b) = run(tiny, loader), run(tiny, loader)
         assert strip(a.history) == strip(b.history)
@@ -60,7 +62,7 @@ def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
 
 def test_bf16_autocast_on_cpu_trains(tiny):
     _, result = run(tiny, amp="bf16", channels_last=True, epochs=1)
-    assert math.isfinite(result.history[0]["train_loss"])
+    assert math.isfinite(result.history[0].train_loss)
 
 
 def test_fp16_on_cpu_is_refused(tiny):
@@ -70,11 +72,11 @@ def test_fp16_on_cpu_is_refused(tiny):
 
 def test_evaluate_matches_a_manual_count(tiny):
     model, _ = run(tiny, epochs=1)
-    loader = make_loader("tensor", tiny.test, [0.5] * 3, [0.25] * 3, augment=False, batch_size=7, seed=0, device=CPU)
+    loader = make_loader("tensor", tiny.test, [0.5] * 3, [0.25] * 3, augment=False, shuffle=False, batch_size=7, seed=0, device=CPU)
     result = evaluate(model, loader, CPU)
-    assert result.predictions.shape == (50,) and result.probabilities.shape == (50, 10)
-    assert result.acc == pytest.approx((result.predictions == result.labels).float().mean().item())
-    torch.testing.assert_close(result.probabilities.sum(1), torch.ones(50))
+    assert result.predictions().shape == (50,) and result.logits.shape == (50, 10)
+    assert result.acc == pytest.approx((result.predictions() == result.labels).float().mean().item())
+    assert ((result.confidence() >= 0.1) & (result.confidence() <= 1)).all()  # the top of 10 probabilities
 
 
 def test_device_resolution():

@@ -1,0 +1,55 @@
+"""Held-out evaluation: one pass of a model over a loader, shared by the training loop and the evaluate stage."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifar_study.errors import ParamError
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    logits: torch.Tensor  # (N, classes), on the evaluation device
+    labels: torch.Tensor  # (N,), on the evaluation device
+
+    def predictions(self) -> torch.Tensor:
+        """(N,) predicted class, on the CPU."""
+        return self.logits.argmax(1).cpu()
+
+    def confidence(self) -> torch.Tensor:
+        """(N,) softmax probability of the predicted class, on the CPU."""
+        return self.logits.softmax(1).cpu().max(dim=1).values
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ParamError(f"train.amp: 'fp16' needs a CUDA device (training on {device.type}); use bf16 or none")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def prepare_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "none",
+             channels_last: bool = False) -> Evaluation:
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        with autocast(device, amp):
+            logits.append(model(prepare_input(x, device, channels_last)).float())
+        labels.append(y.to(device))
+    logits_t, labels_t = torch.cat(logits), torch.cat(labels)
+    loss = F.cross_entropy(logits_t, labels_t).item()
+    return Evaluation(loss, (logits_t.argmax(1) == labels_t).float().mean().item(), logits_t, labels_t)

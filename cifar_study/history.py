@@ -1,0 +1,36 @@
+"""The per-epoch record: one definition for history.csv, the checkpoint, W&B, the figures and the README."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float  # mean over the epoch's (augmented) training batches
+    train_acc: float
+    heldout_loss: float  # on the held-out split: test (the original study's protocol) or val
+    heldout_acc: float
+    lr: float
+    seconds: float  # wall time of the epoch: training plus the held-out evaluation
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """history.csv's columns, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "EpochRecord":
+        """From a history.csv row (strings) or a saved dict."""
+        return cls(**{f.name: (int if f.type in (int, "int") else float)(row[f.name]) for f in dataclasses.fields(cls)})
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def logged(self, heldout_name: str) -> dict[str, float]:
+        """The W&B keys: `train/loss`, `<held-out split>/acc`, ..., `lr`, `epoch_seconds`."""
+        return {"epoch": self.epoch, "train/loss": self.train_loss, "train/acc": self.train_acc,
+                f"{heldout_name}/loss": self.heldout_loss, f"{heldout_name}/acc": self.heldout_acc,
+                "lr": self.lr, "epoch_seconds": self.seconds}
