@@ -29,6 +29,10 @@ class EpochRecord:
     def row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def final_metrics(self) -> dict[str, float]:
+        """metrics/train.json's numbers for this (last) epoch, rounded to 6 places."""
+        return {name: round(getattr(self, name), 6) for name in ("train_loss", "train_acc", "heldout_loss", "heldout_acc")}
+
     def logged(self, heldout_name: str) -> dict[str, float]:
         """The W&B keys: `train/loss`, `<held-out split>/acc`, ..., `lr`, `epoch_seconds`."""
         return {"epoch": self.epoch, "train/loss": self.train_loss, "train/acc": self.train_acc,

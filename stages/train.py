@@ -64,13 +64,8 @@ def main() -> None:
                         std=std, run_key=key)
         write_csv(paths.HISTORY, [r.row() for r in result.history], EpochRecord.columns())
         write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
-        last = result.history[-1]
-        metrics = {
-            "epochs": p.epochs, "heldout_split": heldout_name,
-            "train_loss": round(last.train_loss, 6), "train_acc": round(last.train_acc, 6),
-            "heldout_loss": round(last.heldout_loss, 6), "heldout_acc": round(last.heldout_acc, 6),
-            "best_heldout_acc": round(max(r.heldout_acc for r in result.history), 6),
-        }
+        metrics = {"epochs": p.epochs, "heldout_split": heldout_name, **result.history[-1].final_metrics(),
+                   "best_heldout_acc": round(max(r.heldout_acc for r in result.history), 6)}
         write_json(paths.TRAIN_METRICS, metrics)
         resume.clear()  # every output is written: nothing left to resume
         tracker.summary(metrics)
