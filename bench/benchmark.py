@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_study.data import channel_stats, synthetic  # noqa: E402
 from cifar_study.device import resolve_device, seed_everything  # noqa: E402
 from cifar_study.flops import flops_report  # noqa: E402
-from cifar_study.flow import flow_parameters, flow_snapshot  # noqa: E402
+from cifar_study.flow import add_update_ratio, flow_snapshot  # noqa: E402
 from cifar_study.loader import TensorLoader  # noqa: E402
 from cifar_study.model import SimpleCNN  # noqa: E402
 from cifar_study.params import TrainParams  # noqa: E402
@@ -206,7 +206,8 @@ def main() -> None:
     for _ in range(20):
         sync()
         started = time.perf_counter()
-        flow_snapshot(run.watched, 0, 1)
+        snapshot, before = flow_snapshot(run.watched, 0, 1)
+        add_update_ratio(snapshot, run.watched, before)  # without a step: the cost, not the value
         sync()
         snap_times.append(time.perf_counter() - started)
     step_seconds = BATCH / statistics.median(train_ips[configs[1].name])

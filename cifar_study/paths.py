@@ -11,6 +11,8 @@ FLOW = "plots/data/flow.csv"
 EVAL_METRICS = "metrics/eval.json"
 PREDICTIONS = "plots/data/predictions.csv"
 CLASS_ACCURACY = "plots/data/class_accuracy.csv"
+FINDINGS_METRICS = "metrics/findings.json"  # the few numbers dvc metrics diff compares
+FINDINGS = "reports/findings.json"  # per-layer flow health, training dynamics, the original study's claims
 FIGURES = "plots/figures"
 RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro` removing outputs
 
@@ -20,5 +22,6 @@ STAGE_FILES = {
     "flops": ((), (FLOPS,)),
     "train": ((DATA,), (CHECKPOINT, HISTORY, FLOW, TRAIN_METRICS)),
     "evaluate": ((CHECKPOINT, DATA), (PREDICTIONS, CLASS_ACCURACY, EVAL_METRICS)),
-    "visualize": ((HISTORY, FLOW, PREDICTIONS, TRAIN_METRICS, DATA), (FIGURES,)),
+    "findings": ((HISTORY, FLOW, CHECKPOINT), (FINDINGS_METRICS, FINDINGS)),
+    "visualize": ((HISTORY, FLOW, PREDICTIONS, TRAIN_METRICS, FINDINGS, DATA), (FIGURES,)),
 }

@@ -125,6 +125,40 @@ def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
     return fig
 
 
+def flow_health_figure(snapshots: list[FlowSnapshot], flags: dict[str, list[str]]) -> Figure:
+    """The whole run's gradient picture with flagged layers marked, and each layer's update ratio over the run."""
+    layers, steps = snapshots[0].layers, [snap.step for snap in snapshots]
+    fig = Figure(figsize=(14, 4.8))
+    left, right = fig.subplots(1, 2, width_ratios=(1.1, 1))
+    values = np.array([snap.stat("grad_mean") for snap in snapshots]).T
+    positive = values[np.isfinite(values) & (values > 0)]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    image = left.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="viridis", norm=norm,
+                        interpolation="nearest")
+    fig.colorbar(image, ax=left, label="mean |gradient| (log scale)")
+    left.set_yticks(np.arange(len(layers)), [f"{name}  ⚠ {', '.join(flags[name])}" if flags.get(name) else name
+                                             for name in layers])
+    for tick, name in zip(left.get_yticklabels(), layers):
+        if flags.get(name):
+            tick.set_color(WRONG)
+    tick_idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int))
+    left.set_xticks(tick_idx, [str(steps[i]) for i in tick_idx])
+    verdict = f"{sum(bool(f) for f in flags.values())} layer(s) flagged" if any(flags.values()) else "no layer flagged"
+    left.set(title=f"Gradient flow over the run: {verdict}", xlabel="training step (batch)", ylabel="layer")
+    ratios = np.array([snap.stat("update_ratio") for snap in snapshots]).T
+    for name, row in zip(layers, ratios):
+        right.plot(steps, np.where(row > 0, row, np.nan), marker="." if len(steps) < 30 else None,
+                   linestyle="--" if flags.get(name) else "-", label=name + (" ⚠" if flags.get(name) else ""))
+    right.axhline(1e-3, color="black", linewidth=1, linestyle=":", label="rule of thumb 1e-3")
+    right.set_yscale("log")
+    right.set(title="Update ratio |ΔW| / |W| per layer", xlabel="training step (batch)",
+              ylabel="|ΔW| / |W| of the step (log scale)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Gradient-flow health")
+    return fig
+
+
 @dataclass
 class StudyData:
     """Everything the study's figures are drawn from (the visualize stage reads it from the pipeline's files)."""
@@ -136,6 +170,7 @@ class StudyData:
     sample_images: np.ndarray  # (N, 32, 32, 3) uint8 test images for the prediction grid
     sample_actual: list[str]
     sample_predicted: list[str]
+    flow_flags: dict[str, list[str]]  # layer -> flow-health flags (reports/findings.json)
 
 
 # The study's figures in reading order: plots/figures/<name>.png. The README and the tests read the names here.
@@ -147,6 +182,7 @@ _DRAW: dict[str, Callable[[StudyData], Figure]] = {
     "gradient_flow": lambda d: flow_bars(d.flow, "grad"),
     "weight_flow": lambda d: flow_bars(d.flow, "weight"),
     "gradient_flow_heatmap": lambda d: flow_heatmap(d.flow),
+    "flow_health": lambda d: flow_health_figure(d.flow, d.flow_flags),
 }
 FIGURES = tuple(_DRAW)
 

@@ -1,6 +1,6 @@
-"""The README's Results section, generated from the committed metrics/, plots/ and dvc.lock.
+"""The README's Results and Findings sections, generated from the committed metrics/, plots/, reports/ and dvc.lock.
 
-    python -m cifar_study.report           # rewrite the section in README.md
+    python -m cifar_study.report           # rewrite the sections in README.md
     python -m cifar_study.report --check   # exit 1 if README.md is out of date
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from cifar_study import paths
 from cifar_study.history import EpochRecord
 from cifar_study.plots import FIGURES
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
             "loss_last": 0.519}
@@ -68,13 +67,44 @@ def render(root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
+def render_findings(root: Path = Path(".")) -> str:
+    """The original study's claims, the number behind each in this run, and whether it holds."""
+    if not (root / paths.FINDINGS).is_file():
+        return "No findings are committed yet: `make repro` produces them."
+    findings = json.loads((root / paths.FINDINGS).read_text())
+    health = findings["flow_health"]
+    flagged = [f"{h['layer']} ({', '.join(h['flags'])})" for h in health["layers"] if h["flags"]]
+    lines = [
+        f"Generated from `{paths.FINDINGS}` and `{paths.FINDINGS_METRICS}` (the `findings` stage) of the run above. "
+        f"Gradient flow: **{'healthy' if health['healthy'] else 'flagged'}**"
+        f" ({'; '.join(flagged) if flagged else 'no layer flagged'}, {health['snapshots']} snapshots).",
+        "",
+        "| the original study's claim | measured in this run | |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c['claim']} | {c['measured']} | {'holds' if c['holds'] else '**does not hold**'} |"
+              for c in findings["claims"]]
+    lines += ["", "| layer | mean \|grad\| range | max/mean | update ratio | trend (decades) | flags |",
+              "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {h['layer']} | {h['grad_mean_min']:.2g} – {h['grad_mean_max']:.2g} | {h['max_to_mean']:.1f} | "
+              f"{h['update_ratio']:.2g} | {h['trend_decades']:+.2f} | {', '.join(h['flags']) or '–'} |"
+              for h in health["layers"]]
+    return "\n".join(lines)
+
+
+SECTIONS = {"results": render, "findings": render_findings}  # README markers <!-- NAME:start --> ... <!-- NAME:end -->
+
+
 def update(readme: Path, root: Path = Path(".")) -> str:
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme}: missing the {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{render(root)}\n{END}{tail}"
+    for name, draw in SECTIONS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"{readme}: missing the {start} ... {end} markers")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{draw(root)}\n{end}{tail}"
+    return text
 
 
 def main() -> None:
@@ -85,7 +115,7 @@ def main() -> None:
     new = update(readme)
     if args.check:
         if new != readme.read_text():
-            sys.exit("README.md's Results section is out of date: run python -m cifar_study.report")
+            sys.exit("README.md's Results or Findings section is out of date: run python -m cifar_study.report")
         return
     readme.write_text(new)
 

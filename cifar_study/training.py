@@ -17,7 +17,7 @@ from tqdm import tqdm
 from cifar_study.distributed import Dist, all_reduce_sum
 from cifar_study.errors import UserError
 from cifar_study.evaluation import autocast, evaluate, prepare_input
-from cifar_study.flow import FlowSnapshot, flow_parameters, flow_snapshot
+from cifar_study.flow import FlowSnapshot, add_update_ratio, flow_parameters, flow_snapshot
 from cifar_study.history import EpochRecord
 from cifar_study.params import TrainParams
 
@@ -97,13 +97,16 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
             loss = F.cross_entropy(logits.float(), y)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
-        if state.step % p.flow_every == 0 and state.dist.main:  # gradients are already all-reduced: rank 0 suffices
+        snapshot_due = state.step % p.flow_every == 0 and state.dist.main  # gradients are all-reduced: rank 0 suffices
+        if snapshot_due:
             state.scaler.unscale_(state.optimizer)  # flow statistics must see the true gradients
-            snapshot = flow_snapshot(state.watched, state.step, epoch)
-            flow.append(snapshot)
-            logger.log_flow(snapshot)
+            snapshot, weights_before = flow_snapshot(state.watched, state.step, epoch)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if snapshot_due:
+            add_update_ratio(snapshot, state.watched, weights_before)
+            flow.append(snapshot)
+            logger.log_flow(snapshot)
         loss = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
         loss_sum += loss * len(y)

@@ -30,7 +30,8 @@ def main() -> None:
         confusion=confusion_matrix(actual, predicted, len(classes)),
         sample_images=dataset.test.images[sample],
         sample_actual=[classes[i] for i in actual[sample]],
-        sample_predicted=[classes[i] for i in predicted[sample]])
+        sample_predicted=[classes[i] for i in predicted[sample]],
+        flow_flags={h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]})
     figures = plots.study_figures(data)
     for name, fig in figures.items():
         plots.save_figure(fig, f"{paths.FIGURES}/{name}.png", p.dpi)

@@ -1,16 +1,18 @@
 """The README's Results section is generated from the committed files, never typed."""
 from pathlib import Path
 
-from cifar_study.report import END, START, render, update
+from cifar_study.report import SECTIONS, render, update
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_results_match_the_committed_metrics():
+def test_readme_results_and_findings_match_the_committed_files():
     readme = (ROOT / "README.md").read_text()
-    assert readme.count(START) == 1 and readme.count(END) == 1
-    section = readme.split(START, 1)[1].split(END, 1)[0].strip()
-    assert section == render(ROOT).strip(), "run: python -m cifar_study.report"
+    for name, draw in SECTIONS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        assert readme.count(start) == 1 and readme.count(end) == 1
+        section = readme.split(start, 1)[1].split(end, 1)[0].strip()
+        assert section == draw(ROOT).strip(), "run: python -m cifar_study.report"
     assert update(ROOT / "README.md", ROOT) == readme
 
 

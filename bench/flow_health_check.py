@@ -1,0 +1,98 @@
+"""Does the flow-health check tell healthy from sick training? Train each configuration briefly and print its flags.
+
+    python bench/flow_health_check.py --data synthetic --epochs 2
+    python bench/flow_health_check.py --data /path/to/cifar10-jpg.tar.gz --train-limit 5000 --epochs 2
+
+Configurations: the default; train.lr 0.1 (100x too high); block2.conv frozen; and a model made to
+vanish (SimpleCNN without BatchNorm, saturated sigmoids instead of ReLU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cifar_study.data import channel_stats, fetch  # noqa: E402
+from cifar_study.device import resolve_device, seed_everything  # noqa: E402
+from cifar_study.flow_health import FlowHealth, assess  # noqa: E402
+from cifar_study.loader import make_loader  # noqa: E402
+from cifar_study.model import SimpleCNN  # noqa: E402
+from cifar_study.params import DataParams, TrainParams  # noqa: E402
+from cifar_study.training import setup, train  # noqa: E402
+
+
+def vanishing_model() -> nn.Module:
+    """SimpleCNN whose gradients die on the way back: no BatchNorm, and saturated sigmoids instead of ReLU.
+
+    Every conv's bias starts at -4, where the sigmoid's slope is 0.018 instead of 0.25, so each block
+    shrinks the gradient passing back through it (BatchNorm would undo that, hence none).
+    """
+    model = SimpleCNN()
+    for block in (model.block1, model.block2, model.block3, model.block4):
+        block.bn, block.relu = nn.Identity(), nn.Sigmoid()
+        with torch.no_grad():
+            block.conv.bias.fill_(-4.0)
+    return model
+
+
+def frozen_model(layer: str = "block2.conv") -> nn.Module:
+    model = SimpleCNN()
+    model.get_submodule(layer).weight.requires_grad_(False)
+    return model
+
+
+CONFIGS: dict[str, tuple[Callable[[], nn.Module], dict]] = {
+    "default": (SimpleCNN, {}),
+    "lr 0.1": (SimpleCNN, {"lr": 0.1}),
+    "block2.conv frozen": (frozen_model, {}),
+    "vanishing model": (vanishing_model, {}),
+}
+
+
+def check(make_model: Callable[[], nn.Module], p: TrainParams, ds, device: torch.device) -> FlowHealth:
+    seed_everything(p.seed)
+    mean, std = channel_stats(ds.train.images)
+    train_loader = make_loader("tensor", ds.train, mean, std, augment=True, shuffle=True, batch_size=p.batch_size,
+                               seed=p.seed, device=device)
+    test_loader = make_loader("tensor", ds.test, mean, std, augment=False, shuffle=False, batch_size=1000,
+                              seed=p.seed, device=device)
+    result = train(setup(make_model(), p, device), train_loader, test_loader, "test")
+    return assess(result.flow)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="synthetic", help="'synthetic' or an image-folder archive")
+    ap.add_argument("--train-limit", type=int, default=0)
+    ap.add_argument("--test-limit", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--flow-every", type=int, default=20)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="bench/results/flow_health_check.json")
+    args = ap.parse_args()
+    source = "synthetic" if args.data == "synthetic" else "folder"
+    ds = fetch(DataParams(source=source, path="" if source == "synthetic" else args.data,
+                          train_limit=args.train_limit, test_limit=args.test_limit))
+    device = resolve_device(args.device)
+    results = {}
+    for name, (make_model, options) in CONFIGS.items():
+        p = TrainParams(epochs=args.epochs, flow_every=args.flow_every, **options)
+        health = check(make_model, p, ds, device)
+        results[name] = {"healthy": health.healthy, "flagged": {h.layer: h.flags for h in health.flagged},
+                         **health.metrics()}
+        print(f"{name}: {'healthy' if health.healthy else 'FLAGGED'} {results[name]['flagged']} "
+              f"(median update ratio {results[name]['update_ratio']:.2g})", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": args.data, "train_limit": args.train_limit, "epochs": args.epochs,
+                               "flow_every": args.flow_every, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

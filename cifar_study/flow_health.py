@@ -1,0 +1,139 @@
+"""Gradient-flow health: the original study's reading of its flow charts, as numbers and flags per layer.
+
+From the flow snapshots (mean/max |grad|, mean |W| and the update ratio |ΔW|/|W| of the step at each
+snapshot), every layer gets statistics over the run and flags; the run is healthy when no layer is
+flagged. Each threshold below is a named constant with the reason for its value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cifar_study.flow import FlowSnapshot
+
+# Vanishing: a layer's typical mean |grad| more than 4 decades below the output layer's. Layers
+# differ by fan-in: in the default run the smallest (fc1) sits 2.2 decades below the output layer,
+# so 4 decades leaves room for that and still catches gradients that die on their way back.
+VANISHING_RATIO = 1e-4
+# ...or below Adam's eps (1e-8): there Adam's update itself shrinks toward zero.
+VANISHING_ABS = 1e-8
+# Exploding: any non-finite gradient, or a layer's mean |grad| rising more than 3 decades above
+# where it started. The default run's largest rise is 1.4 decades (block4.bn).
+EXPLODING_RISE = 1e3
+# Dead: the gradient is exactly zero (all elements) in more than half of the snapshots; a frozen
+# layer or a layer behind dead ReLUs.
+DEAD_FRACTION = 0.5
+# Stalled / unstable: the typical update ratio |ΔW|/|W| of a step. The widely used rule of thumb is
+# about 1e-3; two decades either side means the layer barely moves (stalled) or each step rewrites a
+# large part of the weights (unstable).
+STALLED_UPDATE = 1e-5
+UNSTABLE_UPDATE = 1e-1
+FLAGS = ("vanishing", "exploding", "dead", "stalled", "unstable")
+
+
+@dataclass
+class LayerHealth:
+    layer: str
+    grad_mean_min: float  # range of mean |grad| over the run
+    grad_mean_max: float
+    grad_mean_median: float
+    max_to_mean: float  # median over snapshots of max |grad| / mean |grad|
+    zero_fraction: float  # snapshots whose gradient is all zero
+    nonfinite_fraction: float  # snapshots with a NaN or infinite gradient statistic
+    rise: float  # largest mean |grad| over the first one
+    trend_decades: float  # least-squares slope of log10 mean |grad| from the run's start to its end
+    update_ratio: float  # median |ΔW| / |W| of the steps at the snapshots
+    weight_mean_change: float  # last / first mean |W|
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlowHealth:
+    layers: list[LayerHealth]
+    snapshots: int
+
+    @property
+    def flagged(self) -> list[LayerHealth]:
+        return [h for h in self.layers if h.flags]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.flagged
+
+    def metrics(self) -> dict[str, float | int]:
+        """The few numbers `dvc metrics diff` compares."""
+        return {"flagged_layers": len(self.flagged),
+                "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers]))),
+                "grad_max_to_mean": _round(float(np.median([h.max_to_mean for h in self.layers])))}
+
+    def detail(self) -> dict:
+        return {"healthy": self.healthy, "snapshots": self.snapshots,
+                "thresholds": thresholds(), "layers": [asdict(h) for h in self.layers]}
+
+
+def thresholds() -> dict[str, float]:
+    return {"VANISHING_RATIO": VANISHING_RATIO, "VANISHING_ABS": VANISHING_ABS, "EXPLODING_RISE": EXPLODING_RISE,
+            "DEAD_FRACTION": DEAD_FRACTION, "STALLED_UPDATE": STALLED_UPDATE, "UNSTABLE_UPDATE": UNSTABLE_UPDATE}
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}") if math.isfinite(x) else x
+
+
+def assess(snapshots: list[FlowSnapshot]) -> FlowHealth:
+    """Statistics and flags for every layer over all snapshots of a run."""
+    layers = snapshots[0].layers
+    stats = {name: np.array([s.stat(name) for s in snapshots], dtype=np.float64)  # (snapshots, layers)
+             for name in ("grad_mean", "grad_max", "weight_mean", "update_ratio")}
+    finite = np.isfinite(stats["grad_mean"]) & np.isfinite(stats["grad_max"])
+    output_median = _median(stats["grad_mean"][:, -1][finite[:, -1]])
+    progress = np.linspace(0.0, 1.0, len(snapshots))
+    result = []
+    for i, layer in enumerate(layers):
+        ok = finite[:, i]
+        mean, peak = stats["grad_mean"][ok, i], stats["grad_max"][ok, i]
+        nonzero = mean > 0
+        median = _median(mean)
+        h = LayerHealth(
+            layer=layer,
+            grad_mean_min=_round(float(mean.min())) if mean.size else math.nan,
+            grad_mean_max=_round(float(mean.max())) if mean.size else math.nan,
+            grad_mean_median=_round(median),
+            max_to_mean=_round(_median(peak[nonzero] / mean[nonzero])),
+            zero_fraction=_round(float((peak == 0).sum() / len(snapshots))),
+            nonfinite_fraction=_round(float((~ok).sum() / len(snapshots))),
+            rise=_round(float(mean.max() / mean[0])) if nonzero.size and nonzero[0] else math.nan,
+            trend_decades=_round(_slope(progress[ok][nonzero], np.log10(mean[nonzero]))),
+            update_ratio=_round(_median(stats["update_ratio"][:, i][np.isfinite(stats["update_ratio"][:, i])])),
+            weight_mean_change=_round(float(stats["weight_mean"][-1, i] / stats["weight_mean"][0, i]))
+            if stats["weight_mean"][0, i] > 0 else math.nan)
+        h.flags = _flags(h, output_median)
+        result.append(h)
+    return FlowHealth(result, len(snapshots))
+
+
+def _flags(h: LayerHealth, output_median: float) -> list[str]:
+    flags = []
+    if h.zero_fraction <= DEAD_FRACTION and (h.grad_mean_median < VANISHING_ABS or
+                                             h.grad_mean_median < VANISHING_RATIO * output_median):
+        flags.append("vanishing")
+    if h.nonfinite_fraction > 0 or (math.isfinite(h.rise) and h.rise > EXPLODING_RISE):
+        flags.append("exploding")
+    if h.zero_fraction > DEAD_FRACTION:
+        flags.append("dead")
+    if h.update_ratio < STALLED_UPDATE:
+        flags.append("stalled")
+    if h.update_ratio > UNSTABLE_UPDATE:
+        flags.append("unstable")
+    return flags
+
+
+def _median(x: np.ndarray) -> float:
+    return float(np.median(x)) if x.size else math.nan
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y over x (decades per run for log10 y over run progress)."""
+    return float(np.polyfit(x, y, 1)[0]) if x.size >= 2 and np.ptp(x) > 0 else math.nan

@@ -1,0 +1,38 @@
+"""Stage findings: the original study's conclusions as checked numbers: gradient-flow health and training dynamics."""
+import dataclasses
+
+from cifar_study import paths
+from cifar_study.checkpoint import load_checkpoint
+from cifar_study.cli import run_stage
+from cifar_study.dynamics import analyse
+from cifar_study.findings import check_claims
+from cifar_study.flow import snapshots_from_rows
+from cifar_study.flow_health import assess
+from cifar_study.history import EpochRecord
+from cifar_study.io import read_csv, write_json
+from cifar_study.params import load_params
+from cifar_study.tracking import Tracker, wandb_group
+
+
+def main() -> None:
+    params = load_params()
+    health = assess(snapshots_from_rows(read_csv(paths.FLOW)))
+    dynamics = analyse([EpochRecord.from_row(r) for r in read_csv(paths.HISTORY)])
+    claims = check_claims(health, dynamics)
+    metrics = {**health.metrics(), **dynamics.metrics()}
+    write_json(paths.FINDINGS_METRICS, metrics)
+    write_json(paths.FINDINGS, {"flow_health": health.detail(), "dynamics": dynamics.detail(),
+                                "claims": [dataclasses.asdict(c) for c in claims]})
+    flagged = "; ".join(f"{h.layer}: {', '.join(h.flags)}" for h in health.flagged) or "no layer flagged"
+    print(f"findings: gradient flow {'healthy' if health.healthy else 'FLAGGED'} ({flagged}); "
+          f"{sum(c.holds for c in claims)} of {len(claims)} of the original study's claims hold")
+
+    # Joins the W&B group of the train run whose flow and history these are.
+    run_key = load_checkpoint(paths.CHECKPOINT).get("run_key", "unknown")
+    with Tracker(params.wandb, "findings", wandb_group(run_key), {}) as tracker:
+        tracker.summary({**{f"findings/{k}": v for k, v in metrics.items()}, "findings/healthy": health.healthy,
+                         **{f"findings/claim{i + 1}_holds": c.holds for i, c in enumerate(claims)}})
+
+
+if __name__ == "__main__":
+    run_stage(main)

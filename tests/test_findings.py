@@ -1,0 +1,95 @@
+"""Flow health and training dynamics: each flag fires on its sick configuration and stays silent on a healthy run."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.flow_health_check import CONFIGS, check
+from cifar_study import flow_health
+from cifar_study.data import Dataset, balanced_subset, synthetic
+from cifar_study.dynamics import analyse
+from cifar_study.findings import check_claims
+from cifar_study.flow import FlowSnapshot
+from cifar_study.history import EpochRecord
+from cifar_study.params import TrainParams
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def health():
+    """Flow health of each configuration of bench/flow_health_check.py, trained briefly on synthetic images."""
+    ds = synthetic(0)
+    ds = Dataset(balanced_subset(ds.train, 300, 10, 0, "train"), balanced_subset(ds.test, 100, 10, 0, "test"),
+                 ds.classes)
+    return {name: check(make_model, TrainParams(epochs=1, batch_size=32, flow_every=2, **options), ds, CPU)
+            for name, (make_model, options) in CONFIGS.items()}
+
+
+def flagged(h) -> dict[str, list[str]]:
+    return {layer.layer: layer.flags for layer in h.flagged}
+
+
+def test_default_run_is_healthy(health):
+    assert health["default"].healthy, flagged(health["default"])
+    assert health["default"].metrics()["flagged_layers"] == 0
+
+
+def test_frozen_layer_is_dead_and_stalled_and_no_other(health):
+    assert flagged(health["block2.conv frozen"]) == {"block2.conv": ["dead", "stalled"]}
+
+
+def test_vanishing_model_flags_the_input_side_layers(health):
+    flags = flagged(health["vanishing model"])
+    assert "vanishing" in flags["block1.conv"] and "vanishing" in flags["block2.conv"]
+    assert "fc2" not in flags  # the output layer gets the full gradient
+
+
+def test_learning_rate_far_too_high_is_unstable(health):
+    flags = flagged(health["lr 0.1"])
+    assert any("unstable" in f for f in flags.values()), flags
+    assert health["lr 0.1"].metrics()["update_ratio"] > 10 * health["default"].metrics()["update_ratio"]
+
+
+def snapshots(grad_means: list[float], update: float = 1e-3) -> list[FlowSnapshot]:
+    return [FlowSnapshot(i, 1, ["a", "out"], [[g, 10 * g, 0.1, 0.2, update], [1e-2, 0.1, 0.1, 0.2, update]])
+            for i, g in enumerate(grad_means)]
+
+
+def test_each_flag_on_constructed_snapshots():
+    assert not flow_health.assess(snapshots([1e-2, 2e-2, 1e-2])).flagged
+    assert flow_health.assess(snapshots([1e-2, math.nan, 1e-2])).layers[0].flags == ["exploding"]
+    assert flow_health.assess(snapshots([1e-4, 1e-2, 1.0])).layers[0].flags == ["exploding"]  # 4 decades up
+    assert flow_health.assess(snapshots([1e-7, 1e-7, 1e-7])).layers[0].flags == ["vanishing"]
+    assert flow_health.assess(snapshots([0.0, 0.0, 1e-2])).layers[0].flags == ["dead"]
+    assert [h.flags for h in flow_health.assess(snapshots([1e-2] * 3, update=1e-6)).layers] == [["stalled"]] * 2
+    assert [h.flags for h in flow_health.assess(snapshots([1e-2] * 3, update=0.5)).layers] == [["unstable"]] * 2
+
+
+def test_thresholds_are_the_documented_constants():
+    assert flow_health.thresholds() == {"VANISHING_RATIO": 1e-4, "VANISHING_ABS": 1e-8, "EXPLODING_RISE": 1e3,
+                                        "DEAD_FRACTION": 0.5, "STALLED_UPDATE": 1e-5, "UNSTABLE_UPDATE": 1e-1}
+    assert flow_health.assess(snapshots([1e-2] * 2)).detail()["thresholds"] == flow_health.thresholds()
+
+
+def history(heldout_acc: list[float], heldout_loss: list[float]) -> list[EpochRecord]:
+    return [EpochRecord(i + 1, 1.0, 0.5, loss, acc, 1e-3, 1.0)
+            for i, (acc, loss) in enumerate(zip(heldout_acc, heldout_loss))]
+
+
+def test_dynamics_reads_speed_gap_and_overfitting():
+    steady = analyse(history([0.5, 0.7, 0.76, 0.79, 0.8, 0.8, 0.8], [1.4, 1.0, 0.8, 0.7, 0.65, 0.64, 0.63]))
+    assert (steady.epoch_90, steady.epoch_95, steady.epoch_99, steady.best_epoch) == (3, 3, 5, 5)
+    assert not steady.overfitting and steady.gap_acc == pytest.approx(0.5 - 0.8)
+    rising = analyse(history([0.5, 0.7, 0.8, 0.8, 0.8, 0.79, 0.79], [1.4, 1.0, 0.6, 0.65, 0.7, 0.75, 0.8]))
+    assert rising.overfitting and rising.loss_rise == pytest.approx(0.8 / 0.6 - 1, abs=1e-6)
+    assert rising.metrics() == {"best_epoch": 3, "epoch_95": 3, "gap_acc": pytest.approx(-0.29), "overfitting": 1}
+
+
+def test_claims_hold_on_a_healthy_run_and_fail_on_a_sick_one(health):
+    steady = analyse(history([0.5, 0.7, 0.76, 0.79, 0.8, 0.8, 0.8], [1.4, 1.0, 0.8, 0.7, 0.65, 0.64, 0.63]))
+    sick = check_claims(health["vanishing model"], steady)
+    assert not sick[0].holds and "block1.conv" in sick[0].measured
+    assert check_claims(health["default"], steady)[0].holds
