@@ -57,7 +57,15 @@ class TrainParams:
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
+    # torch.compile's mode; reduce-overhead and max-autotune replay CUDA graphs (fewer kernel launches)
+    compile_mode: str = _rule(default="default",
+                              choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    fused_adam: bool = False  # Adam's fused kernels; with amp fp16 they also spare the scaler's per-step host read
     nproc: int = _rule(default=1, ge=1)  # processes (ranks) the train stage launches with torchrun
+
+    def __post_init__(self) -> None:
+        if self.compile_mode != "default" and not self.compile:
+            raise ParamError(f"train.compile_mode: {self.compile_mode!r} needs train.compile: true")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
     logits, labels = [], []
     for x, y in loader:
         with autocast(device, amp):
-            logits.append(model(prepare_input(x, device, channels_last)).float())
+            # A copy even in fp32: a CUDA-graph replay (compile_mode reduce-overhead) overwrites its outputs.
+            logits.append(model(prepare_input(x, device, channels_last)).to(torch.float32, copy=True))
         labels.append(y.to(device))
     logits_t, labels_t = torch.cat(logits), torch.cat(labels)
     loss = F.cross_entropy(logits_t, labels_t).item()
@@ -111,7 +112,8 @@ def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist
     autocast(device, p.amp)  # refuses an unusable amp setting before any work
     forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.active else model
-    return Run(model, torch.compile(forward) if p.compile else forward, torch.optim.Adam(model.parameters(), lr=p.lr),
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, fused=True if p.fused_adam else None)
+    return Run(model, torch.compile(forward, mode=p.compile_mode) if p.compile else forward, optimizer,
                torch.amp.GradScaler(device.type, enabled=p.amp == "fp16"), flow_parameters(model), p, device, d)
 
 
