@@ -8,7 +8,7 @@ Runs, in one process, on the same data and device:
 Configurations are measured in interleaved rounds and medians are reported, so a slow patch on a
 noisy machine hits all of them alike. Prints a table and writes JSON.
 
-    python bench/benchmark.py [--device cpu|cuda|mps|auto] [--quick] [--out bench/results/benchmark.json]
+    python bench/benchmark.py [--device cpu|cuda|mps|auto] [--quick | --smoke] [--compile] [--out FILE]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_study.data import channel_stats, synthetic  # noqa: E402
+from cifar_study.data import Split, channel_stats, synthetic  # noqa: E402
 from cifar_study.device import resolve_device, seed_everything  # noqa: E402
 from cifar_study.flops import flops_report  # noqa: E402
 from cifar_study.flow import add_update_ratio, flow_snapshot  # noqa: E402
@@ -40,6 +40,7 @@ from cifar_study.params import TrainParams  # noqa: E402
 from cifar_study.training import NullLogger, setup, train_epoch  # noqa: E402
 
 BATCH = 128
+SMOKE_BATCH, SMOKE_IMAGES = 16, 1024  # --smoke: enough to run every part, not to measure
 
 
 class PlainCIFAR10(torch.utils.data.Dataset):
@@ -55,9 +56,9 @@ class PlainCIFAR10(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def plain_loader(images, labels, mean, std, workers: int) -> DataLoader:
+def plain_loader(images, labels, mean, std, workers: int, batch: int) -> DataLoader:
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    return DataLoader(PlainCIFAR10(images, labels, transform), batch_size=BATCH, shuffle=True, num_workers=workers,
+    return DataLoader(PlainCIFAR10(images, labels, transform), batch_size=batch, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0)
 
 
@@ -71,17 +72,24 @@ def batches(loader, n: int) -> Iterator:
                 return
 
 
-class Limited:
-    """A loader cut to `n` batches (with a length, for the progress bar), timing each wait for data."""
+def forever(loader: Iterable) -> Iterator:
+    """The loader's batches, epoch after epoch: shared by successive measurements, so per-epoch work
+    (the shuffle, the epoch's crop and flip draws) is spread over an epoch's batches as in training."""
+    while True:
+        yield from loader
 
-    def __init__(self, loader, n: int, sync: Callable[[], None]):
-        self.loader, self.n, self.sync, self.data_seconds = loader, n, sync, 0.0
+
+class Limited:
+    """The next `n` batches of `source` (with a length, for the progress bar), timing each wait for data."""
+
+    def __init__(self, source: Iterator, n: int, sync: Callable[[], None]):
+        self.source, self.n, self.sync, self.data_seconds = source, n, sync, 0.0
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        it = batches(self.loader, self.n)
+        it = (next(self.source) for _ in range(self.n))
         while True:
             started = time.perf_counter()
             try:
@@ -119,37 +127,43 @@ class Config:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (a smoke run, noisier)")
+    ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (noisier)")
+    ap.add_argument("--smoke", action="store_true", help="a few batches, one round, no W&B part: checks that it runs")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to warm up)")
     ap.add_argument("--out", default="bench/results/benchmark.json")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    steps, rounds, warmup = (8, 3, 2) if args.quick else (20, 5, 3)
+    cuda = device.type == "cuda"
+    # A GPU step takes about a millisecond: more steps per round keep launch jitter out of the medians.
+    steps, rounds, warmup = (2, 1, 1) if args.smoke else (8, 3, 2) if args.quick else (100, 5, 10) if cuda else (20, 5, 3)
     torch.manual_seed(0)
     ds = synthetic(seed=0)  # same shapes as CIFAR-10; loading cost does not depend on content
-    images, labels = ds.train.images, ds.train.labels
+    split = Split(ds.train.images[:SMOKE_IMAGES], ds.train.labels[:SMOKE_IMAGES]) if args.smoke else ds.train
+    images, labels = split.images, split.labels
     mean, std = channel_stats(images)
-    split = ds.train
+    batch = SMOKE_BATCH if args.smoke else BATCH
 
     # (a) loader throughput
     loaders = {
-        "plain torchvision+PIL DataLoader (0 workers)": lambda: plain_loader(images, labels, mean, std, 0),
-        "pipeline TensorLoader": lambda: TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True,
+        "plain torchvision+PIL DataLoader (0 workers)": lambda: plain_loader(images, labels, mean, std, 0, batch),
+        "pipeline TensorLoader": lambda: TensorLoader(split, mean, std, augment=True, batch_size=batch, shuffle=True,
                                                       seed=0, device=device),
     }
-    loader_batches = 10 if args.quick else 30
+    loader_batches = 2 if args.smoke else 10 if args.quick else 30
     loader_ips: dict[str, list[float]] = {k: [] for k in loaders}
+    sources = {name: forever(make()) for name, make in loaders.items()}
+    for source in sources.values():
+        next(source)  # warm up
     for _ in range(rounds):
-        for name, make in loaders.items():
-            loader = make()
+        for name, source in sources.items():
             sync()
             started = time.perf_counter()
-            for x, _ in batches(loader, loader_batches):
-                x.sum()  # touch the data, as training would
+            for _ in range(loader_batches):
+                next(source)[0].sum()  # touch the data, as training would
             sync()
-            loader_ips[name].append(loader_batches * BATCH / (time.perf_counter() - started))
+            loader_ips[name].append(loader_batches * batch / (time.perf_counter() - started))
 
     # (b) + (c) training throughput
     configs = [
@@ -159,21 +173,26 @@ def main() -> None:
         Config("pipeline + bf16 autocast", {"amp": "bf16"}),
         Config("pipeline + bf16 + channels_last", {"amp": "bf16", "channels_last": True}),
     ]
+    fast = {"amp": "bf16", "channels_last": True}
+    if cuda:
+        configs.append(Config("pipeline + bf16 + channels_last + fused Adam", {**fast, "fused_adam": True}))
     if args.compile:
-        configs.append(Config("pipeline + bf16 + channels_last + compile",
-                              {"amp": "bf16", "channels_last": True, "compile": True}))
+        configs.append(Config("pipeline + bf16 + channels_last + compile", {**fast, "compile": True}))
+        if cuda:  # CUDA graphs: one replay per step instead of a launch per kernel
+            configs.append(Config("pipeline + bf16 + channels_last + compile reduce-overhead + fused Adam",
+                                  {**fast, "compile": True, "compile_mode": "reduce-overhead", "fused_adam": True}))
     state = {}
     for cfg in configs:
         seed_everything(0)
         model = SimpleCNN()
         if cfg.plain:
             state[cfg.name] = (model.to(device), torch.optim.Adam(model.parameters(), lr=1e-3),
-                               plain_loader(images, labels, mean, std, 0))
+                               plain_loader(images, labels, mean, std, 0, batch))
         else:
             p = TrainParams(**{"flow_every": 10**9, **cfg.options})  # flow cost is measured apart, below
             state[cfg.name] = (setup(model, p, device),
-                               TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True, seed=0,
-                                            device=device))
+                               forever(TensorLoader(split, mean, std, augment=True, batch_size=batch, shuffle=True,
+                                                    seed=0, device=device)))
     train_ips: dict[str, list[float]] = {c.name: [] for c in configs}
     data_share: dict[str, list[float]] = {c.name: [] for c in configs}
 
@@ -181,8 +200,8 @@ def main() -> None:
         if cfg.plain:
             model, optimizer, loader = state[cfg.name]
             return plain_steps(model, optimizer, loader, n, device, sync), float("nan")
-        run, loader = state[cfg.name]
-        limited = Limited(loader, n, sync)
+        run, source = state[cfg.name]
+        limited = Limited(source, n, sync)
         sync()
         started = time.perf_counter()
         train_epoch(run, limited, 1, NullLogger(), [])
@@ -195,12 +214,12 @@ def main() -> None:
     for _ in range(rounds):
         for cfg in configs:
             elapsed, share = measure(cfg, steps)
-            train_ips[cfg.name].append(steps * BATCH / elapsed)
+            train_ips[cfg.name].append(steps * batch / elapsed)
             data_share[cfg.name].append(share)
 
     # (c) flow snapshot cost at the default interval, against the default config's step time
-    run, loader = state[configs[1].name]
-    x, y = next(iter(loader))
+    run, source = state[configs[1].name]
+    x, y = next(source)
     F.cross_entropy(run.forward(x), y).backward()
     snap_times = []
     for _ in range(20):
@@ -210,21 +229,23 @@ def main() -> None:
         add_update_ratio(snapshot, run.watched, before)  # without a step: the cost, not the value
         sync()
         snap_times.append(time.perf_counter() - started)
-    step_seconds = BATCH / statistics.median(train_ips[configs[1].name])
+    step_seconds = batch / statistics.median(train_ips[configs[1].name])
     flow_every = TrainParams().flow_every
     flow_share = statistics.median(snap_times) / (flow_every * step_seconds)
-    wandb_seconds = wandb_flow_overhead(split, mean, std, device, sync, rounds)
-    wandb_share = wandb_seconds / (flow_every * step_seconds)
+    wandb_seconds = None if args.smoke else wandb_flow_overhead(split, mean, std, device, sync, rounds, batch)
+    wandb_share = None if wandb_seconds is None else wandb_seconds / (flow_every * step_seconds)
 
     # the physical limit: training FLOPs per image (forward + backward ≈ 3 × forward) against a
     # dense matmul's measured rate on this device
     train_flops = 3 * flops_report(SimpleCNN())["flops"]
-    peak = {dtype: matmul_rate(device, dtype, sync) for dtype in ("float32", "bfloat16")}
+    # A product large enough to fill a GPU; smaller on a CPU, where 2048 already takes a while.
+    size = 256 if args.smoke else 8192 if cuda else 2048
+    peak = {dtype: matmul_rate(device, dtype, sync, size) for dtype in ("float32", "bfloat16")}
 
     report = {
         "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "quick": args.quick, "batch_size": BATCH, "steps_per_round": steps,
-        "rounds": rounds,
+        "threads": torch.get_num_threads(), "quick": args.quick, "smoke": args.smoke, "compile": args.compile,
+        "batch_size": batch, "steps_per_round": steps, "rounds": rounds, "matmul_size": size,
         "loader_images_per_s": {k: statistics.median(v) for k, v in loader_ips.items()},
         "train_images_per_s": {k: statistics.median(v) for k, v in train_ips.items()},
         "train_images_per_s_all": train_ips,
@@ -243,19 +264,27 @@ def main() -> None:
     print(f"\nwritten: {out}")
 
 
-def wandb_flow_overhead(split, mean, std, device, sync, rounds: int) -> float:
+def wandb_flow_overhead(split, mean, std, device, sync, rounds: int, batch: int) -> float | None:
     """Extra training seconds per flow snapshot logged to W&B (offline): the same 40 train steps with a
-    snapshot every 10 batches, logged to W&B vs not logged, interleaved; median difference / 4."""
+    snapshot every 10 batches, logged to W&B vs not logged, interleaved; median difference / 4.
+    None where wandb is not installed."""
     import os
     import tempfile
+
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        print("wandb is not installed: the W&B logging cost is not measured", flush=True)
+        return None
 
     from cifar_study.params import WandbParams
     from cifar_study.tracking import Tracker
 
     steps, every = 40, 10
     run = setup(SimpleCNN(), TrainParams(flow_every=every), device)
-    loader = TensorLoader(split, mean, std, augment=True, batch_size=BATCH, shuffle=True, seed=0, device=device)
-    train_epoch(run, Limited(loader, 2, sync), 1, NullLogger(), [])  # warm up
+    source = forever(TensorLoader(split, mean, std, augment=True, batch_size=batch, shuffle=True, seed=0,
+                                  device=device))
+    train_epoch(run, Limited(source, 2, sync), 1, NullLogger(), [])  # warm up
     extra = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["WANDB_DIR"] = tmp
@@ -267,7 +296,7 @@ def wandb_flow_overhead(split, mean, std, device, sync, rounds: int) -> float:
                 run.step = 0
                 sync()
                 started = time.perf_counter()
-                train_epoch(run, Limited(loader, steps, sync), 1, tracker, [])
+                train_epoch(run, Limited(source, steps, sync), 1, tracker, [])
                 if logged:
                     tracker.finish()  # wait for the background thread: all of its work is counted
                 sync()
@@ -276,7 +305,7 @@ def wandb_flow_overhead(split, mean, std, device, sync, rounds: int) -> float:
     return statistics.median(extra)
 
 
-def matmul_rate(device: torch.device, dtype: str, sync, n: int = 2048, reps: int = 10) -> float:
+def matmul_rate(device: torch.device, dtype: str, sync, n: int, reps: int = 10) -> float:
     a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     a @ b
@@ -315,11 +344,15 @@ def print_table(r: dict, configs: list[Config]) -> None:
         print(f"  {cfg.name:<55} {ips:>8,.1f} img/s  {ips / base:>5.2f}x  {achieved:>7.1f} GFLOP/s  {data}")
     print(f"\n(c) flow snapshot: {r['flow_snapshot_seconds'] * 1e3:.2f} ms each = "
           f"{r['flow_share_at_default_interval']:.3%} of training time at one every 200 batches (default config)")
-    print(f"    W&B flow logging (2 images + scalars, offline, background thread): "
-          f"{r['wandb_flow_log_seconds'] * 1e3:.0f} ms extra training time each = "
-          f"{r['wandb_flow_share_at_default_interval']:.3%} of training time at one every 200 batches")
+    if r["wandb_flow_log_seconds"] is None:
+        print("    W&B flow logging: not measured (smoke run, or wandb not installed)")
+    else:
+        print(f"    W&B flow logging (2 images + scalars, offline, background thread): "
+              f"{r['wandb_flow_log_seconds'] * 1e3:.0f} ms extra training time each = "
+              f"{r['wandb_flow_share_at_default_interval']:.3%} of training time at one every 200 batches")
     print(f"\nphysical limit: {r['train_gflop_per_image']:.4f} GFLOP per training image (3 x forward); "
-          f"dense matmul on this device: {r['matmul_peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
+          f"dense {r['matmul_size']}x{r['matmul_size']} matmul on this device: "
+          f"{r['matmul_peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
           f"{r['matmul_peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16")
 
 

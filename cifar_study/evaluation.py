@@ -48,7 +48,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
     logits, labels = [], []
     for x, y in loader:
         with autocast(device, amp):
-            logits.append(model(prepare_input(x, device, channels_last)).float())
+            # A copy even in fp32: a CUDA-graph replay (compile_mode reduce-overhead) overwrites its outputs.
+            logits.append(model(prepare_input(x, device, channels_last)).to(torch.float32, copy=True))
         labels.append(y.to(device))
     logits_t, labels_t = torch.cat(logits), torch.cat(labels)
     loss = F.cross_entropy(logits_t, labels_t).item()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class LayerHealth:
     nonfinite_fraction: float  # snapshots with a NaN or infinite gradient statistic
     rise: float  # largest mean |grad| over the first one
     trend_decades: float  # least-squares slope of log10 mean |grad| from the run's start to its end
-    update_ratio: float  # median |ΔW| / |W| of the steps at the snapshots
+    update_ratio: float  # median |ΔW| / |W| of the steps at the snapshots after the first (NaN: none)
     weight_mean_change: float  # last / first mean |W|
     flags: list[str] = field(default_factory=list)
 
@@ -64,18 +65,27 @@ class FlowHealth:
 
     def metrics(self) -> dict[str, float | int]:
         """The few numbers `dvc metrics diff` compares."""
-        return {"flagged_layers": len(self.flagged),
-                "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers]))),
-                "grad_max_to_mean": _round(float(np.median([h.max_to_mean for h in self.layers])))}
+        return _finite_or_none({"flagged_layers": len(self.flagged),
+                                "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers]))),
+                                "grad_max_to_mean": _round(float(np.median([h.max_to_mean for h in self.layers])))})
 
     def detail(self) -> dict:
-        return {"healthy": self.healthy, "snapshots": self.snapshots,
-                "thresholds": thresholds(), "layers": [asdict(h) for h in self.layers]}
+        return _finite_or_none({"healthy": self.healthy, "snapshots": self.snapshots,
+                                "thresholds": thresholds(), "layers": [asdict(h) for h in self.layers]})
 
 
 def thresholds() -> dict[str, float]:
     return {"VANISHING_RATIO": VANISHING_RATIO, "VANISHING_ABS": VANISHING_ABS, "EXPLODING_RISE": EXPLODING_RISE,
             "DEAD_FRACTION": DEAD_FRACTION, "STALLED_UPDATE": STALLED_UPDATE, "UNSTABLE_UPDATE": UNSTABLE_UPDATE}
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinity as null: JSON has no such numbers, and DVC and browsers refuse them."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _round(x: float) -> float:
@@ -90,6 +100,9 @@ def assess(snapshots: list[FlowSnapshot]) -> FlowHealth:
     finite = np.isfinite(stats["grad_mean"]) & np.isfinite(stats["grad_max"])
     output_median = _median(stats["grad_mean"][:, -1][finite[:, -1]])
     progress = np.linspace(0.0, 1.0, len(snapshots))
+    # Adam's first step moves every weight by exactly lr whatever its gradient, so it says nothing
+    # about the run's step sizes (for fc1 it is 0.15 of |W|): update ratios count from step 1 on.
+    updates = stats["update_ratio"][[s.step > 0 for s in snapshots]]
     result = []
     for i, layer in enumerate(layers):
         ok = finite[:, i]
@@ -106,7 +119,7 @@ def assess(snapshots: list[FlowSnapshot]) -> FlowHealth:
             nonfinite_fraction=_round(float((~ok).sum() / len(snapshots))),
             rise=_round(float(mean.max() / mean[0])) if nonzero.size and nonzero[0] else math.nan,
             trend_decades=_round(_slope(progress[ok][nonzero], np.log10(mean[nonzero]))),
-            update_ratio=_round(_median(stats["update_ratio"][:, i][np.isfinite(stats["update_ratio"][:, i])])),
+            update_ratio=_round(_median(updates[:, i][np.isfinite(updates[:, i])])),
             weight_mean_change=_round(float(stats["weight_mean"][-1, i] / stats["weight_mean"][0, i]))
             if stats["weight_mean"][0, i] > 0 else math.nan)
         h.flags = _flags(h, output_median)
@@ -123,7 +136,7 @@ def _flags(h: LayerHealth, output_median: float) -> list[str]:
         flags.append("exploding")
     if h.zero_fraction > DEAD_FRACTION:
         flags.append("dead")
-    if h.update_ratio < STALLED_UPDATE:
+    if h.update_ratio < STALLED_UPDATE:  # NaN (no step after the first) compares False: no flag
         flags.append("stalled")
     if h.update_ratio > UNSTABLE_UPDATE:
         flags.append("unstable")

@@ -5,7 +5,8 @@
 - `TensorLoader` (`train.loader: tensor`, the default): the whole uint8 split lives in one tensor
   on the training device, and each batch is cropped, flipped and normalised at once, airbench-style.
   Crop offsets and flips are drawn per image from a seeded CPU generator, so the stream of
-  batches is the same on every device.
+  batches is the same on every device; they are drawn for a whole epoch at its start and copied
+  to the device once, so a GPU never waits for the host between batches.
 """
 from __future__ import annotations
 
@@ -49,20 +50,33 @@ def dataloader(split: Split, mean: Sequence[float], std: Sequence[float], *, aug
                       num_workers=num_workers, generator=generator, persistent_workers=num_workers > 0)
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per image: a random 32x32 crop of the zero-padded 40x40 image and a flip with p=0.5."""
-    n, c, device = images.shape[0], images.shape[1], images.device
-    side = IMAGE_SIZE + 2 * PAD
-    padded = F.pad(images, (PAD, PAD, PAD, PAD)).view(n, c, side * side)
+def draw_crop_flip(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: crop offsets dy, dx uniform in 0..2*PAD and a flip with p=0.5, each (n, 1), on the CPU."""
     dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator)
-    flip = torch.rand(n, 1, generator=generator) < 0.5
-    base = torch.arange(IMAGE_SIZE)
+    return dy, dx, torch.rand(n, 1, generator=generator) < 0.5
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Per image: the 32x32 crop at (dy, dx) of the zero-padded 40x40 image, flipped where `flip`.
+
+    dy, dx and flip must be on the images' device: a host-to-device copy here would make a GPU
+    wait for the host on every batch.
+    """
+    n, c = images.shape[0], images.shape[1]
+    side = IMAGE_SIZE + 2 * PAD
+    padded = F.pad(images, (PAD, PAD, PAD, PAD)).view(n, c, side * side)
+    base = torch.arange(IMAGE_SIZE, device=images.device)
     rows = (dy + base) * side
     cols = dx + torch.where(flip, IMAGE_SIZE - 1 - base, base)
     # One gather for the whole batch: out[b, :, h, w] = padded[b, :, rows[b, h] + cols[b, w]].
-    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, IMAGE_SIZE * IMAGE_SIZE).to(device)
+    index = (rows[:, :, None] + cols[:, None, :]).view(n, 1, IMAGE_SIZE * IMAGE_SIZE)
     return torch.gather(padded, 2, index.expand(n, c, IMAGE_SIZE * IMAGE_SIZE)).view(n, c, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per image: a random 32x32 crop of the zero-padded 40x40 image and a flip with p=0.5."""
+    return crop_flip(images, *(t.to(images.device) for t in draw_crop_flip(images.shape[0], generator)))
 
 
 class TensorLoader:
@@ -88,14 +102,22 @@ class TensorLoader:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
+        n, device = len(self.labels), self.images.device
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.images.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        starts = range(0, n, self.batch_size)
+        if self.augment:
+            # The whole epoch's crops and flips, drawn batch by batch in the order random_crop_flip
+            # draws them (the same stream as drawing them per batch), then copied to the device once:
+            # no host-to-device copy, which on CUDA waits for the GPU, inside the step loop.
+            draws = [draw_crop_flip(min(self.batch_size, n - start), self.generator) for start in starts]
+            dy, dx, flip = (torch.cat(parts).to(device) for parts in zip(*draws))
+        order = order.to(device)
+        for start in starts:
+            batch = slice(start, start + self.batch_size)
+            idx = order[batch]
             images = self.images[idx]
             if self.augment:  # the whole global batch, so every rank's generator stays in step
-                images = random_crop_flip(images, self.generator)
+                images = crop_flip(images, dy[batch], dx[batch], flip[batch])
             mine = slice(self.rank, None, self.world)
             yield images[mine].float().mul_(self.scale).add_(self.shift), self.labels[idx][mine]
 

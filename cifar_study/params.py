@@ -57,6 +57,10 @@ class TrainParams:
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
+    # torch.compile's mode; reduce-overhead and max-autotune replay CUDA graphs (fewer kernel launches)
+    compile_mode: str = _rule(default="default",
+                              choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    fused_adam: bool = False  # Adam's fused kernels; with amp fp16 they also spare the scaler's per-step host read
     nproc: int = _rule(default=1, ge=1)  # processes (ranks) the train stage launches with torchrun
 
 
@@ -112,6 +116,8 @@ def _check_together(params: Params) -> None:
     """Rules that tie two keys together, checked before any stage does work."""
     if params.data.source == "folder" and not params.data.path:
         raise ParamError("data.path: required when data.source is 'folder' (a directory or .tar/.tar.gz)")
+    if params.train.compile_mode != "default" and not params.train.compile:
+        raise ParamError(f"train.compile_mode: {params.train.compile_mode!r} needs train.compile: true")
     if params.train.batch_size % params.train.nproc:
         raise ParamError(f"train.batch_size: {params.train.batch_size} must be divisible by train.nproc="
                          f"{params.train.nproc} (it is the global batch, split evenly across ranks)")

@@ -86,10 +86,14 @@ def render_findings(root: Path = Path(".")) -> str:
               for c in findings["claims"]]
     lines += ["", "| layer | mean \|grad\| range | max/mean | update ratio | trend (decades) | flags |",
               "|---|---|---:|---:|---:|---|"]
-    lines += [f"| {h['layer']} | {h['grad_mean_min']:.2g} – {h['grad_mean_max']:.2g} | {h['max_to_mean']:.1f} | "
-              f"{h['update_ratio']:.2g} | {h['trend_decades']:+.2f} | {', '.join(h['flags']) or '–'} |"
-              for h in health["layers"]]
+    lines += [f"| {h['layer']} | {_num(h['grad_mean_min'], '.2g')} – {_num(h['grad_mean_max'], '.2g')} | "
+              f"{_num(h['max_to_mean'], '.1f')} | {_num(h['update_ratio'], '.2g')} | {_num(h['trend_decades'], '+.2f')} | "
+              f"{', '.join(h['flags']) or '–'} |" for h in health["layers"]]
     return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 SECTIONS = {"results": render, "findings": render_findings}  # README markers <!-- NAME:start --> ... <!-- NAME:end -->

@@ -72,8 +72,8 @@ def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist
     autocast(device, p.amp)  # refuses an unusable amp setting before any work
     forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.active else model
-    return TrainState(model, torch.compile(forward) if p.compile else forward,
-                      torch.optim.Adam(model.parameters(), lr=p.lr),
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, fused=True if p.fused_adam else None)
+    return TrainState(model, torch.compile(forward, mode=p.compile_mode) if p.compile else forward, optimizer,
                       torch.amp.GradScaler(device.type, enabled=p.amp == "fp16"), flow_parameters(model), p, device, d)
 
 

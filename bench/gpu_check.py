@@ -1,0 +1,380 @@
+"""The GPU path in one run: device and versions, the CUDA tests, the benchmark with and without
+torch.compile, and the whole default study (the stage modules, without DVC or W&B) on the real
+images, once with the defaults (fp32) and once with the fastest options, each stage timed.
+
+Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. Everything goes
+to one results folder (at most 8 files, none in subfolders: what the device tool brings back):
+
+    summary.json, summary.md   every number below, and each step's status and time
+    log.txt                    every step's output
+    env.txt                    nvidia-smi and the versions
+    pytest-cuda.xml            the CUDA tests (JUnit XML)
+    bench-eager.json, bench-compile.json   bench/benchmark.py --device cuda [--compile]
+
+A time budget (GPU_CHECK_BUDGET_S, default 480 s) bounds the whole run: a step that would overrun
+it is stopped and recorded as `timeout`, later steps as `not run`, and the summary is rewritten
+after every step, so whatever finished is kept.
+
+--cpu-smoke runs the same steps on the CPU with a tiny configuration (200 training images, 2
+epochs, no torch.compile, the benchmark's --smoke): it proves the orchestration, not the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
+BUDGET_S = 480
+MIN_STEP_S = 5  # a step with less time left than this is not started
+STAGES = ("fetch_data", "flops", "train", "evaluate", "visualize")
+STAGE_CAP_S = {"fetch_data": 120, "flops": 60, "train": 240, "evaluate": 60, "visualize": 90}
+
+DEFAULTS: dict[str, Any] = {}  # the seed's protocol: fp32, eager, the default Adam
+FASTEST = {"amp": "bf16", "channels_last": True, "compile": True, "compile_mode": "reduce-overhead",
+           "fused_adam": True}
+NO_CUDA_GRAPHS = {**FASTEST, "compile_mode": "default"}  # run instead if CUDA graphs break the fastest study
+# --cpu-smoke: tiny and quick; no torch.compile (its C++ builds take minutes on a CPU)
+SMOKE = {"data": {"train_limit": 200, "test_limit": 50},
+         "train": {"epochs": 2, "batch_size": 50, "flow_every": 2},
+         "plots": {"samples": 8, "dpi": 50}}
+SMOKE_FASTEST = {"amp": "bf16", "channels_last": True, "fused_adam": True}
+
+ENV_SCRIPT = """
+import importlib.metadata as md, json, os, platform, sys, torch
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+cuda = torch.cuda.is_available()
+props = torch.cuda.get_device_properties(0) if cuda else None
+nccl = torch.cuda.nccl.version() if cuda else None  # a tuple in recent PyTorch, an int in old ones
+print(json.dumps({
+    "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+    "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+    "nccl": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
+    "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+    "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+    "multiprocessors": props.multi_processor_count if cuda else None,
+    "memory_gib": round(props.total_memory / 2**30, 1) if cuda else None,
+    "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_precision": torch.get_float32_matmul_precision(),
+    "packages": {n: version(n) for n in ("torchvision", "triton", "numpy", "pillow", "matplotlib", "pyyaml", "pytest",
+                                          "wandb", "dvc")},
+}))
+"""
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # ok | failed | timeout | not run
+    seconds: float = 0.0
+    rc: int | None = None
+    note: str = ""
+    tail: str = ""  # the end of its output, when it did not succeed
+
+    def line(self) -> str:
+        rc = "" if self.rc is None else f", rc {self.rc}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.name}: {self.status}{note} [{self.seconds:.1f} s{rc}]"
+
+
+@dataclass
+class Check:
+    out: Path
+    smoke: bool
+    budget_s: float
+    python: str
+    data: Path
+    started: float = field(default_factory=time.monotonic)
+    steps: list[Step] = field(default_factory=list)
+    summary: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.summary = {"mode": "cpu-smoke" if self.smoke else "cuda", "budget_s": self.budget_s,
+                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": str(self.data)}
+
+    @property
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.started)
+
+    def log(self, text: str) -> None:
+        with open(self.out / "log.txt", "a") as f:
+            f.write(text)
+
+    def run(self, name: str, cmd: list[str], cap_s: float, cwd: Path = ROOT, env: dict | None = None) -> Step:
+        """Run `cmd` with its output in log.txt, stopped after `cap_s` or when the budget is spent."""
+        timeout = min(cap_s, self.left)
+        if timeout < MIN_STEP_S:
+            return self.record(Step(name, "not run", note="time budget spent"))
+        header = f"\n===== {name}: {' '.join(cmd)} (in {cwd}, limit {timeout:.0f} s)\n"
+        self.log(header)
+        offset = (self.out / "log.txt").stat().st_size
+        started = time.monotonic()
+        with open(self.out / "log.txt", "a") as logf:
+            # Its own process group: a timeout stops it and everything it started (torchrun's workers).
+            proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout)
+                status = "ok" if rc == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                stop(proc)
+                rc, status = None, "timeout"
+        seconds = time.monotonic() - started
+        with open(self.out / "log.txt", "rb") as f:
+            f.seek(offset)
+            output = f.read().decode(errors="replace")
+        self.log(f"===== {name}: {status} after {seconds:.1f} s\n")
+        return self.record(Step(name, status, seconds, rc, tail="" if status == "ok" else output[-3000:]))
+
+    def record(self, step: Step) -> Step:
+        self.steps.append(step)
+        print(f"[{time.monotonic() - self.started:6.1f} s] {step.line()}", flush=True)
+        self.write()
+        return step
+
+    def write(self) -> None:
+        self.summary.update({"elapsed_s": round(time.monotonic() - self.started, 1),
+                             "steps": [vars(s) for s in self.steps]})
+        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        (self.out / "summary.md").write_text(markdown(self.summary))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+def environment(check: Check) -> None:
+    started, lines = time.monotonic(), []
+    for cmd in (["nvidia-smi"], ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,power.limit,"
+                                 "clocks.max.sm,clocks.max.memory", "--format=csv"]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            lines.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            lines.append(f"$ {' '.join(cmd)}\nnot available ({type(exc).__name__}: {exc})\n")
+    try:
+        proc = subprocess.run([check.python, "-c", ENV_SCRIPT], capture_output=True, text=True, timeout=120)
+        ok, versions = proc.returncode == 0, json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-2000:]}
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        ok, versions = False, {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    versions["git_commit"] = commit
+    lines.append("$ versions\n" + json.dumps(versions, indent=2) + "\n")
+    (check.out / "env.txt").write_text("\n".join(lines))
+    check.summary["environment"] = versions
+    check.record(Step("environment", "ok" if ok else "failed", time.monotonic() - started,
+                      note=str(versions.get("device", versions.get("error")))))
+
+
+def cuda_tests(check: Check) -> None:
+    xml = check.out / "pytest-cuda.xml"
+    check.run("cuda tests", [check.python, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs",
+                             "-p", "no:cacheprovider", f"--junitxml={xml}"], cap_s=300)
+    if xml.is_file():
+        suite = ET.parse(xml).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+        counts["failed"] = [case.get("name") for case in suite.iter("testcase")
+                            if case.find("failure") is not None or case.find("error") is not None]
+        check.summary["tests"] = counts
+        check.write()
+
+
+def benchmark(check: Check, compile_: bool) -> None:
+    name = "bench-compile" if compile_ else "bench-eager"
+    if compile_ and check.smoke:
+        check.record(Step(name, "not run", note="--cpu-smoke: torch.compile on a CPU takes minutes"))
+        return
+    out = check.out / f"{name}.json"
+    cmd = [check.python, "bench/benchmark.py", "--device", "cpu" if check.smoke else "cuda", "--out", str(out)]
+    step = check.run(name, cmd + (["--smoke"] if check.smoke else []) + (["--compile"] if compile_ else []),
+                     cap_s=240 if compile_ else 150)
+    if step.status == "ok":
+        check.summary.setdefault("benchmarks", {})[name] = json.loads(out.read_text())
+        check.write()
+
+
+def study(check: Check, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The five stages, in order, in a scratch copy of the project; returns the study's record."""
+    record: dict[str, Any] = {"options": options, "stages": {}}
+    check.summary.setdefault("studies", {})[name] = record
+    if not check.data.is_file():
+        for stage in STAGES:
+            check.record(Step(f"{name}:{stage}", "failed", note=f"{check.data} not found: copy "
+                              "../shared/data/cifar10-jpg.tar.gz there and carry data/jpg"))
+            record["stages"][stage] = {"status": "failed", "seconds": 0.0}
+        return record
+    scratch = Path(tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
+    try:
+        write_project(scratch, check, options)
+        failed = None
+        for stage in STAGES:
+            if failed:
+                step = check.record(Step(f"{name}:{stage}", "not run", note=f"{failed} did not succeed"))
+            else:
+                step = check.run(f"{name}:{stage}", [check.python, "-m", f"stages.{stage}"], STAGE_CAP_S[stage],
+                                 cwd=scratch, env={"WANDB_MODE": "disabled"})
+                failed = None if step.status == "ok" else stage
+            record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
+        if not failed:
+            record.update(study_results(scratch))
+        check.write()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return record
+
+
+def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> None:
+    """The package, the stages and params.yaml with this study's settings (the stages read ./params.yaml)."""
+    for part in ("cifar_study", "stages"):
+        shutil.copytree(ROOT / part, scratch / part, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changes = {"data": {"source": "folder", "path": str(check.data.resolve())},
+               "train": {"device": "cpu" if check.smoke else "cuda", **options},
+               "wandb": {"mode": "disabled"}}
+    for changed in ([SMOKE] if check.smoke else []) + [changes]:
+        for section, values in changed.items():
+            params[section].update(values)
+    (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def study_results(scratch: Path) -> dict[str, Any]:
+    read = lambda name: json.loads((scratch / "metrics" / name).read_text())  # noqa: E731
+    data, flops, trained, evaluated = read("data.json"), read("flops.json"), read("train.json"), read("eval.json")
+    with open(scratch / "plots/data/history.csv") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    seconds = [r["seconds"] for r in history]
+    # Model FLOPs an epoch executes: forward + backward (3 x forward) on every training image, and a
+    # forward pass on every held-out image (the per-epoch evaluation inside the epoch's time).
+    epoch_flops = 3 * flops["flops"] * data["train_count"] + flops["flops"] * data["test_count"]
+    steady = seconds[1:] or seconds  # epoch 1 also pays for cuDNN autotuning and torch.compile
+    return {
+        "test_acc": evaluated["test_acc"], "test_loss": evaluated["test_loss"],
+        "heldout_acc_last_epoch": trained["heldout_acc"], "train_loss_last_epoch": trained["train_loss"],
+        "epochs": len(history), "train_images": data["train_count"], "test_images": data["test_count"],
+        "training_seconds": round(sum(seconds), 2), "epoch1_seconds": round(seconds[0], 2),
+        "later_epoch_median_seconds": round(statistics.median(steady), 3),
+        "model_tflops_per_s_later_epochs": epoch_flops * len(steady) / sum(steady) / 1e12,
+        "history": history,
+    }
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+def markdown(s: dict[str, Any]) -> str:
+    env = s.get("environment", {})
+    lines = [f"# GPU check ({s['mode']}), {s['started']}", "",
+             f"Device: {env.get('device', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, "
+             f"cuDNN {env.get('cudnn')}, triton {env.get('packages', {}).get('triton')}; "
+             f"git {str(env.get('git_commit', '?'))[:12]}; {s.get('elapsed_s', 0):.0f} s of a {s['budget_s']:.0f} s budget.", ""]
+    if "tests" in s:
+        t = s["tests"]
+        lines += [f"CUDA tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"
+                  + (f" (failed: {', '.join(t['failed'])})" if t["failed"] else ""), ""]
+    studies = s.get("studies", {})
+    if studies:
+        names = list(studies)
+        lines += ["## The study, stage by stage (seconds, wall time of each `python -m stages.<name>`)", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for stage in STAGES:
+            cells = []
+            for n in names:
+                st = studies[n]["stages"].get(stage)
+                cells.append("" if st is None else f"{st['seconds']:.1f}" if st["status"] == "ok" else st["status"])
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        rows = [("options", lambda r: ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults (fp32)"),
+                ("training (sum of epoch times), s", lambda r: f"{r['training_seconds']:.1f}"),
+                ("epoch 1, s", lambda r: f"{r['epoch1_seconds']:.2f}"),
+                ("later epochs, median s", lambda r: f"{r['later_epoch_median_seconds']:.3f}"),
+                ("model TFLOP/s (later epochs)", lambda r: f"{r['model_tflops_per_s_later_epochs']:.3g}"),
+                ("final test accuracy", lambda r: f"{r['test_acc']:.2%}")]
+        for label, cell in rows:
+            lines.append(f"| {label} | " + " | ".join(cell(studies[n]) if "test_acc" in studies[n] or label == "options"
+                                                      else "" for n in names) + " |")
+        lines.append("")
+    for name, b in s.get("benchmarks", {}).items():
+        lines += [f"## {name}: `bench/benchmark.py` on {b['device']} ({b['device_name']}), batch {b['batch_size']}, "
+                  f"medians of {b['rounds']} rounds of {b['steps_per_round']} steps", "",
+                  "| configuration | images/s | model TFLOP/s | data wait |", "|---|---:|---:|---:|"]
+        for config, ips in b["train_images_per_s"].items():
+            wait = b["data_wait_share"].get(config)
+            lines.append(f"| {config} | {ips:,.0f} | {ips * b['train_gflop_per_image'] / 1e3:.3g} | "
+                         + ("" if wait is None else f"{wait:.1%}") + " |")
+        peak = b["matmul_peak_gflops"]
+        lines += ["", f"Loader: " + ", ".join(f"{k} {v:,.0f} images/s" for k, v in b["loader_images_per_s"].items())
+                  + f". Dense {b['matmul_size']}x{b['matmul_size']} matmul: {peak['float32'] / 1e3:.1f} TFLOP/s fp32, "
+                  f"{peak['bfloat16'] / 1e3:.1f} TFLOP/s bf16.", ""]
+    lines += ["## Steps", ""] + [f"- {st['name']}: {st['status']}" + (f" ({st['note']})" if st["note"] else "")
+                                 + f", {st['seconds']:.1f} s" for st in s.get("steps", [])]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny (checks the script)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or
+                    f"bench/results/gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.txt").write_text("")
+    data = Path(os.environ.get("GPU_CHECK_DATA", DATA))
+    check = Check(out=out, smoke=args.cpu_smoke, budget_s=float(os.environ.get("GPU_CHECK_BUDGET_S", BUDGET_S)),
+                  python=sys.executable, data=data if data.is_absolute() else ROOT / data)
+    print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
+    if not check.data.is_file():
+        print(f"gpu_check: {data} not found: the studies will fail (copy ../shared/data/cifar10-jpg.tar.gz there "
+              f"and carry data/jpg)", flush=True)
+
+    environment(check)
+    cuda_tests(check)
+    study(check, "default", DEFAULTS)
+    fastest = study(check, "fastest", SMOKE_FASTEST if check.smoke else FASTEST)
+    if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
+        study(check, "fastest-no-cuda-graphs", NO_CUDA_GRAPHS)
+    benchmark(check, compile_=False)
+    benchmark(check, compile_=True)
+    check.write()
+    print("\n" + (out / "summary.md").read_text(), flush=True)
+    bad = [s for s in check.steps if s.status != "ok" and not (s.status == "not run" and "cpu-smoke" in s.note)]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU path, proven in one command: on a CUDA machine, within 8 minutes, writes to $OUT (or
+# bench/results/gpu-<date>/) the device and versions, the CUDA tests (pytest -m cuda), the benchmark
+# with and without torch.compile, and the whole study through the stage modules (no DVC, no W&B) on
+# data/jpg/cifar10-jpg.tar.gz, with the defaults and with the fastest options. See bench/gpu_check.py.
+#
+#   bash bench/gpu_check.sh               # needs CUDA; without it, says so and does nothing
+#   bash bench/gpu_check.sh --cpu-smoke   # the same steps on the CPU, tiny: checks the script itself
+#
+# Environment: PYTHON (default python3), OUT, GPU_CHECK_DATA (default data/jpg/cifar10-jpg.tar.gz),
+# GPU_CHECK_BUDGET_S (default 480).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [[ "${1:-}" != "--cpu-smoke" ]] &&
+   ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "gpu_check: no CUDA device visible to PyTorch ($PYTHON) on this machine; nothing done"
+    exit 0
+fi
+exec "$PYTHON" bench/gpu_check.py "$@"

@@ -1,0 +1,114 @@
+"""bench/gpu_check.sh: refuses cleanly without CUDA, and its whole orchestration runs (--cpu-smoke)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_check
+from tests.conftest import ROOT, image_folder_files, write_tar
+
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+RESULTS = ROOT / "bench" / "results"
+# The device tool brings back at most 8 files, none in subfolders.
+FILES = {"summary.json", "summary.md", "log.txt", "env.txt", "pytest-cuda.xml", "bench-eager.json"}
+
+
+def script(*args: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHON": sys.executable, **env})
+
+
+def gpu_results() -> set[str]:
+    return {p.name for p in RESULTS.glob("gpu-*")} if RESULTS.is_dir() else set()
+
+
+def test_without_cuda_it_says_so_in_one_line_and_does_nothing(tmp_path):
+    before = gpu_results()
+    out = tmp_path / "out"
+    for env in ({"OUT": str(out)}, {"OUT": ""}):  # with $OUT, and with the default results folder
+        proc = script(env={"CUDA_VISIBLE_DEVICES": "", **env}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == [f"gpu_check: no CUDA device visible to PyTorch ({sys.executable}) "
+                                            "on this machine; nothing done"]
+        assert proc.stderr == ""
+    assert not out.exists() and gpu_results() == before
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
+    archive = write_tar(tmp_path / "tiny-jpg.tar.gz", image_folder_files(tiny, "JPEG"), prefix="tiny-jpg/")
+    # The GPU machine has neither W&B nor DVC: make both unimportable, so any import of them fails the run.
+    for name in ("wandb", "dvc"):
+        (tmp_path / "block" / name).mkdir(parents=True)
+        (tmp_path / "block" / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    out = tmp_path / "out"
+    proc = script("--cpu-smoke", timeout=900, env={
+        "OUT": str(out), "GPU_CHECK_DATA": str(archive), "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(tmp_path / "block")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == FILES and all(p.is_file() for p in out.iterdir())
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["mode"] == "cpu-smoke"
+    status = {step["name"]: step["status"] for step in s["steps"]}
+    studies = [f"{study}:{stage}" for study in ("default", "fastest") for stage in gpu_check.STAGES]
+    assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in studies},
+                      "bench-eager": "ok", "bench-compile": "not run"}
+    tests = s["tests"]
+    assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == []  # no CUDA here: collected, skipped
+
+    for name, options in (("default", {}), ("fastest", gpu_check.SMOKE_FASTEST)):
+        study = s["studies"][name]
+        assert study["options"] == options
+        assert (study["epochs"], study["train_images"], study["test_images"]) == (2, 200, 50)
+        assert 0 <= study["test_acc"] <= 1 and len(study["history"]) == 2
+        assert study["training_seconds"] == pytest.approx(sum(r["seconds"] for r in study["history"]), abs=0.05)
+        assert study["model_tflops_per_s_later_epochs"] > 0
+        assert all(stage["status"] == "ok" and stage["seconds"] > 0 for stage in study["stages"].values())
+    bench = s["benchmarks"]["bench-eager"]
+    assert bench["smoke"] and bench["device"] == "cpu" and bench["wandb_flow_log_seconds"] is None
+
+    md = (out / "summary.md").read_text()
+    assert "| train |" in md and "| final test accuracy |" in md and "bench-eager" in md
+    log = (out / "log.txt").read_text()
+    assert "===== fastest:train: ok" in log and "Traceback" not in log
+
+
+def test_a_step_over_its_time_is_stopped_with_its_children_and_the_rest_are_not_run(tmp_path):
+    check = gpu_check.Check(out=tmp_path, smoke=True, budget_s=14, python=sys.executable, data=tmp_path / "none")
+    (tmp_path / "log.txt").write_text("")
+    pid_file = tmp_path / "child.pid"
+    sleeper = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '120']); "
+               f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('started', flush=True); time.sleep(120)")
+    started = time.monotonic()
+    slow = check.run("slow", [sys.executable, "-c", sleeper], cap_s=5)
+    assert slow.status == "timeout" and slow.rc is None and time.monotonic() - started < 30
+    assert "started" in slow.tail
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+    failing = check.run("failing", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], cap_s=60)
+    assert (failing.status, failing.rc) == ("failed", 3) and "boom" in failing.tail
+    time.sleep(max(0.0, check.left - gpu_check.MIN_STEP_S + 0.1))  # less left than a step may start with
+    late = check.run("late", [sys.executable, "-c", "pass"], cap_s=60)
+    assert late.status == "not run" and late.note == "time budget spent"
+
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert [(st["name"], st["status"]) for st in s["steps"]] == [("slow", "timeout"), ("failing", "failed"),
+                                                                  ("late", "not run")]
+
+
+def test_a_missing_archive_fails_the_studies_naming_it(tmp_path):
+    check = gpu_check.Check(out=tmp_path, smoke=False, budget_s=60, python=sys.executable, data=tmp_path / "nope.tar.gz")
+    (tmp_path / "log.txt").write_text("")
+    record = gpu_check.study(check, "default", {})
+    assert [st["status"] for st in record["stages"].values()] == ["failed"] * 5
+    assert all(f"{tmp_path / 'nope.tar.gz'} not found" in st.note for st in check.steps)
+    assert "test_acc" not in record
