@@ -275,8 +275,9 @@ def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> None:
 
 
 def study_results(scratch: Path) -> dict[str, Any]:
-    read = lambda name: json.loads((scratch / "metrics" / name).read_text())  # noqa: E731
-    data, flops, trained, evaluated = read("data.json"), read("flops.json"), read("train.json"), read("eval.json")
+    read = lambda name: json.loads((scratch / name).read_text())  # noqa: E731
+    data, flops = read("metrics/data.json"), read("reports/flops.json")
+    trained, evaluated = read("metrics/train.json"), read("metrics/eval.json")
     with open(scratch / "plots/data/history.csv") as f:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     seconds = [r["seconds"] for r in history]

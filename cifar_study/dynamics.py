@@ -34,8 +34,7 @@ class Dynamics:
 
     def metrics(self) -> dict[str, float | int]:
         """The few numbers `dvc metrics diff` compares."""
-        return {"best_epoch": self.best_epoch, "epoch_95": self.epoch_95, "gap_acc": self.gap_acc,
-                "overfitting": int(self.overfitting)}
+        return {"best_epoch": self.best_epoch, "epoch_95": self.epoch_95, "overfitting": int(self.overfitting)}
 
     def detail(self) -> dict:
         return {**asdict(self), "thresholds": {"LAST_EPOCHS": LAST_EPOCHS, "OVERFIT_LOSS_RISE": OVERFIT_LOSS_RISE}}

@@ -66,8 +66,7 @@ class FlowHealth:
     def metrics(self) -> dict[str, float | int]:
         """The few numbers `dvc metrics diff` compares."""
         return _finite_or_none({"flagged_layers": len(self.flagged),
-                                "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers]))),
-                                "grad_max_to_mean": _round(float(np.median([h.max_to_mean for h in self.layers])))})
+                                "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers])))})
 
     def detail(self) -> dict:
         return _finite_or_none({"healthy": self.healthy, "snapshots": self.snapshots,

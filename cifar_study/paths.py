@@ -2,8 +2,11 @@
 
 DATA = "data/cifar10.npz"
 RAW_DIR = "data/raw"  # downloaded archives (git-ignored, kept so a re-run does not download again)
-DATA_SUMMARY = "metrics/data.json"
-FLOPS = "metrics/flops.json"
+# metrics/*.json: the few numbers per stage that `dvc metrics show/diff` compare; reports/*.json: the detail.
+DATA_METRICS = "metrics/data.json"
+DATA_REPORT = "reports/data.json"
+FLOPS_METRICS = "metrics/flops.json"
+FLOPS_REPORT = "reports/flops.json"
 CHECKPOINT = "models/model.pt"
 TRAIN_METRICS = "metrics/train.json"
 HISTORY = "plots/data/history.csv"
@@ -18,8 +21,8 @@ RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro
 
 # Per stage: (data it reads, outputs and metrics it writes), as dvc.yaml declares them.
 STAGE_FILES = {
-    "fetch_data": ((), (DATA, DATA_SUMMARY)),
-    "flops": ((), (FLOPS,)),
+    "fetch_data": ((), (DATA, DATA_METRICS, DATA_REPORT)),
+    "flops": ((), (FLOPS_METRICS, FLOPS_REPORT)),
     "train": ((DATA,), (CHECKPOINT, HISTORY, FLOW, TRAIN_METRICS)),
     "evaluate": ((CHECKPOINT, DATA), (PREDICTIONS, CLASS_ACCURACY, EVAL_METRICS)),
     "findings": ((HISTORY, FLOW, CHECKPOINT), (FINDINGS_METRICS, FINDINGS)),

@@ -33,8 +33,9 @@ def render(root: Path = Path(".")) -> str:
     history = [EpochRecord.from_row(r) for r in csv.DictReader(open(root / paths.HISTORY))]
     train = json.loads((root / paths.TRAIN_METRICS).read_text())
     evaluation = json.loads((root / paths.EVAL_METRICS).read_text())
-    flops = json.loads((root / paths.FLOPS).read_text())
-    data = json.loads((root / paths.DATA_SUMMARY).read_text())
+    flops = json.loads((root / paths.FLOPS_METRICS).read_text())
+    data = json.loads((root / paths.DATA_METRICS).read_text())
+    per_class = list(csv.DictReader(open(root / paths.CLASS_ACCURACY)))
     fetch = _fetch_params(root)
     split = train["heldout_split"]
     hours = sum(r.seconds for r in history) / 3600
@@ -61,7 +62,7 @@ def render(root: Path = Path(".")) -> str:
         lines.append(f"| {r.epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | "
                      f"{r.heldout_loss:.4f} | {r.heldout_acc:.2%} | {r.seconds:.0f} |")
     lines += ["", "| class | test accuracy |", "|---|---:|"]
-    lines += [f"| {c} | {a:.2%} |" for c, a in evaluation["per_class_acc"].items()]
+    lines += [f"| {r['class']} | {float(r['accuracy']):.2%} |" for r in per_class]
     lines.append("")
     lines += [f"![{name}]({paths.FIGURES}/{name}.png)" for name in FIGURES]
     return "\n".join(lines)

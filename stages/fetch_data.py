@@ -10,7 +10,8 @@ def main() -> None:
     dataset = data.fetch(params.data, raw_dir=paths.RAW_DIR)
     data.save_dataset(dataset, paths.DATA)
     summary = dataset.summary()
-    write_json(paths.DATA_SUMMARY, {"source": params.data.source, **summary})
+    write_json(paths.DATA_METRICS, {"train_count": summary["train_count"], "test_count": summary["test_count"]})
+    write_json(paths.DATA_REPORT, {"source": params.data.source, **summary})
     print(f"fetch_data: {summary['train_count']} train / {summary['test_count']} test images, "
           f"{summary['classes']} classes, from {params.data.source} -> {paths.DATA}")
 

@@ -12,7 +12,8 @@ NUM_CLASSES = 10  # CIFAR-10; the count does not depend on the data, so data cha
 def main() -> None:
     params = load_params()
     report = flops_report(build_model(params.model, NUM_CLASSES))
-    write_json(paths.FLOPS, {"model": params.model.name, **report})
+    write_json(paths.FLOPS_METRICS, {"flops": report["flops"], "gflops": report["gflops"], "params": report["params"]})
+    write_json(paths.FLOPS_REPORT, {"model": params.model.name, **report})
     print(format_table(report))
 
 

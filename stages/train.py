@@ -64,7 +64,7 @@ def main() -> None:
                         std=std, run_key=key)
         write_csv(paths.HISTORY, [r.row() for r in result.history], EpochRecord.columns())
         write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
-        metrics = {"epochs": p.epochs, "heldout_split": heldout_name, **result.history[-1].final_metrics(),
+        metrics = {"heldout_split": heldout_name, **result.history[-1].final_metrics(),
                    "best_heldout_acc": round(max(r.heldout_acc for r in result.history), 6)}
         write_json(paths.TRAIN_METRICS, metrics)
         resume.clear()  # every output is written: nothing left to resume

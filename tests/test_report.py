@@ -23,8 +23,8 @@ def test_render_reports_every_epoch_and_the_seed(tmp_path):
         "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n"
         "1,1.8,0.35,1.4,0.49,0.001,200\n2,1.5,0.45,1.2,0.57,0.001,210\n")
     (tmp_path / "metrics/train.json").write_text('{"heldout_split": "test"}')
-    (tmp_path / "metrics/eval.json").write_text(
-        '{"test_acc": 0.57, "test_loss": 1.2, "per_class_acc": {"cat": 0.4, "dog": 0.6}}')
+    (tmp_path / "metrics/eval.json").write_text('{"test_acc": 0.57, "test_loss": 1.2}')
+    (tmp_path / "plots/data/class_accuracy.csv").write_text("class,accuracy\ncat,0.4\ndog,0.6\n")
     (tmp_path / "metrics/flops.json").write_text('{"flops": 161163264, "gflops": 0.1612}')
     (tmp_path / "metrics/data.json").write_text('{"train_count": 50000, "test_count": 10000}')
     (tmp_path / "dvc.lock").write_text(
