@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, default_params
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,7 @@ def repo(tmp_path_factory) -> Path:
     for stale in ("dvc.lock", "metrics", "plots"):  # a committed baseline must not satisfy the tiny run
         path = repo / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(default_params(), sort_keys=False))  # not the user's values
     set_params(repo, TINY)
     git(repo, "init", "-q")
     git(repo, "add", "-A")

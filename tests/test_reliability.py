@@ -23,7 +23,7 @@ from cifar_study.errors import DataError, UserError
 from cifar_study.model import SimpleCNN
 from cifar_study.params import DataParams, TrainParams
 from cifar_study.training import train
-from tests.conftest import ROOT, encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
+from tests.conftest import encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
 
 # --- bad data: one line naming the file ------------------------------------------------------
 
@@ -167,7 +167,7 @@ def test_state_from_other_params_is_not_resumed(trained, tmp_path):
     other = project(tmp_path, train={"lr": 0.002, "epochs": 1})
     shutil.copytree(repo / "data", other / "data")
     (other / ".train_state").mkdir()
-    shutil.copy(ROOT / "params.yaml", other / ".train_state/train.pt")  # junk state: must be ignored, loudly
+    (other / ".train_state/train.pt").write_text("data:\n  source: synthetic\n")  # junk state: must be ignored, loudly
     code, out, err = run_stage(other, "train")
     assert code == 0, err
     assert "ignoring unreadable resume state" in out and "resuming" not in out
