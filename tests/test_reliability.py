@@ -110,16 +110,20 @@ def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, cha
     assert snapshot(repo) == outputs
 
 
-def test_unknown_key_is_refused_by_every_stage(trained):
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "epoch", 3, "error: train.epoch: unknown key (allowed in train: epochs, batch_size, lr, seed, device, "
+                          "loader, num_workers, flow_every, channels_last, amp, compile, nproc)"),
+    ("wandb", "mode", "ofline", "error: wandb.mode: 'ofline' is not one of offline, online, disabled"),
+])
+def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, key, value, message):
     repo, outputs = trained
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epoch"] = 3
+    params[section][key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     try:
-        for name in ("fetch_data", "flops", "train", "evaluate", "visualize"):
+        for name in ("check_params", "fetch_data", "flops", "train", "evaluate", "visualize"):
             code, _, err = run_stage(repo, name)
-            assert code == 2 and err.strip() == "error: train.epoch: unknown key (allowed in train: " \
-                "epochs, batch_size, lr, seed, device, loader, num_workers, flow_every, channels_last, amp, compile, nproc)"
+            assert code == 2 and err.strip() == message, (name, err)
     finally:
         project(repo.parent)
     assert snapshot(repo) == outputs
