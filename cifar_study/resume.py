@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
 class ResumeStore:
     path: Path
     key: str  # fingerprint of what the run depends on
+    saved_epoch: int = field(default=0, init=False)  # complete epochs in the state (loaded or last saved)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state for this key, or None (no state, another run's state, or an unreadable file)."""
@@ -45,11 +46,17 @@ class ResumeStore:
         if state.get("key") != self.key:
             print(f"note: {self.path} is from other params or data; starting from epoch 1", flush=True)
             return None
+        self.saved_epoch = state["epoch"]
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         with atomic_path(self.path) as tmp:
             torch.save({**state, "key": self.key}, tmp)
+        self.saved_epoch = state["epoch"]
+
+    def progress(self, epochs: int) -> str:
+        """'3 of 30 epochs saved in .train_state/train.pt': what an interrupted run keeps."""
+        return f"{self.saved_epoch} of {epochs} epochs saved in {self.path}"
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -182,7 +182,7 @@ class Tracker:
                                                                 class_names=classes),
                 "class_accuracy": wandb.plot.bar(accuracy, "class", "accuracy", title="Accuracy per class (test)"),
                 "predictions": table,
-                "prediction_grid": wandb.Image(figure_image(grid), caption="green correct, red wrong"),
+                "prediction_grid": wandb.Image(figure_image(grid), caption="\u2713 green correct, \u2717 red wrong"),
             })
 
         self._submit("log", log)

@@ -190,7 +190,7 @@ def train(model: nn.Module, train_loader: Any, heldout_loader: Iterable, p: Trai
         result.history = saved["history"]
         result.flow = [FlowSnapshot(**f) for f in saved["flow"]]
         set_rng_state(run, train_loader, saved["rng"])
-        print(f"resuming after epoch {saved['epoch']}/{p.epochs} from {resume.path}", flush=True)
+        print(f"resuming: {resume.progress(p.epochs)}; continuing with epoch {saved['epoch'] + 1}", flush=True)
     for epoch in range(len(result.history) + 1, p.epochs + 1):
         started = time.perf_counter()
         try:

@@ -146,15 +146,16 @@ def test_interrupted_training_resumes_to_the_same_result(trained, sig):
     assert proc.poll() is None, "training finished before it could be interrupted"
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
+    saved = torch.load(state, weights_only=True)["epoch"]
+    progress = f"{saved} of 4 epochs saved in .train_state/train.pt"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "completed epochs are saved" in err
+        assert proc.returncode == 130 and f"train: interrupted; {progress}: run the stage again" in err, err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert state.exists()
 
     code, out, err = run_stage(repo, "train")
     assert code == 0, err
-    assert "resuming after epoch" in out
+    assert f"resuming: {progress}; continuing with epoch {saved + 1}" in out, out
     after = snapshot(repo)
     assert after["metrics/train.json"] == outputs["metrics/train.json"]
     assert without_seconds(after["plots/data/history.csv"]) == without_seconds(outputs["plots/data/history.csv"])
