@@ -33,12 +33,14 @@ def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float |
 @dataclass(frozen=True)
 class DataParams:
     source: str = _rule(default="download", choices=("download", "folder", "synthetic"))
-    path: str = _rule(default="", user_path=True)  # source=folder: directory or .tar/.tar.gz in image-folder layout
+    # source=folder: directory or .tar/.tar.gz in image-folder layout
+    path: str = _rule(default="", user_path=True)
     url: str = CIFAR10_URL  # source=download: http(s):// or file:// URL of cifar-10-python.tar.gz
     md5: str = CIFAR10_MD5
     train_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")  # else a class-balanced subset
     test_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")
-    val_size: int = _rule(default=0, ge=0, means="a number of images held out of train, not a fraction")  # 0 = held-out set is the test split (the seed's protocol)
+    # 0 = held-out set is the test split (the seed's protocol)
+    val_size: int = _rule(default=0, ge=0, means="a number of images held out of train, not a fraction")
     seed: int = 0  # subset selection and synthetic images
 
 
@@ -57,16 +59,16 @@ class TrainParams:
     device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
     num_workers: int = _rule(default=0, ge=0, means="a number of processes")  # loader=dataloader only
-    flow_every: int = _rule(default=200, gt=0, means="a number of batches")  # batches between gradient/weight-flow snapshots
+    flow_every: int = _rule(default=200, gt=0, means="a number of batches")  # between gradient/weight-flow snapshots
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
-    nproc: int = _rule(default=1, ge=1, means="a number of processes")  # processes (ranks) the train stage launches with torchrun
+    nproc: int = _rule(default=1, ge=1, means="a number of processes")  # ranks the train stage launches with torchrun
 
 
 @dataclass(frozen=True)
 class PlotParams:
-    samples: int = _rule(default=32, gt=0, le=100, means="a number of images")  # images in the sample-prediction grid
+    samples: int = _rule(default=32, gt=0, le=100, means="a number of images")  # in the sample-prediction grid
     dpi: int = _rule(default=120, ge=50, le=600, means="dots per inch")
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator  # used without pyplot: no GUI backend, no global figure state
+from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
+from matplotlib.ticker import MaxNLocator
 
 from cifar_study.flow import FlowSnapshot
 from cifar_study.io import atomic_path

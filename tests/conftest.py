@@ -22,7 +22,7 @@ from cifar_study.params import Params
 ROOT = Path(__file__).resolve().parents[1]
 # The real CIFAR-10 JPEG archive for the tests that need it: $CIFAR10_JPG, else the copy beside this
 # checkout (../shared/data/); those tests skip, saying where they looked, when it is absent.
-REAL_ARCHIVE = Path(os.environ.get("CIFAR10_JPG") or ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz").expanduser()
+REAL_ARCHIVE = Path(os.environ.get("CIFAR10_JPG") or ROOT.parent / "shared/data/cifar10-jpg.tar.gz").expanduser()
 
 
 def workspace_or_committed(paths: list[str], tmp: Path) -> list[Path]:
