@@ -222,11 +222,11 @@ def stage_processes(repo: Path, name: str) -> list[int]:
 
 @pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])  # dash keeps a shell between dvc and the stage; bash not
 def test_sigterm_to_dvc_stops_the_training_stage_and_writes_nothing(tmp_path, shell):
-    repo = make_repo(tmp_path / "repo", {"data": {"train_limit": 1000}, "train": {"epochs": 100}})
+    repo = make_repo(tmp_path / "repo", {"train": {"epochs": 1000}})  # far more epochs than it will live
     state = repo / ".train_state/train.pt"
     with open(tmp_path / "dvc.log", "w") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env(SHELL=shell),
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train"], cwd=repo,
+                                env=env(SHELL=shell), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while not state.exists() and proc.poll() is None and time.time() < deadline:  # the first epoch is saved
