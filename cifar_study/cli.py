@@ -1,15 +1,69 @@
-"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C."""
+"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C, and no stray
+stage when the process that started it (dvc, torchrun) is killed."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from cifar_study.errors import UserError
 
+LAUNCHER_POLL_S = 1.0  # how often a stage checks that its launcher is still there
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` (Linux /proc); None if `pid` is gone or /proc is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # fields after "(comm)": state, ppid, ...
+
+
+def _is_shell_wrapper(pid: int) -> bool:
+    """`sh -c 'python -m stages.x'`: how DVC starts a stage ($SHELL, else /bin/sh)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return os.path.basename(argv[0].decode(errors="replace")) in SHELLS and b"-c" in argv
+
+
+def stop_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:
+    """When the launcher (dvc, or torchrun for a data-parallel rank) goes away, stop like on SIGTERM.
+
+    Killing `dvc repro` (`kill <dvc pid>`) kills dvc alone; without this, the stage would train on and
+    write its outputs behind DVC's back. A thread polls the parent pid: when the parent exits the stage
+    is re-parented and stops cleanly (exit 130, resume state kept). DVC runs a stage as `$SHELL -c cmd`;
+    bash replaces itself with the command, but dash (Debian's /bin/sh) stays as the stage's parent and
+    outlives a killed dvc, so through such a shell the shell's parent is watched too (/proc, Linux).
+    Not prctl(PR_SET_PDEATHSIG): it would fire on the death of that shell, not of dvc, and on the exit
+    of the parent *thread* that forked, not of the process.
+    A stage started by hand (no DVC_STAGE, not a torchrun rank) belongs to the user's shell and is not
+    watched, so `nohup python -m stages.train &` survives a logout.
+    """
+    if "DVC_STAGE" not in os.environ and "WORLD_SIZE" not in os.environ:  # DVC sets one, torchrun the other
+        return
+    parent = os.getppid()
+    grandparent = _parent_of(parent) if _is_shell_wrapper(parent) else None
+
+    def watch() -> None:
+        while os.getppid() == parent and (grandparent is None or _parent_of(parent) == grandparent):
+            time.sleep(poll_s)
+        print(f"stopping: the process that started this stage (pid {grandparent or parent}) has exited",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -17,6 +71,7 @@ def run_stage(main: Callable[[], None]) -> None:
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
     # still stop a stage cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_with_launcher()
     try:
         main()
     except UserError as exc:

@@ -224,7 +224,7 @@ def read_python_archive(archive: Path) -> Dataset:
 
 def from_folder(path: Path) -> Dataset:
     if not path.exists():
-        raise DataError(f"data.path: {path} does not exist")
+        raise DataError(f"data.path: {path.absolute()} does not exist")  # the path checked, where the stage ran
     if path.is_dir():
         files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
         return _from_image_files(files, lambda p: p.read_bytes(), str(path))

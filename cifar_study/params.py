@@ -6,6 +6,7 @@ value raises `ParamError` whose message names the key, the value and what is all
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +23,24 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
 def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float | None = None,
-          le: float | None = None, default: Any) -> Any:
-    return field(default=default, metadata={"choices": choices, "ge": ge, "gt": gt, "le": le})
+          le: float | None = None, means: str = "", user_path: bool = False, default: Any) -> Any:
+    """`means`: what an int counts, said when a float is given (`val_size: 0.1` is not a fraction);
+    `user_path`: a leading `~` is expanded to the home directory."""
+    return field(default=default, metadata={"choices": choices, "ge": ge, "gt": gt, "le": le, "means": means,
+                                            "user_path": user_path})
 
 
 @dataclass(frozen=True)
 class DataParams:
     source: str = _rule(default="download", choices=("download", "folder", "synthetic"))
-    path: str = ""  # source=folder: directory or .tar/.tar.gz in image-folder layout
+    # source=folder: directory or .tar/.tar.gz in image-folder layout
+    path: str = _rule(default="", user_path=True)
     url: str = CIFAR10_URL  # source=download: http(s):// or file:// URL of cifar-10-python.tar.gz
     md5: str = CIFAR10_MD5
-    train_limit: int = _rule(default=0, ge=0)  # 0 = all; else a class-balanced subset
-    test_limit: int = _rule(default=0, ge=0)
-    val_size: int = _rule(default=0, ge=0)  # 0 = held-out set is the test split (the original study's protocol)
+    train_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")  # else a class-balanced subset
+    test_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")
+    # 0 = held-out set is the test split (the original study's protocol)
+    val_size: int = _rule(default=0, ge=0, means="a number of images held out of train, not a fraction")
     seed: int = 0  # subset selection and synthetic images
 
 
@@ -46,14 +52,14 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = _rule(default=30, gt=0)
-    batch_size: int = _rule(default=128, gt=0)
+    epochs: int = _rule(default=30, gt=0, means="a number of epochs")
+    batch_size: int = _rule(default=128, gt=0, means="a number of images per batch")
     lr: float = _rule(default=0.001, gt=0.0)
     seed: int = 42
     device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
-    num_workers: int = _rule(default=0, ge=0)  # loader=dataloader only
-    flow_every: int = _rule(default=200, gt=0)  # batches between gradient/weight-flow snapshots
+    num_workers: int = _rule(default=0, ge=0, means="a number of processes")  # loader=dataloader only
+    flow_every: int = _rule(default=200, gt=0, means="a number of batches")  # between gradient/weight-flow snapshots
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
@@ -61,13 +67,13 @@ class TrainParams:
     compile_mode: str = _rule(default="default",
                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     fused_adam: bool = False  # Adam's fused kernels; with amp fp16 they also spare the scaler's per-step host read
-    nproc: int = _rule(default=1, ge=1)  # processes (ranks) the train stage launches with torchrun
+    nproc: int = _rule(default=1, ge=1, means="a number of processes")  # ranks the train stage launches with torchrun
 
 
 @dataclass(frozen=True)
 class PlotParams:
-    samples: int = _rule(default=32, gt=0, le=100)  # images in the sample-prediction grid
-    dpi: int = _rule(default=120, ge=50, le=600)
+    samples: int = _rule(default=32, gt=0, le=100, means="a number of images")  # in the sample-prediction grid
+    dpi: int = _rule(default=120, ge=50, le=600, means="dots per inch")
 
 
 @dataclass(frozen=True)
@@ -151,8 +157,11 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
         str: isinstance(value, str),
     }[kind]
     if not ok:
-        raise ParamError(f"{key}: expected {kind.__name__}, got {value!r}")
+        means = f" ({rule['means']})" if rule.get("means") else ""
+        raise ParamError(f"{key}: expected {kind.__name__}{means}, got {value!r}")
     value = kind(value)
+    if rule.get("user_path"):
+        value = os.path.expanduser(value)
     if rule.get("choices") and value not in rule["choices"]:
         raise ParamError(f"{key}: {value!r} is not one of {', '.join(rule['choices'])}")
     if rule.get("ge") is not None and value < rule["ge"]:

@@ -21,6 +21,7 @@ RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro
 
 # Per stage: (data it reads, outputs and metrics it writes), as dvc.yaml declares them.
 STAGE_FILES = {
+    "check_params": (("params.yaml",), ()),
     "fetch_data": ((), (DATA, DATA_METRICS, DATA_REPORT)),
     "flops": ((), (FLOPS_METRICS, FLOPS_REPORT)),
     "train": ((DATA,), (CHECKPOINT, HISTORY, FLOW, TRAIN_METRICS)),

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
+from matplotlib.ticker import MaxNLocator
 
 from cifar_study.flow import FlowSnapshot
 from cifar_study.history import EpochRecord
@@ -15,6 +16,7 @@ from cifar_study.io import atomic_path
 from cifar_study.scores import class_accuracy
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
+MARK = {True: "\u2713", False: "\u2717"}  # ✓ / ✗: right and wrong are told apart without colour too
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
@@ -24,17 +26,28 @@ def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
 
 def learning_curves(history: list[EpochRecord], heldout_name: str) -> Figure:
     epochs = [r.epoch for r in history]
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, metric, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "acc", "Accuracy")):
         scale = 100 if metric == "acc" else 1
-        ax.plot(epochs, [getattr(r, f"train_{metric}") * scale for r in history], "o-", label="train (augmented)")
-        ax.plot(epochs, [getattr(r, f"heldout_{metric}") * scale for r in history], "s-",
-                label=f"{heldout_name} (held-out)")
-        ax.set(title=f"{title} per epoch", xlabel="epoch", ylabel="accuracy (%)" if metric == "acc" else "loss")
+        train = [getattr(r, f"train_{metric}") * scale for r in history]
+        heldout = [getattr(r, f"heldout_{metric}") * scale for r in history]
+        ax.plot(epochs, train, "o-", label="train (augmented)")
+        ax.plot(epochs, heldout, "s-", label=f"{heldout_name} (held-out)")
+        # Fixed, meaningful ranges: accuracy 0-100%, loss from 0; whole epochs with half an epoch of margin,
+        # so a one-epoch run shows two points on a readable scale, not on a 0.96-1.04 axis.
+        top = 100 if metric == "acc" else max(train + heldout) * 1.1
+        ax.set(title=f"{title} per epoch", xlabel="epoch", ylabel="accuracy (%)" if metric == "acc" else "loss",
+               xlim=(min(epochs) - 0.5, max(epochs) + 0.5), ylim=(0, top))
+        if len(epochs) <= 10:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Training curves")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2)  # below the axes: never over a point
+    one = " (one epoch: one point per curve)" if len(epochs) == 1 else ""
+    fig.suptitle(f"Training curves{one}")
     return fig
 
 
@@ -63,7 +76,8 @@ def class_accuracy_figure(accuracy: np.ndarray, classes: list[str]) -> Figure:
     bars = ax.barh(classes, accuracy * 100, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracy], padding=3, fontsize=8)
     ax.invert_yaxis()
-    ax.set(title="Accuracy per class on the test split", xlabel="accuracy (%)", ylabel="class", xlim=(0, 110))
+    # The axis ends at 100%; the labels of the longest bars sit in the margin beyond it.
+    ax.set(title="Accuracy per class on the test split", xlabel="accuracy (%)", ylabel="class", xlim=(0, 100))
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -77,9 +91,10 @@ def prediction_grid(images: np.ndarray, actual: list[str], predicted: list[str])
         ax.axis("off")
     for ax, image, a, p in zip(axes.flat, images, actual, predicted):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"pred: {p}\ntrue: {a}", fontsize=8, color=CORRECT if a == p else WRONG)
+        ax.set_title(f"{MARK[a == p]} pred: {p}\ntrue: {a}", fontsize=8, color=CORRECT if a == p else WRONG)
     right = sum(a == p for a, p in zip(actual, predicted))
-    fig.suptitle(f"Sample test predictions: {right}/{len(actual)} correct (green correct, red wrong)")
+    fig.suptitle(f"Sample test predictions: {right}/{len(actual)} correct "
+                 f"({MARK[True]} green correct, {MARK[False]} red wrong)")
     return fig
 
 
@@ -90,7 +105,7 @@ def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
     layers = snapshots[0].layers
     x = np.arange(len(layers))
     width = 0.8 / len(picks)
-    fig = Figure(figsize=(13, 4.5))
+    fig = Figure(figsize=(13, 5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, stat in zip(axes, ("mean", "max")):
         for k, i in enumerate(picks):
@@ -102,7 +117,8 @@ def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
         ax.set(title=f"{stat.capitalize()} {label} per layer", xlabel="layer (non-bias parameters)",
                ylabel=f"{stat} {label} (log scale)")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(picks), title="snapshot")  # covers no bar
     fig.suptitle(f"{'Gradient' if quantity == 'grad' else 'Weight'} flow")
     return fig
 
@@ -121,7 +137,9 @@ def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
     tick_idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
     ax.set_xticks(tick_idx, [str(steps[i]) for i in tick_idx])
     ax.set_yticks(np.arange(len(snapshots[0].layers)), snapshots[0].layers)
-    ax.set(title="Gradient flow over the whole run", xlabel="training step (batch)", ylabel="layer")
+    title = "Gradient flow over the whole run" if len(snapshots) > 1 else \
+        f"Gradient flow: a single snapshot (step {steps[0]}), so a single column"
+    ax.set(title=title, xlabel="training step (batch)", ylabel="layer")
     return fig
 
 

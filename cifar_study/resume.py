@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,7 @@ def set_rng_state(loader: Any, rng: dict[str, Any]) -> None:
 class ResumeStore:
     path: Path
     key: str  # fingerprint of what the run depends on
+    saved_epoch: int = field(default=0, init=False)  # complete epochs in the state (loaded or last saved)
 
     def restore(self, state: TrainState, loader: Any) -> TrainResult | None:
         """Load a matching saved state into `state` and `loader`; return what it had produced, or None."""
@@ -71,8 +72,8 @@ class ResumeStore:
         state.scaler.load_state_dict(saved["scaler_state"])
         state.step = saved["step"]
         set_rng_state(loader, saved["rng"])
-        print(f"resuming: {saved['epoch']} of {state.p.epochs} epochs are saved in {self.path}; "
-              f"continuing with epoch {saved['epoch'] + 1}", flush=True)
+        self.saved_epoch = saved["epoch"]
+        print(f"resuming: {self.progress(state.p.epochs)}; continuing with epoch {saved['epoch'] + 1}", flush=True)
         return TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
                            [FlowSnapshot(**f) for f in saved["flow"]])
 
@@ -84,7 +85,12 @@ class ResumeStore:
                             "step": state.step, "scaler_state": state.scaler.state_dict(),
                             "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
                             "key": self.key}, tmp)
+            self.saved_epoch = len(result.history)
         return save
+
+    def progress(self, epochs: int) -> str:
+        """'3 of 30 epochs saved in .train_state/train.pt': what an interrupted run keeps."""
+        return f"{self.saved_epoch} of {epochs} epochs saved in {self.path}"
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -35,6 +35,19 @@ def wandb_mode(p: WandbParams) -> str:
     return os.environ.get("WANDB_MODE") or p.mode
 
 
+def wandb_root() -> str | None:
+    """The directory W&B writes its `wandb/` folder into: the project's own, by absolute path.
+
+    `dvc exp run --queue`/`--temp` runs the stages in a temporary copy (.dvc/tmp/exps/...) that is
+    deleted afterwards; DVC sets DVC_ROOT to the original project there (and to the project for
+    `dvc repro`), so every run lands in <project>/wandb/. WANDB_DIR, if set, wins (None: W&B reads
+    it itself); outside DVC the stage runs from the project root.
+    """
+    if os.environ.get("WANDB_DIR"):
+        return None
+    return os.path.abspath(os.environ.get("DVC_ROOT") or ".")
+
+
 def wandb_group(run_key: str) -> str:
     """The W&B group of a pipeline run: the train run's key, which the checkpoint carries to evaluate."""
     return f"run-{run_key[:10]}"
@@ -78,10 +91,18 @@ class Tracker:
         self.wandb = wandb
         self.run = self._guard("init", lambda: wandb.init(
             project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
-            name=f"{stage}-{group}", config={**config, "git": git_state()},
+            name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
             settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True)), always=True)
         if self.run is not None:
             self._guard("setup", self._define_metrics)
+            self._guard("setup", lambda: self._say_where(stage, mode))
+
+    def _say_where(self, stage: str, mode: str) -> None:
+        if mode == "offline":
+            where = self.run.settings.sync_dir
+            print(f"{stage}: W&B offline run in {where}; upload it with: wandb sync {where}", flush=True)
+        else:
+            print(f"{stage}: W&B run at {self.run.url} (online: synced as it runs)", flush=True)
 
     @property
     def active(self) -> bool:
@@ -163,7 +184,7 @@ class Tracker:
                                                                 class_names=classes),
                 "class_accuracy": wandb.plot.bar(accuracy, "class", "accuracy", title="Accuracy per class (test)"),
                 "predictions": table,
-                "prediction_grid": wandb.Image(figure_image(grid), caption="green correct, red wrong"),
+                "prediction_grid": wandb.Image(figure_image(grid), caption="\u2713 green correct, \u2717 red wrong"),
             })
 
         self._submit("log", log)

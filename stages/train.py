@@ -51,7 +51,7 @@ def main() -> None:
                            on_epoch_end=resume.saver(state, train_loader) if d.main else None)
         except KeyboardInterrupt:
             if d.main:
-                print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
+                print(f"train: interrupted; {resume.progress(p.epochs)}: run the stage again "
                       f"(dvc repro) with the same params to continue", file=sys.stderr)
             raise
         finally:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic data and helpers to write fake CIFAR-10 sources."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -16,9 +17,39 @@ import yaml
 from PIL import Image
 
 from cifar_study.data import Dataset, Split, synthetic
+from cifar_study.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+# The real CIFAR-10 JPEG archive for the tests that need it: $CIFAR10_JPG, else the copy beside this
+# checkout (../shared/data/); those tests skip, saying where they looked, when it is absent.
+REAL_ARCHIVE = Path(os.environ.get("CIFAR10_JPG") or ROOT.parent / "shared/data/cifar10-jpg.tar.gz").expanduser()
+
+
+def workspace_or_committed(paths: list[str], tmp: Path) -> list[Path]:
+    """Project roots holding `paths` to check a shipped-file invariant on: the workspace first, then, where
+    the workspace's copies differ from git HEAD (a user's `dvc exp run` rewrote params.yaml, metrics/,
+    plots/, dvc.lock), HEAD's copies extracted under `tmp`. A check passes if it holds in one of them:
+    a developer's uncommitted, consistent edit passes on the workspace; a user's experiment on HEAD."""
+    roots = [ROOT]
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+    except OSError:  # no git: a source tree as shipped, nothing to compare with
+        return roots
+    if status.returncode == 0 and status.stdout.strip():
+        def git(*args: str) -> bytes:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+
+        for name in git("ls-tree", "-r", "-z", "--name-only", "HEAD", "--", *paths).decode().split("\0"):
+            if name:
+                write_files(tmp, {name: git("show", f"HEAD:{name}")})
+        roots.append(tmp)
+    return roots
+
+
+def default_params() -> dict:
+    """Every parameter at its code default: tests never read the workspace's params.yaml, which a user edits."""
+    return dataclasses.asdict(Params())
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +116,7 @@ def project(tmp: Path, **changes) -> Path:
     if not repo.exists():
         shutil.copytree(ROOT / "cifar_study", repo / "cifar_study", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     base = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
             "train": {"epochs": 4, "batch_size": 16, "flow_every": 10, "device": "cpu"},
             "wandb": {"mode": "disabled"}}

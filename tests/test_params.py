@@ -1,17 +1,16 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
 from cifar_study.errors import ParamError
 from cifar_study.params import Params, load_params, parse_params
+from tests.conftest import workspace_or_committed
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_committed_params_are_valid_and_are_the_seed_protocol():
-    p = load_params(ROOT / "params.yaml")
-    assert p == Params()  # params.yaml spells out every default
+def test_committed_params_are_valid_and_are_the_seed_protocol(tmp_path):
+    # The shipped params.yaml spells out every default; a user's edits in the workspace are checked on HEAD.
+    roots = workspace_or_committed(["params.yaml"], tmp_path)
+    assert any(load_params(root / "params.yaml") == Params() for root in roots), roots
+    p = Params()
     assert (p.train.epochs, p.train.batch_size, p.train.lr, p.model.dropout) == (30, 128, 0.001, 0.5)
     assert p.data.source == "download" and p.data.val_size == 0
 
@@ -26,8 +25,11 @@ def test_ints_are_accepted_for_floats():
     ({"train": {"lr": "fast"}}, "train.lr: expected float, got 'fast'"),
     ({"train": {"epochs": 0}}, "train.epochs: 0 must be > 0"),
     ({"train": {"epochs": -3}}, "train.epochs: -3 must be > 0"),
-    ({"train": {"epochs": 2.5}}, "train.epochs: expected int, got 2.5"),
-    ({"train": {"epochs": True}}, "train.epochs: expected int, got True"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: expected int (a number of epochs), got 2.5"),
+    ({"train": {"epochs": True}}, "train.epochs: expected int (a number of epochs), got True"),
+    ({"data": {"val_size": 0.1}}, "data.val_size: expected int (a number of images held out of train, not a fraction), got 0.1"),
+    ({"data": {"train_limit": 0.5}}, "data.train_limit: expected int (a number of images; 0 = all), got 0.5"),
+    ({"train": {"batch_size": 12.8}}, "train.batch_size: expected int (a number of images per batch), got 12.8"),
     ({"train": {"lr": 0}}, "train.lr: 0.0 must be > 0.0"),
     ({"train": {"lr": -0.1}}, "train.lr: -0.1 must be > 0.0"),
     ({"train": {"batch_size": 0}}, "train.batch_size: 0 must be > 0"),
@@ -64,8 +66,26 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-def test_every_parameter_is_in_params_yaml():
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+def test_every_parameter_is_in_params_yaml(tmp_path):
     defaults = Params()
-    for section, values in raw.items():
-        assert set(values) == set(defaults.section(section)), section
+    wanted = {section: set(defaults.section(section)) for section in ("data", "model", "train", "plots", "wandb")}
+
+    def keys(root):
+        return {section: set(values) for section, values in yaml.safe_load((root / "params.yaml").read_text()).items()}
+
+    assert any(keys(root) == wanted for root in workspace_or_committed(["params.yaml"], tmp_path))
+
+
+def test_data_path_expands_home_and_a_missing_path_names_the_path_checked(tmp_path, monkeypatch):
+    from cifar_study.data import fetch
+    from cifar_study.errors import DataError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    p = parse_params({"data": {"source": "folder", "path": "~/cifar10-jpg.tar.gz"}}).data
+    assert p.path == str(tmp_path / "cifar10-jpg.tar.gz")
+    with pytest.raises(DataError) as err:
+        fetch(p)
+    assert str(err.value) == f"data.path: {tmp_path / 'cifar10-jpg.tar.gz'} does not exist"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"data.path: {tmp_path / 'relative/x.tar'} does not exist"):
+        fetch(parse_params({"data": {"source": "folder", "path": "relative/x.tar"}}).data)

@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cifar_study.plots import FIGURES
-from tests.conftest import ROOT
+from tests.conftest import ROOT, default_params
+from tests.wandb_records import config, run_info
 
 pytestmark = pytest.mark.slow
 
@@ -39,34 +42,42 @@ def set_params(repo: Path, changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("clone")
+def make_repo(repo: Path, changes: dict = {}) -> Path:
+    """A git repository holding the working tree's project at the tiny configuration (plus `changes`)."""
     for f in project_files():
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, repo / f)
     for stale in ("dvc.lock", "metrics", "plots"):  # a committed baseline must not satisfy the tiny run
         path = repo / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(default_params(), sort_keys=False))  # not the user's values
     set_params(repo, TINY)
+    set_params(repo, changes)
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "tiny")
     return repo
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("clone"))
+
+
+def env(**changes: str | None) -> dict[str, str]:
+    """The environment for git and dvc; `changes` set variables, or remove them where None."""
+    base = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", **changes}
+    return {k: v for k, v in base.items() if v is not None}
 
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, env=env(), check=True, capture_output=True, text=True).stdout
 
 
-def dvc(repo: Path, *args: str) -> str:
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env(),
+def dvc(repo: Path, *args: str, **env_changes: str | None) -> str:
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env(**env_changes),
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -114,7 +125,7 @@ def test_second_repro_runs_nothing(repo):
 
 def test_train_param_change_reruns_only_downstream_and_shows_in_metrics_diff(repo):
     set_params(repo, {"train": {"lr": 0.003}})
-    assert ran(dvc(repo, "repro")) == {"train", "evaluate", "findings", "visualize"}
+    assert ran(dvc(repo, "repro")) == {"check_params", "train", "evaluate", "findings", "visualize"}
     diff = json.loads(dvc(repo, "metrics", "diff", "--json"))
     assert "metrics/train.json" in diff and "train_loss" in diff["metrics/train.json"]
     assert "params.yaml" in json.loads(dvc(repo, "params", "diff", "--json"))
@@ -122,12 +133,21 @@ def test_train_param_change_reruns_only_downstream_and_shows_in_metrics_diff(rep
 
 def test_plot_option_change_reruns_only_visualize(repo):
     set_params(repo, {"plots": {"dpi": 60}})
-    assert ran(dvc(repo, "repro")) == {"visualize"}
+    assert ran(dvc(repo, "repro")) == {"check_params", "visualize"}
 
 
-def test_wandb_settings_rerun_nothing(repo):
+def test_wandb_settings_rerun_only_the_params_check(repo):
     set_params(repo, {"wandb": {"project": "elsewhere"}})
-    assert ran(dvc(repo, "repro")) == set()
+    assert ran(dvc(repo, "repro")) == {"check_params"}
+
+
+def test_wandb_typo_is_refused_even_when_every_stage_is_cached(repo):
+    set_params(repo, {"wandb": {"mode": "ofline"}})
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env(),
+                          capture_output=True, text=True)
+    set_params(repo, {"wandb": {"mode": "disabled"}})
+    assert proc.returncode != 0 and ran(proc.stdout) == {"check_params"}
+    assert "error: wandb.mode: 'ofline' is not one of offline, online, disabled" in proc.stdout + proc.stderr
 
 
 def test_bad_param_under_dvc_repro_fails_and_keeps_every_output(repo):
@@ -169,10 +189,18 @@ def test_remote_push_then_fresh_clone_pull_reruns_nothing(repo, tmp_path):
     assert ran(dvc(clone, "repro")) == set()
 
 
-def test_queued_experiments_run_and_are_listed(repo):
+def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
+    """A sweep runs in temporary copies of the repository; its W&B runs must land in the project's wandb/."""
     for lr in ("0.002", "0.004"):
-        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=1")
-    dvc(repo, "exp", "run", "--run-all")
+        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=1", "-S", "wandb.mode=offline")
+    out = dvc(repo, "exp", "run", "--run-all", WANDB_MODE=None, WANDB_DIR=None)
+    runs = {}
+    for log in (repo / "wandb").glob("offline-run-*/run-*.wandb"):
+        info = run_info(log)
+        lr = config(log)["train"]["lr"]
+        runs[info["job_type"], lr] = log.parent
+        assert f"{info['job_type']}: W&B offline run in {log.parent}; upload it with: wandb sync {log.parent}" in out
+    assert set(runs) == {(stage, lr) for stage in ("train", "evaluate") for lr in (0.002, 0.004)}, out
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     found = {}
     for rev in table:
@@ -185,3 +213,43 @@ def test_queued_experiments_run_and_are_listed(repo):
                     found[lr] = metrics
     assert {0.002, 0.004} <= set(found), table
     assert all("test_acc" in found[lr] for lr in (0.002, 0.004))
+
+
+def stage_processes(repo: Path, name: str) -> list[int]:
+    """Pids of `python -m stages.<name>` processes running in `repo` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"stages.{name}".encode() in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == repo:
+                found.append(int(proc.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            pass
+    return found
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])  # dash keeps a shell between dvc and the stage; bash not
+def test_sigterm_to_dvc_stops_the_training_stage_and_writes_nothing(tmp_path, shell):
+    repo = make_repo(tmp_path / "repo", {"train": {"epochs": 1000}})  # far more epochs than it will live
+    state = repo / ".train_state/train.pt"
+    with open(tmp_path / "dvc.log", "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "train"], cwd=repo,
+                                env=env(SHELL=shell), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not state.exists() and proc.poll() is None and time.time() < deadline:  # the first epoch is saved
+            time.sleep(0.1)
+        assert proc.poll() is None and state.exists(), (tmp_path / "dvc.log").read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.time() + 10
+        while stage_processes(repo, "train") and time.time() < deadline:
+            time.sleep(0.2)
+        assert stage_processes(repo, "train") == []
+    finally:
+        for pid in stage_processes(repo, "train"):  # a failed run must not leave a trainer behind
+            os.kill(pid, signal.SIGKILL)
+    text = (tmp_path / "dvc.log").read_text()
+    assert "stopping: the process that started this stage" in text and "train: interrupted;" in text, text
+    for out in ("models/model.pt", "metrics/train.json", "plots/data/history.csv", "plots/data/flow.csv"):
+        assert not (repo / out).exists(), out
+    assert state.exists()  # what it trained is kept for `dvc repro` to resume

@@ -23,7 +23,7 @@ from cifar_study.errors import DataError, UserError
 from cifar_study.model import SimpleCNN
 from cifar_study.params import DataParams, TrainParams
 from cifar_study.training import setup, train
-from tests.conftest import ROOT, encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
+from tests.conftest import encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
 
 # --- bad data: one line naming the file ------------------------------------------------------
 
@@ -110,17 +110,21 @@ def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, cha
     assert snapshot(repo) == outputs
 
 
-def test_unknown_key_is_refused_by_every_stage(trained):
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "epoch", 3, "error: train.epoch: unknown key (allowed in train: epochs, batch_size, lr, seed, device, "
+                          "loader, num_workers, flow_every, channels_last, amp, compile, compile_mode, "
+                          "fused_adam, nproc)"),
+    ("wandb", "mode", "ofline", "error: wandb.mode: 'ofline' is not one of offline, online, disabled"),
+])
+def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, key, value, message):
     repo, outputs = trained
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epoch"] = 3
+    params[section][key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     try:
-        for name in ("fetch_data", "flops", "train", "evaluate", "visualize"):
+        for name in ("check_params", "fetch_data", "flops", "train", "evaluate", "findings", "visualize"):
             code, _, err = run_stage(repo, name)
-            assert code == 2 and err.strip() == "error: train.epoch: unknown key (allowed in train: " \
-                "epochs, batch_size, lr, seed, device, loader, num_workers, flow_every, channels_last, amp, compile, " \
-                "compile_mode, fused_adam, nproc)"
+            assert code == 2 and err.strip() == message, (name, err)
     finally:
         project(repo.parent)
     assert snapshot(repo) == outputs
@@ -143,15 +147,16 @@ def test_interrupted_training_resumes_to_the_same_result(trained, sig):
     assert proc.poll() is None, "training finished before it could be interrupted"
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
+    saved = torch.load(state, weights_only=True)["epoch"]
+    progress = f"{saved} of 4 epochs saved in .train_state/train.pt"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "completed epochs are saved" in err
+        assert proc.returncode == 130 and f"train: interrupted; {progress}: run the stage again" in err, err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert state.exists()
 
     code, out, err = run_stage(repo, "train")
     assert code == 0, err
-    assert "resuming after epoch" in out
+    assert f"resuming: {progress}; continuing with epoch {saved + 1}" in out, out
     after = snapshot(repo)
     assert after["metrics/train.json"] == outputs["metrics/train.json"]
     assert without_seconds(after["plots/data/history.csv"]) == without_seconds(outputs["plots/data/history.csv"])
@@ -168,7 +173,7 @@ def test_state_from_other_params_is_not_resumed(trained, tmp_path):
     other = project(tmp_path, train={"lr": 0.002, "epochs": 1})
     shutil.copytree(repo / "data", other / "data")
     (other / ".train_state").mkdir()
-    shutil.copy(ROOT / "params.yaml", other / ".train_state/train.pt")  # junk state: must be ignored, loudly
+    (other / ".train_state/train.pt").write_text("data:\n  source: synthetic\n")  # junk state: must be ignored, loudly
     code, out, err = run_stage(other, "train")
     assert code == 0, err
     assert "ignoring unreadable resume state" in out and "resuming" not in out
