@@ -85,7 +85,7 @@ def render_findings(root: Path = Path(".")) -> str:
     ]
     lines += [f"| {c['claim']} | {c['measured']} | {'holds' if c['holds'] else '**does not hold**'} |"
               for c in findings["claims"]]
-    lines += ["", "| layer | mean \|grad\| range | max/mean | update ratio | trend (decades) | flags |",
+    lines += ["", "| layer | mean \\|grad\\| range | max/mean | update ratio | trend (decades) | flags |",
               "|---|---|---:|---:|---:|---|"]
     lines += [f"| {h['layer']} | {_num(h['grad_mean_min'], '.2g')} – {_num(h['grad_mean_max'], '.2g')} | "
               f"{_num(h['max_to_mean'], '.1f')} | {_num(h['update_ratio'], '.2g')} | {_num(h['trend_decades'], '+.2f')} | "

@@ -50,8 +50,18 @@ def test_flow_snapshots_every_n_batches_of_every_non_bias_parameter(tiny):
     assert result.flow[0].layers == ["block1.conv", "block1.bn", "block2.conv", "block2.bn", "block3.conv",
                                      "block3.bn", "block4.conv", "block4.bn", "fc1", "fc2"]
     for snap in result.flow:
-        for grad_mean, grad_max, w_mean, w_max in snap.values:
-            assert 0 < grad_mean <= grad_max and 0 < w_mean <= w_max
+        for grad_mean, grad_max, w_mean, w_max, update_ratio in snap.values:
+            assert 0 < grad_mean <= grad_max and 0 < w_mean <= w_max and 0 < update_ratio < 1
+
+
+def test_update_ratio_is_the_relative_size_of_the_step_taken(tiny):
+    model, result = run(tiny, epochs=1, flow_every=1000)  # one snapshot: step 0, Adam's first step
+    # Adam's first step moves every weight by exactly lr (m/sqrt(v) = sign(grad)): |dW| = lr * sqrt(n).
+    fc2 = result.flow[0].layers.index("fc2")
+    weights = model.fc2.weight.numel()
+    # |W| before the step is |W| now give or take the steps since; the ratio is lr*sqrt(n)/|W| within 10%.
+    expected = 1e-3 * weights ** 0.5 / model.fc2.weight.detach().norm().item()
+    assert result.flow[0].values[fc2][4] == pytest.approx(expected, rel=0.1)
 
 
 def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
