@@ -14,6 +14,7 @@ PREDICTIONS = "plots/data/predictions.csv"
 CLASS_ACCURACY = "plots/data/class_accuracy.csv"
 FIGURES = "plots/figures"
 RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro` removing outputs
+LIVE = "dvclive"  # per-epoch progress while train runs (cifar_study/live.py); not a DVC output either
 
 
 def code_files() -> list[Path]:

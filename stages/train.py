@@ -9,6 +9,7 @@ from cifar_study.data import channel_stats, heldout_split, load_dataset
 from cifar_study.device import resolve_device, seed_everything
 from cifar_study.flops import flops_report
 from cifar_study.io import write_csv, write_json
+from cifar_study.live import FanOut, LiveLogger
 from cifar_study.loader import make_loader
 from cifar_study.model import build_model
 from cifar_study.params import load_params
@@ -45,10 +46,12 @@ def main() -> None:
     run_key = fingerprint(params.section("model"), params.section("train"), params.data.val_size,
                           params.data.seed, files=(paths.DATA, *paths.code_files()))
     resume = ResumeStore(Path(paths.RESUME), run_key)
+    live = LiveLogger(paths.LIVE, enabled=d.main)
     with Tracker(params.wandb, "train", wandb_group(run_key), {"model": params.section("model"),
                  "train": params.section("train"), "data": params.section("data")}, enabled=d.main) as tracker:
         try:
-            result = train(model, train_loader, heldout_loader, p, device, heldout_name, tracker, resume, d)
+            result = train(model, train_loader, heldout_loader, p, device, heldout_name, FanOut(tracker, live),
+                           resume, d)
         except KeyboardInterrupt:
             if d.main:
                 print(f"train: interrupted; completed epochs are saved in {paths.RESUME}: run the stage again "
@@ -73,6 +76,7 @@ def main() -> None:
         }
         write_json(paths.TRAIN_METRICS, metrics)
         resume.clear()  # every output is written: nothing left to resume
+        live.finish()
         flops = flops_report(build_model(params.model, len(classes)))
         tracker.summary({**metrics, "gflops_per_sample": flops["gflops"], "flops_per_sample": flops["flops"],
                          "params": flops["params"]})
