@@ -50,7 +50,7 @@ PAGE = """<!DOCTYPE html>
     {{refresh_tag}}
     <title>DVC plots</title>
     <!-- This project's `dvc plots show` / `dvc plots diff` page (.dvc/config: plots.html_template).
-         It has no placeholder for scripts, so DVC's CDN <script> tags are left out: the libraries
+         It has no placeholder for scripts, so DVC's CDN script tags are left out: the libraries
          below are inlined and the page needs no network. Rebuilt by plots_page/build.py. -->
 {libraries}
     <script>
