@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INSTALL_HINT = ("Chromium not found: install it (Debian/Ubuntu: `sudo apt-get install chromium`; "
-                "`make test` does this when run as root) or set CHROMIUM=/path/to/chromium")
+INSTALL_HINT = ("Chromium not found: install it (Debian: `sudo apt-get install chromium`, which `make test` runs "
+                "as root) or set CHROMIUM=/path/to/chromium-or-chrome")
 FLAGS = [
     "--headless", "--no-sandbox",  # root (CI, these machines) cannot use Chromium's sandbox
     "--remote-debugging-pipe", "--no-first-run", "--no-default-browser-check", "--disable-gpu",

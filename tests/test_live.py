@@ -88,6 +88,7 @@ def test_a_live_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch, c
 EPOCH_LINE = re.compile(r"epoch 1/3: train loss ([\d.]+) acc ([\d.]+) \| test loss ([\d.]+) acc ([\d.]+)")
 
 
+@pytest.mark.slow
 def test_live_files_after_the_first_epoch_of_a_stopped_run(tmp_path):
     """Train for 3 epochs, stop it (Ctrl-C) once epoch 1's live files appear, check them, then resume."""
     repo = project(tmp_path, train={"epochs": 3, "batch_size": 32}, data={"train_limit": 200, "test_limit": 100})

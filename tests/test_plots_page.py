@@ -126,6 +126,7 @@ def test_dvc_default_page_draws_no_chart_offline(repo, browser):
     assert not result.drawn
 
 
+@pytest.mark.slow
 def test_tiny_run_page_and_its_diff_against_the_baseline(repo, browser):
     set_params(repo, TINY)
     dvc(repo, "repro")
