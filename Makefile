@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test bench
+.PHONY: install repro test bench chromium
 
 install: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): requirements.txt
 repro: $(STAMP)
 	dvc repro
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	pytest
+
+# tests/test_plots_page.py opens the `dvc plots` pages in headless Chromium. Install Debian's package
+# where we can (root with apt-get, as in CI); elsewhere that test says how to get it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt-get) for the browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-liberation; } >/tmp/chromium-install.log 2>&1 || \
+	  echo "warning: could not install chromium (see /tmp/chromium-install.log)"; }
 
 bench: $(STAMP)
 	python bench/benchmark.py

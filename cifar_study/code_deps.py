@@ -13,7 +13,7 @@ PACKAGES = ("cifar_study", "stages")
 # Modules that only observe a run and decide none of its outputs: following them would re-run a
 # 30-epoch training for a change in how it is logged. tests/test_wandb.py checks that the outputs are
 # identical with W&B on and off.
-OBSERVERS = frozenset({"cifar_study/tracking.py"})
+OBSERVERS = frozenset({"cifar_study/tracking.py", "cifar_study/live.py"})
 
 
 def _module_file(module: str, root: Path) -> Path | None:

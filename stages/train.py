@@ -10,6 +10,7 @@ from cifar_study.device import resolve_device, seed_everything
 from cifar_study.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.history import EpochRecord
 from cifar_study.io import write_csv, write_json
+from cifar_study.live import FanOut, LiveLogger
 from cifar_study.loader import make_loader
 from cifar_study.model import build_model
 from cifar_study.params import load_params
@@ -42,11 +43,12 @@ def main() -> None:
     key = run_key(params)  # keys the resume state and names the W&B group
     resume = ResumeStore(Path(paths.RESUME), key)
     state = setup(model, p, device, d)
+    live = LiveLogger(paths.LIVE, enabled=d.main)
     with Tracker(params.wandb, "train", wandb_group(key), {"model": params.section("model"),
                  "train": params.section("train"), "data": params.section("data")}, enabled=d.main) as tracker:
         tracker.log_model_cost(params.model, len(classes))
         try:
-            result = train(state, train_loader, heldout_loader, heldout_name, tracker,
+            result = train(state, train_loader, heldout_loader, heldout_name, FanOut(tracker, live),
                            result=resume.restore(state, train_loader),
                            on_epoch_end=resume.saver(state, train_loader) if d.main else None)
         except KeyboardInterrupt:
@@ -68,6 +70,7 @@ def main() -> None:
                    "best_heldout_acc": round(max(r.heldout_acc for r in result.history), 6)}
         write_json(paths.TRAIN_METRICS, metrics)
         resume.clear()  # every output is written: nothing left to resume
+        live.finish()
         tracker.summary(metrics)
 
 

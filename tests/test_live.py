@@ -1,0 +1,138 @@
+"""Live progress (cifar_study/live.py): DVCLive files after every epoch, kept when a run stops, gone when it ends."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifar_study.history import EpochRecord
+from cifar_study.live import FanOut, LiveLogger
+from cifar_study.training import NullLogger
+from tests.conftest import project, run_stage, stage
+
+
+def record(epoch: int) -> EpochRecord:
+    return EpochRecord(epoch, 2.0 / epoch, 0.3 * epoch, 1.5 / epoch, 0.25 * epoch, 0.001, 10.0 + epoch)
+
+
+def curve(live: Path, split: str, stat: str) -> list[tuple[int, float]]:
+    with open(live / f"plots/metrics/{split}/{stat}.tsv", newline="") as f:
+        return [(int(row["step"]), float(row[stat])) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def test_each_epoch_adds_a_row_to_every_curve_and_updates_the_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC project from here: not this one
+    live = tmp_path / "dvclive"
+    logger = LiveLogger(live)
+    for epoch in (1, 2):
+        logger.log_epoch(record(epoch), step=epoch * 10, heldout_name="val")
+    assert curve(live, "train", "loss") == [(1, 2.0), (2, 1.0)]
+    assert curve(live, "val", "acc") == [(1, 0.25), (2, 0.5)]
+    assert json.loads((live / "metrics.json").read_text()) == {
+        "train": {"loss": 1.0, "acc": 0.6}, "val": {"loss": 0.75, "acc": 0.5}, "lr": 0.001, "epoch_seconds": 12.0, "step": 2}
+    assert not (live / "plots/metrics/lr.tsv").exists()  # latest value only, no curve
+    spec = yaml.safe_load((live / "dvc.yaml").read_text())
+    assert spec["metrics"] == ["metrics.json"]
+    for plot in spec["plots"]:
+        (title, definition), = plot.items()
+        assert title.startswith("Live: ") and definition["x"] == "step" and definition["x_label"] == "epoch"
+        assert all((live / path).is_file() for path in definition["y"]), definition["y"]
+
+
+def test_a_resumed_run_continues_the_curves_and_a_new_run_starts_them_afresh(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC project from here: not this one
+    live = tmp_path / "dvclive"
+    first = LiveLogger(live)
+    for epoch in (1, 2):
+        first.log_epoch(record(epoch), step=0, heldout_name="test")
+    LiveLogger(live).log_epoch(record(3), step=0, heldout_name="test")  # resumed: epochs 1-2 are done
+    assert [step for step, _ in curve(live, "test", "loss")] == [1, 2, 3]
+    assert json.loads((live / "metrics.json").read_text())["step"] == 3
+    LiveLogger(live).log_epoch(record(1), step=0, heldout_name="test")  # a new run
+    assert [step for step, _ in curve(live, "test", "loss")] == [1]
+
+
+def test_finish_removes_the_live_files_and_only_the_enabled_rank_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC project from here: not this one
+    live = tmp_path / "dvclive"
+    other_rank = LiveLogger(live, enabled=False)
+    other_rank.log_epoch(record(1), step=0, heldout_name="test")
+    other_rank.finish()
+    assert not live.exists()
+    logger = LiveLogger(live)
+    logger.log_epoch(record(1), step=0, heldout_name="test")
+    assert (live / "metrics.json").is_file()
+    logger.finish()
+    assert not live.exists()
+
+
+def test_a_live_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC project from here: not this one
+    blocker = tmp_path / "dvclive"
+    blocker.write_text("a file where the live directory should be")
+    logger = FanOut(NullLogger(), LiveLogger(blocker))
+    for epoch in (1, 2):
+        logger.log_epoch(record(epoch), step=0, heldout_name="test")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: live progress ({blocker}/) failed ("), err
+    assert err[0].endswith("continuing without it")
+
+
+EPOCH_LINE = re.compile(r"epoch 1/3: train loss ([\d.]+) acc ([\d.]+) \| test loss ([\d.]+) acc ([\d.]+)")
+
+
+@pytest.mark.slow
+def test_live_files_after_the_first_epoch_of_a_stopped_run(tmp_path):
+    """Train for 3 epochs, stop it (Ctrl-C) once epoch 1's live files appear, check them, then resume."""
+    repo = project(tmp_path, train={"epochs": 3, "batch_size": 32}, data={"train_limit": 200, "test_limit": 100})
+    code, _, err = run_stage(repo, "fetch_data")
+    assert code == 0, err
+    live = repo / "dvclive"
+    proc = stage(repo, "train", start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (live / "metrics.json").is_file() and json.loads((live / "metrics.json").read_text() or "{}").get("step"):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before epoch 1's live files were seen:\n{proc.communicate()[1]}"
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+
+    printed = [float(v) for v in EPOCH_LINE.search(out).groups()]  # the stage's own epoch-1 line (4 decimals)
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["step"] == 1 and metrics["lr"] == 0.001 and metrics["epoch_seconds"] > 0
+    live_values = [metrics["train"]["loss"], metrics["train"]["acc"], metrics["test"]["loss"], metrics["test"]["acc"]]
+    assert live_values == pytest.approx(printed, abs=5e-5)
+    for split, stat, value in (("train", "loss", live_values[0]), ("test", "acc", live_values[3])):
+        assert curve(live, split, stat) == [(1, value)]
+    spec = yaml.safe_load((live / "dvc.yaml").read_text())
+    assert all((live / path).is_file() for plot in spec["plots"] for d in plot.values() for path in d["y"])
+    # the final outputs are written only when the run completes
+    assert not (repo / "metrics/train.json").exists() and not (repo / "plots/data/history.csv").exists()
+
+    # Resumed, the curves continue from epoch 2; when the run completes its live files go.
+    proc = stage(repo, "train")
+    deadline = time.time() + 240
+    steps: list[int] = []
+    while time.time() < deadline and proc.poll() is None and len(steps) < 2:
+        try:
+            steps = [step for step, _ in curve(live, "train", "loss")]
+        except (OSError, KeyError, TypeError, ValueError):  # not there yet, or read while a row was written
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert "resuming after epoch 1/3" in out
+    assert steps[:2] == [1, 2], steps
+    assert not live.exists()
+    history = (repo / "plots/data/history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    assert [float(v) for v in history[1].split(",")[1:5]] == pytest.approx(live_values, abs=1e-6)
