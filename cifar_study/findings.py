@@ -8,8 +8,10 @@ from cifar_study.flow_health import FlowHealth
 
 # "one to two orders of magnitude": the median layer's max/mean |grad| ratio within 10x..100x.
 MAX_TO_MEAN_RANGE = (10.0, 100.0)
-# "relatively stable weight magnitudes": every layer's mean |W| ends within a factor of 2 of where it started.
-WEIGHT_CHANGE_FACTOR = 2.0
+# "relatively stable weight magnitudes": no layer's mean |W| grows or shrinks by an order of magnitude
+# over the run. Conv weights ahead of BatchNorm do grow in healthy training (BatchNorm makes the output
+# independent of their scale): up to 5.9x (block4.conv) over the 30 epochs of the committed baseline.
+WEIGHT_CHANGE_FACTOR = 10.0
 # "stable convergence": held-out accuracy moves by less than 5 points over the last epochs.
 STABLE_SPREAD = 0.05
 # "most gain in the first 15-20 epochs": 95% of the final held-out accuracy reached by epoch 20.

@@ -53,15 +53,17 @@ def test_learning_rate_far_too_high_is_unstable(health):
     assert health["lr 0.1"].metrics()["update_ratio"] > 10 * health["default"].metrics()["update_ratio"]
 
 
-def snapshots(grad_means: list[float], update: float = 1e-3) -> list[FlowSnapshot]:
-    return [FlowSnapshot(i, 1, ["a", "out"], [[g, 10 * g, 0.1, 0.2, update], [1e-2, 0.1, 0.1, 0.2, update]])
-            for i, g in enumerate(grad_means)]
+def snapshots(grad_means: list[float], update: float = 1e-3, weights: list[float] | None = None) -> list[FlowSnapshot]:
+    weights = weights or [0.1] * len(grad_means)
+    return [FlowSnapshot(i, 1, ["a", "out"], [[g, 10 * g, w, 2 * w, update], [1e-2, 0.1, 0.1, 0.2, update]])
+            for i, (g, w) in enumerate(zip(grad_means, weights))]
 
 
 def test_each_flag_on_constructed_snapshots():
     assert not flow_health.assess(snapshots([1e-2, 2e-2, 1e-2])).flagged
     assert flow_health.assess(snapshots([1e-2, math.nan, 1e-2])).layers[0].flags == ["exploding"]
-    assert flow_health.assess(snapshots([1e-4, 1e-2, 1.0])).layers[0].flags == ["exploding"]  # 4 decades up
+    assert flow_health.assess(snapshots([1e-2] * 4 + [100.0])).layers[0].flags == ["exploding"]  # a 4-decade spike
+    assert flow_health.assess(snapshots([1e-2] * 3, weights=[0.1, 0.5, 2.0])).layers[0].flags == ["unstable"]
     assert flow_health.assess(snapshots([1e-7, 1e-7, 1e-7])).layers[0].flags == ["vanishing"]
     assert flow_health.assess(snapshots([0.0, 0.0, 1e-2])).layers[0].flags == ["dead"]
     assert [h.flags for h in flow_health.assess(snapshots([1e-2] * 3, update=1e-6)).layers] == [["stalled"]] * 2
@@ -69,8 +71,9 @@ def test_each_flag_on_constructed_snapshots():
 
 
 def test_thresholds_are_the_documented_constants():
-    assert flow_health.thresholds() == {"VANISHING_RATIO": 1e-4, "VANISHING_ABS": 1e-8, "EXPLODING_RISE": 1e3,
-                                        "DEAD_FRACTION": 0.5, "STALLED_UPDATE": 1e-5, "UNSTABLE_UPDATE": 1e-1}
+    assert flow_health.thresholds() == {"VANISHING_RATIO": 1e-4, "VANISHING_FRACTION": 0.25, "VANISHING_ABS": 1e-8,
+                                        "EXPLODING_SPIKE": 1e3, "DEAD_FRACTION": 0.5, "STALLED_UPDATE": 1e-5,
+                                        "UNSTABLE_UPDATE": 1e-1, "RUNAWAY_WEIGHTS": 10.0}
     assert flow_health.assess(snapshots([1e-2] * 2)).detail()["thresholds"] == flow_health.thresholds()
 
 
