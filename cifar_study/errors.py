@@ -15,3 +15,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint cannot be loaded or does not fit the model it is loaded into."""
+
+
+class OutputError(UserError):
+    """An output cannot be written (a full disk, a read-only folder); the previous outputs stay."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

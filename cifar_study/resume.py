@@ -8,6 +8,7 @@ A state whose fingerprint (params + data) differs is ignored, and replaced at th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cifar_study.io import atomic_path
+from cifar_study.io import write_bytes
 
 
 def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
@@ -48,8 +49,9 @@ class ResumeStore:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "key": self.key}, tmp)
+        buffer = io.BytesIO()
+        torch.save({**state, "key": self.key}, buffer)
+        write_bytes(self.path, buffer.getbuffer(), now=True)  # at once: it must survive a crash of this run
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
