@@ -1,15 +1,31 @@
-"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C."""
+"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C, and
+outputs that are replaced all together or not at all."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Callable
 
 from cifar_study.errors import UserError
+from cifar_study.io import outputs_together
+
+# Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
+# error, so the launcher prints it once instead of every rank printing it.
+ERRORS_ENV = "CIFAR_STUDY_RANK_ERRORS"
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
+
+
+def report_error(message: str) -> None:
+    folder = os.environ.get(ERRORS_ENV)
+    if folder and "RANK" in os.environ:
+        Path(folder, f"rank{int(os.environ['RANK']):06d}").write_text(message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -18,9 +34,10 @@ def run_stage(main: Callable[[], None]) -> None:
     # still stop a stage cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        main()
+        with outputs_together():  # a stage that stops part-way changes none of its outputs
+            main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from cifar_study.cli import run_stage
 from cifar_study.data import channel_stats, heldout_split, load_dataset
 from cifar_study.device import resolve_device, seed_everything
 from cifar_study.flops import flops_report
+from cifar_study.inputs import md5_file
 from cifar_study.io import write_csv, write_json
 from cifar_study.loader import make_loader
 from cifar_study.model import build_model
@@ -24,12 +25,12 @@ def main() -> None:
     params = load_params()
     p = params.train
     device = resolve_device(p.device)
+    dataset = load_dataset(paths.DATA)
+    classes = dataset.classes
+    train_split, heldout, heldout_name = heldout_split(dataset, params.data)  # checked before ranks start
     if p.nproc > 1 and not distributed.launched():
         sys.exit(distributed.launch(p.nproc, "stages.train", p.batch_size))
     d, device = distributed.init(device, p.batch_size)
-    dataset = load_dataset(paths.DATA)
-    classes = dataset.classes
-    train_split, heldout, heldout_name = heldout_split(dataset, params.data)
     mean, std = channel_stats(train_split.images)
     if d.main:
         print(f"train: {len(train_split.labels)} images on {device} x {d.world} process(es); held-out: "
@@ -61,7 +62,8 @@ def main() -> None:
 
         save_checkpoint(paths.CHECKPOINT, model_state=model.state_dict(), optimizer_state=result.optimizer_state,
                         model=params.section("model"), train=params.section("train"), classes=classes, mean=mean,
-                        std=std, epoch=p.epochs, history=result.history, run_key=run_key)
+                        std=std, epoch=p.epochs, history=result.history, run_key=run_key,
+                        data_md5=md5_file(paths.DATA))
         write_csv(paths.HISTORY, result.history, HISTORY_COLUMNS)
         write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
         last = result.history[-1]
