@@ -233,8 +233,9 @@ def split_validation(split: Split, val_size: int, num_classes: int, seed: int) -
 def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
     """Fetch cifar-10-python.tar.gz, check its md5, and read its pickled batches (no code runs).
 
-    The archive is kept in `raw_dir` only once its md5 matches and its batches read, so a re-run
-    with the same md5 does not download again, and a refused download leaves no file behind.
+    The archive is kept in `raw_dir` only once its md5 matches and its batches are read and
+    checked, so a re-run with the same md5 does not download again, and a refused download leaves
+    no file behind.
     """
     archive, md5 = raw_dir / ARCHIVE_NAME, md5.lower()
     if archive.is_file() and inputs.md5_file(archive) == md5:
@@ -254,6 +255,7 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
             if inputs.md5_file(part) != md5:
                 raise DataError(f"{url}: the downloaded file's md5 is not data.md5={md5} (corrupt or wrong file; deleted)")
             listing = read_python_archive(part, where=url)
+            check_listing(listing)
             part.replace(archive)
         finally:
             part.unlink(missing_ok=True)
