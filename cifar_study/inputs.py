@@ -34,7 +34,7 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_study.errors import DataError, ParamError, UserError, first_line
+from cifar_study.errors import DataError, OutputError, ParamError, UserError, first_line
 
 # The most any input may hold: a downloaded file, a local archive, and what an archive unpacks
 # to. No copy of CIFAR-10 comes near it: the official archive is 163 MiB (170 MiB unpacked), and
@@ -121,11 +121,16 @@ def download(url: str, dest: Path) -> None:
     """Copy an http(s):// or file:// URL to `dest` within MAX_INPUT_BYTES and DOWNLOAD_TIME_LIMIT_S.
 
     `dest` is removed on any failure, Ctrl-C included. Network errors propagate as they are (the
-    caller says what to do offline); a refusal by these rules is a `DataError`.
+    caller says what to do offline); a refusal by these rules is a `DataError`, a failed write
+    (a full disk) an `OutputError`.
     """
     deadline = time.monotonic() + DOWNLOAD_TIME_LIMIT_S
     try:
-        with open(dest, "wb") as out:
+        out = open(dest, "wb")
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write ({exc.strerror or first_line(exc)})") from None
+    try:
+        with out:
             if urlparse(url).scheme == "file":
                 with open_regular(url2pathname(urlparse(url).path), MAX_INPUT_BYTES, "data.url") as src:
                     _copy(src.read, out, url, deadline)
@@ -152,7 +157,10 @@ def _copy(read: Any, out: BinaryIO, url: str, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise DataError(f"{url}: not complete after {DOWNLOAD_TIME_LIMIT_S} s ({mib(total)} received), the "
                             f"time limit; download it by hand and set data.url: file:///path/to/the/archive")
-        out.write(chunk)
+        try:
+            out.write(chunk)
+        except OSError as exc:  # a full disk is not a network problem: say so
+            raise OutputError(f"{out.name}: cannot write ({exc.strerror or first_line(exc)})") from None
 
 
 # --- pickles: the official CIFAR-10 batches --------------------------------------------------------
