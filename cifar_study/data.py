@@ -203,14 +203,6 @@ def balanced_indices(labels: np.ndarray, count: int, num_classes: int, seed: int
     return np.sort(np.concatenate(chosen))
 
 
-def balanced_subset(split: Split, limit: int, num_classes: int, seed: int, key: str) -> Split:
-    """A class-balanced subset of `limit` images (0 = all)."""
-    if limit == 0:
-        return split
-    idx = balanced_indices(split.labels, limit, num_classes, seed, key)
-    return Split(split.images[idx], split.labels[idx])
-
-
 def heldout_split(ds: Dataset, p: DataParams) -> tuple[Split, Split, str]:
     """(train, held-out, its name): the test split by default (the seed's protocol), else a validation split."""
     if p.val_size == 0:

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from cifar_study.data import balanced_subset, fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
+from cifar_study.data import fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
 from cifar_study.errors import DataError, ParamError
 from cifar_study.params import DataParams
 from tests.conftest import SHARED_ARCHIVE, image_folder_files, python_archive, write_files, write_tar

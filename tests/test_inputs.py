@@ -34,7 +34,6 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cifar_study import inputs
 from cifar_study.checkpoint import save_checkpoint
@@ -42,7 +41,7 @@ from cifar_study.data import Split, fetch, from_folder, read_python_archive
 from cifar_study.errors import ParamError
 from cifar_study.model import SimpleCNN
 from cifar_study.params import DataParams, load_params
-from tests.conftest import ROOT, encode, image_folder_files, project, python_archive, snapshot, write_files, write_tar
+from tests.conftest import image_folder_files, project, python_archive, snapshot, write_files, write_tar
 
 ROW_TIMEOUT_S = 90  # a row that takes longer has hung: the test fails instead of waiting
 CAT, DOG = "train/cat/0060.png", "test/dog/0025.png"  # one image of each in the tiny set (names count per split)
