@@ -20,10 +20,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
 
 
+def _launched_rank() -> bool:
+    return ERRORS_ENV in os.environ and "RANK" in os.environ
+
+
 def report_error(message: str) -> None:
-    folder = os.environ.get(ERRORS_ENV)
-    if folder and "RANK" in os.environ:
-        Path(folder, f"rank{int(os.environ['RANK']):06d}").write_text(message)
+    if _launched_rank():  # the launcher prints it, once
+        Path(os.environ[ERRORS_ENV], f"rank{int(os.environ['RANK']):06d}").write_text(message)
     else:
         print(f"error: {message}", file=sys.stderr)
 
@@ -40,5 +43,6 @@ def run_stage(main: Callable[[], None]) -> None:
         report_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if not _launched_rank():  # the launcher says it for all ranks
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
