@@ -386,7 +386,7 @@ ROWS = [
             c.tiny.classes))))),
     Row("shrink", "test-limit-below-class-count", "fetch_data",
         r"^error: data.test_limit: 5 is fewer than the 10 classes \(every class needs an image\)$",
-        lambda c: {"data": {"test_limit": 5}}),
+        lambda c: folder(folder_of(c, tiny_files(c)), test_limit=5)),
     Row("shrink", "hard-link-to-nothing", "fetch_data", r"train/cat/0060.png is a hard link to elsewhere.png, which the archive",
         lambda c: folder(hard_linked_tar(c.tmp / "l.tar.gz", tiny_files(c), lambda n: "elsewhere.png" if n == CAT else None))),
     Row("shrink", "symlink-member", "fetch_data", r"train/cat/0060.png is a symbolic link member, not an image file",
