@@ -5,6 +5,7 @@ never code.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from cifar_study.errors import CheckpointError, ParamError, first_line
 from cifar_study.history import EpochRecord
-from cifar_study.io import atomic_path
+from cifar_study.io import write_bytes
 from cifar_study.model import build_model
 from cifar_study.params import ModelParams, parse_section
 
@@ -30,8 +31,9 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint is missing {missing}")
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -41,7 +43,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, refused globals: all mean "not ours"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(exc)}): run dvc repro train") from None
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")

@@ -1,5 +1,6 @@
-"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C, and no stray
-stage when the process that started it (dvc, torchrun) is killed."""
+"""What every stage script shares: one-line errors for user mistakes, clean exit on Ctrl-C, outputs
+that are replaced all together or not at all, and no stray stage when the process that started it
+(dvc, torchrun) is killed."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from cifar_study.errors import UserError
+from cifar_study.io import outputs_together
+
+# Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
+# error, so the launcher prints it once instead of every rank printing it.
+ERRORS_ENV = "CIFAR_STUDY_RANK_ERRORS"
 
 LAUNCHER_POLL_S = 1.0  # how often a stage checks that its launcher is still there
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
@@ -66,6 +72,17 @@ def stop_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
+def _launched_rank() -> bool:
+    return ERRORS_ENV in os.environ and "RANK" in os.environ
+
+
+def report_error(message: str) -> None:
+    if _launched_rank():  # the launcher prints it, once
+        Path(os.environ[ERRORS_ENV], f"rank{int(os.environ['RANK']):06d}").write_text(message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
@@ -73,10 +90,12 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stop_with_launcher()
     try:
-        main()
+        with outputs_together():  # a stage that stops part-way changes none of its outputs
+            main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if not _launched_rank():  # the launcher says it for all ranks
+            print("interrupted", file=sys.stderr)
         sys.exit(130)

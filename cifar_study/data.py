@@ -4,26 +4,29 @@ Three sources (`data.source`): the official python archive (`download`), an imag
 tar archive with `train/<class>/*` and `test/<class>/*` (`folder`), and generated images of the
 same shapes (`synthetic`). Whatever the source, later stages load `data/cifar10.npz` in well
 under a second.
+
+Every source is first *listed*: its class names and the label of every image it declares, before
+any image is decoded (files are read under the rules of `inputs`). The listing is checked (two
+classes or more, every class in both splits, limits that fit) before any work, then the chosen
+images are decoded; an image that was declared but cannot be read stops the stage: data never
+shrinks or merges silently.
 """
 from __future__ import annotations
 
-import io
-import pickle
-import shutil
-import socket
+import contextlib
+import http.client
+import os
 import tarfile
-import zlib
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from cifar_study import inputs
 from cifar_study.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE
-from cifar_study.errors import DataError, ParamError, first_line
+from cifar_study.errors import DataError, OutputError, ParamError, first_line
 from cifar_study.io import atomic_path
 from cifar_study.params import DataParams
 
@@ -33,7 +36,8 @@ SPLITS = ("train", "test")
 SYNTHETIC_PER_CLASS = {"train": 500, "test": 100}
 SYNTHETIC_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                      "dog", "frog", "horse", "ship", "truck")
-DOWNLOAD_TIMEOUT_S = 30
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCH_SHAPE = (CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # an official batch row: 3072 bytes, channel-major
 
 
 @dataclass
@@ -83,27 +87,86 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
 
 
 def load_dataset(path: str | Path) -> Dataset:
+    """The canonical data that fetch_data wrote; anything else is one line saying to re-run it."""
     path = Path(path)
+    rerun = "run dvc repro fetch_data"
     if not path.is_file():
-        raise DataError(f"{path}: canonical data not found (run the fetch_data stage: dvc repro fetch_data)")
-    with np.load(path, allow_pickle=False) as z:
-        return Dataset(Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"]),
-                       [str(c) for c in z["classes"]])
+        raise DataError(f"{path}: canonical data not found ({rerun})")
+    try:
+        with np.load(path, allow_pickle=False) as z:  # no pickle: an npz cannot run code
+            ds = Dataset(Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"]),
+                         [str(c) for c in z["classes"]])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
+        raise DataError(f"{path}: not canonical data written by fetch_data ({first_line(exc)}): {rerun}") from None
+    try:
+        validate(ds)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}: {rerun}") from None
+    return ds
+
+
+# --- listing a source: what it declares, before any image is decoded --------------------------
+
+@dataclass
+class Listing:
+    where: str  # the source, as messages name it
+    classes: list[str]
+    labels: dict[str, np.ndarray]  # per split: the label of every declared image
+    decode: Callable[[str, np.ndarray], np.ndarray]  # (split, sorted indices) -> (n, 32, 32, 3) uint8
 
 
 def fetch(p: DataParams, raw_dir: str | Path = "data/raw") -> Dataset:
     """Build the dataset that `p` describes, subset it, and check it."""
-    if p.source == "download":
-        ds = from_download(p.url, p.md5, Path(raw_dir))
-    elif p.source == "folder":
-        ds = from_folder(Path(p.path))
-    else:
-        ds = synthetic(p.seed)
-    ds = Dataset(balanced_subset(ds.train, p.train_limit, len(ds.classes), p.seed, "data.train_limit"),
-                 balanced_subset(ds.test, p.test_limit, len(ds.classes), p.seed, "data.test_limit"),
-                 ds.classes)
+    with _open_source(p, Path(raw_dir)) as listing:
+        check_listing(listing)
+        keys = {"train": ("data.train_limit", p.train_limit), "test": ("data.test_limit", p.test_limit)}
+        chosen = {}
+        for split, (key, limit) in keys.items():  # every limit is checked before any image is decoded
+            labels = listing.labels[split]
+            chosen[split] = np.arange(len(labels)) if limit == 0 else \
+                balanced_indices(labels, limit, len(listing.classes), p.seed, key)
+        ds = Dataset(*(Split(listing.decode(s, chosen[s]), listing.labels[s][chosen[s]]) for s in SPLITS),
+                     listing.classes)
     validate(ds)
     return ds
+
+
+@contextlib.contextmanager
+def _open_source(p: DataParams, raw_dir: Path) -> Iterator[Listing]:
+    if p.source == "download":
+        yield from_download(p.url, p.md5, raw_dir)
+    elif p.source == "folder":
+        with folder_listing(Path(p.path)) as listing:
+            yield listing
+    else:
+        yield _in_memory("synthetic", synthetic(p.seed))
+
+
+def _in_memory(where: str, ds: Dataset) -> Listing:
+    images = {name: split.images for name, split in ds.splits()}
+    return Listing(where, ds.classes, {name: split.labels for name, split in ds.splits()},
+                   lambda split, idx: images[split][idx])
+
+
+def check_listing(ls: Listing) -> None:
+    """At least two classes, every label in range, and every class in both splits."""
+    n = len(ls.classes)
+    if len(set(ls.classes)) != n:
+        raise DataError(f"{ls.where}: class names repeat ({', '.join(ls.classes)})")
+    for split in SPLITS:
+        labels = ls.labels[split]
+        if len(labels) == 0:
+            raise DataError(f"{ls.where}: no {split} images")
+        bad = (labels < 0) | (labels >= n)
+        if bad.any():
+            raise DataError(f"{ls.where}: {split}: label {int(labels[bad][0])} out of range 0..{n - 1}")
+    if n < 2:
+        raise DataError(f"{ls.where}: only {n} class ({', '.join(ls.classes)}); a classifier needs at least 2")
+    absent = {split: [c for i, c in enumerate(ls.classes) if not (ls.labels[split] == i).any()] for split in SPLITS}
+    if absent["train"] or absent["test"]:
+        sides = [f"only in {have}: {', '.join(absent[lack])}" for have, lack in (("train", "test"), ("test", "train"))
+                 if absent[lack]]
+        raise DataError(f"{ls.where}: train and test have different classes ({'; '.join(sides)})")
 
 
 def validate(ds: Dataset) -> None:
@@ -111,6 +174,8 @@ def validate(ds: Dataset) -> None:
         if split.images.dtype != np.uint8 or split.images.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{name} images: expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, {CHANNELS}), "
                             f"got {split.images.dtype} {split.images.shape}")
+        if split.labels.ndim != 1 or split.labels.dtype.kind not in "iu":
+            raise DataError(f"{name} labels: expected integers (N,), got {split.labels.dtype} {split.labels.shape}")
         if len(split.labels) != len(split.images):
             raise DataError(f"{name}: {len(split.images)} images but {len(split.labels)} labels")
         bad = (split.labels < 0) | (split.labels >= len(ds.classes))
@@ -124,6 +189,8 @@ def balanced_indices(labels: np.ndarray, count: int, num_classes: int, seed: int
     """Sorted indices of `count` items with classes as equal as possible, chosen reproducibly."""
     if count > len(labels):
         raise ParamError(f"{key}: {count} is more than the {len(labels)} images available")
+    if count < num_classes:
+        raise ParamError(f"{key}: {count} is fewer than the {num_classes} classes (every class needs an image)")
     rng = np.random.default_rng(seed)
     chosen = []
     for c in range(num_classes):
@@ -135,16 +202,8 @@ def balanced_indices(labels: np.ndarray, count: int, num_classes: int, seed: int
     return np.sort(np.concatenate(chosen))
 
 
-def balanced_subset(split: Split, limit: int, num_classes: int, seed: int, key: str) -> Split:
-    """A class-balanced subset of `limit` images (0 = all)."""
-    if limit == 0:
-        return split
-    idx = balanced_indices(split.labels, limit, num_classes, seed, key)
-    return Split(split.images[idx], split.labels[idx])
-
-
 def heldout_split(ds: Dataset, p: DataParams) -> tuple[Split, Split, str]:
-    """(train, held-out, its name): the test split by default (the original study's protocol), else a validation split."""
+    """(train, held-out, its name): the test split by default (the seed's protocol), else a validation split."""
     if p.val_size == 0:
         return ds.train, ds.test, "test"
     train, val = split_validation(ds.train, p.val_size, len(ds.classes), p.seed)
@@ -162,121 +221,216 @@ def split_validation(split: Split, val_size: int, num_classes: int, seed: int) -
 
 # --- download: the official python archive ---------------------------------------------------
 
-def from_download(url: str, md5: str, raw_dir: Path) -> Dataset:
-    """Fetch cifar-10-python.tar.gz with torchvision, check its md5, and read its pickled batches.
+def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
+    """Fetch cifar-10-python.tar.gz, check its md5, and read its pickled batches (no code runs).
 
-    The archive is kept in `raw_dir`, so a re-run with the same md5 does not download again.
+    The archive is kept in `raw_dir` only once its md5 matches and its batches are read and
+    checked, so a re-run with the same md5 does not download again, and a refused download leaves
+    no file behind.
     """
-    from torchvision.datasets.utils import check_integrity, download_url
-
-    archive = raw_dir / "cifar-10-python.tar.gz"
-    if not check_integrity(str(archive), md5):
-        # Download beside the final name and rename only when the checksum matches: an
-        # interrupted or corrupt download is never mistaken for the archive.
-        part = archive.with_name(archive.name + ".part")
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail fast instead of hanging without network
+    archive, md5 = raw_dir / ARCHIVE_NAME, md5.lower()
+    if archive.is_file() and inputs.md5_file(archive) == md5:
+        return read_python_archive(archive)
+    part = archive.with_name(archive.name + ".part")
+    with _created_dirs(raw_dir):
         try:
-            if url.startswith("file://"):  # torchvision's downloader cannot read file:// URLs
-                raw_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(url2pathname(urlparse(url).path), part)
-            else:
-                download_url(url, str(raw_dir), part.name, md5=None)
-        except Exception as exc:  # URLError, HTTPError, timeouts, OSError: all mean "no archive"
-            part.unlink(missing_ok=True)
+            inputs.download(url, part)
+        except (DataError, OutputError):
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, timeouts, resets: no archive
             raise DataError(
                 f"could not download {url} ({first_line(exc)}). Offline? Set data.url to a local copy "
                 f"(file:///path/to/cifar-10-python.tar.gz), or data.source: folder with data.path: "
                 f"a directory or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg") from None
+        try:
+            if inputs.md5_file(part) != md5:
+                raise DataError(f"{url}: the downloaded file's md5 is not data.md5={md5} (corrupt or wrong file; deleted)")
+            listing = read_python_archive(part, where=url)
+            check_listing(listing)
+            part.replace(archive)
         finally:
-            socket.setdefaulttimeout(old_timeout)
-        if not check_integrity(str(part), md5):
-            part.unlink()
-            raise DataError(f"{url}: the downloaded file's md5 is not data.md5={md5} (corrupt or wrong file; deleted)")
-        part.replace(archive)
-    return read_python_archive(archive)
+            part.unlink(missing_ok=True)
+    return listing
 
 
-def read_python_archive(archive: Path) -> Dataset:
-    batches: dict[str, dict] = {}
+@contextlib.contextmanager
+def _created_dirs(path: Path) -> Iterator[None]:
+    """Create `path` and its missing parents; remove the ones created here if they end up empty."""
+    created = [d for d in (path, *path.parents) if not d.exists()]
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = Path(member.name).name
-                if member.isfile() and (name.startswith(("data_batch_", "test_batch")) or name == "batches.meta"):
-                    # The archive's md5 was checked above, so unpickling it is safe.
-                    batches[name] = pickle.load(tar.extractfile(member), encoding="latin1")
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, zlib.error) as exc:
-        raise DataError(f"{archive}: not a readable CIFAR-10 python archive ({first_line(exc)})") from None
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the download folder ({exc.strerror or first_line(exc)})") from None
+    try:
+        yield
+    finally:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def read_python_archive(archive: Path, where: str = "") -> Listing:
+    """The official archive's batches, unpickled without running code and checked for their shape."""
+    where = where or str(archive)
+    batches: dict[str, object] = {}
+    with inputs.open_tar(archive, "data.url", f"{where}: not a readable tar archive") as tar:
+        for m in inputs.tar_members(tar, where):
+            name = PurePosixPath(m.name).name
+            if name.startswith(("data_batch_", "test_batch")) or name == "batches.meta":
+                if not m.isreg():
+                    raise DataError(f"{where}:{m.name} is not a regular file in the archive")
+                if name in batches:
+                    raise DataError(f"{where} holds {name} twice (two copies of the dataset?)")
+                batches[name] = inputs.unpickle_batch(inputs.read_member(tar, m, where, inputs.MAX_INPUT_BYTES),
+                                                      f"{where}:{m.name}")
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if "test_batch" not in batches or "batches.meta" not in batches or not train_names:
-        raise DataError(f"{archive}: missing data_batch_*, test_batch or batches.meta")
+        raise DataError(f"{where}: missing data_batch_*, test_batch or batches.meta")
+    meta = batches["batches.meta"]
+    names = meta.get("label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise DataError(f"{where}:batches.meta: expected 'label_names', a list of class names")
 
-    def to_split(names: list[str]) -> Split:
-        data = np.concatenate([np.asarray(batches[n]["data"], dtype=np.uint8) for n in names])
-        labels = np.concatenate([np.asarray(batches[n]["labels"], dtype=np.int64) for n in names])
-        return Split(data.reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1).copy(), labels)
+    def split(batch_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for n in batch_names:
+            b = batches[n]
+            data = b.get("data") if isinstance(b, dict) else None
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+                    or data.shape[1] != np.prod(BATCH_SHAPE):
+                raise DataError(f"{where}:{n}: expected 'data', a uint8 array of N x 3072 pixels")
+            try:
+                y = np.asarray(b.get("labels"))
+            except (TypeError, ValueError):
+                y = np.zeros(0, dtype=object)
+            if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(data):
+                raise DataError(f"{where}:{n}: expected 'labels', a list of {len(data)} integers")
+            images.append(data.reshape(-1, *BATCH_SHAPE).transpose(0, 2, 3, 1))
+            labels.append(y.astype(np.int64))
+        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
-    return Dataset(to_split(train_names), to_split(["test_batch"]), list(batches["batches.meta"]["label_names"]))
+    arrays = {"train": split(train_names), "test": split(["test_batch"])}
+    return Listing(where, names, {s: labels for s, (_, labels) in arrays.items()},
+                   lambda s, idx: arrays[s][0][idx])
 
 
 # --- folder: train/<class>/*.jpg, test/<class>/*.jpg in a directory or tar archive -------------
 
 def from_folder(path: Path) -> Dataset:
+    """Every image of an image folder or tar archive of one."""
+    with folder_listing(path) as ls:
+        check_listing(ls)
+        return Dataset(*(Split(ls.decode(s, np.arange(len(ls.labels[s]))), ls.labels[s]) for s in SPLITS), ls.classes)
+
+
+@contextlib.contextmanager
+def folder_listing(path: Path) -> Iterator[Listing]:
+    where = f"data.path: {path}"
     if not path.exists():
-        raise DataError(f"data.path: {path.absolute()} does not exist")  # the path checked, where the stage ran
+        raise DataError(f"{where} does not exist ({path.absolute()})")  # the path checked, where the stage ran
     if path.is_dir():
-        files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
-        return _from_image_files(files, lambda p: p.read_bytes(), str(path))
-    try:
-        tar = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError):
-        raise DataError(f"data.path: {path} is neither a directory nor a readable tar archive "
-                        f"(.tar, .tar.gz, .tar.bz2, .tar.xz)") from None
-    with tar:
+        files = _directory_images(path)
+        yield _layout(files, where, lambda name: inputs.read_bounded(files[name], inputs.MAX_IMAGE_FILE_BYTES,
+                                                                     "data.path"))
+        return
+    with inputs.open_tar(path, "data.path", f"{where} is neither a directory nor a readable tar archive "
+                                            f"(.tar, .tar.gz, .tar.bz2, .tar.xz)") as tar:
+        yield _tar_layout(tar, where)
+
+
+def _directory_images(path: Path) -> dict[str, Path]:
+    """Image files at <root>/<split>/<class>/<file>, where the root is `path` or a folder directly in it.
+
+    Only those two levels are searched, so `data.path: /` answers at once instead of walking the disk.
+    """
+    def entries(d: str) -> list[os.DirEntry]:
         try:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            return _from_image_files(members, lambda m: tar.extractfile(m).read(), str(path))
-        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
-            raise DataError(f"data.path: {path} is truncated or corrupt ({first_line(exc)})") from None
+            with os.scandir(d) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"data.path: {d}: cannot read ({exc.strerror or first_line(exc)})") from None
+
+    def holds_splits(d: str) -> bool:
+        return any(os.path.isdir(os.path.join(d, s)) for s in SPLITS)
+
+    roots = [str(path)] if holds_splits(str(path)) else []
+    roots += [e.path for e in entries(str(path)) if e.is_dir() and holds_splits(e.path)]
+    files = {}
+    for root in roots:
+        for split in SPLITS:
+            if not os.path.isdir(os.path.join(root, split)):
+                continue
+            for cls in entries(os.path.join(root, split)):
+                if cls.is_dir():
+                    for f in entries(cls.path):
+                        if f.name.lower().endswith(IMAGE_EXTENSIONS):
+                            files[os.path.relpath(f.path, path)] = Path(f.path)
+    return files
 
 
-def _from_image_files(files: dict, read, where: str) -> Dataset:
-    """`files` maps archive-relative names to handles that `read` turns into bytes."""
+def _tar_layout(tar: tarfile.TarFile, where: str) -> Listing:
+    """The layout of an archive; images stored as hard links are read through their targets."""
+    members = inputs.tar_members(tar, where)
+    regular: dict[str, tarfile.TarInfo] = {}
+    source: dict[str, tarfile.TarInfo] = {}  # layout name -> the member that holds its bytes
+    for m in members:
+        if m.isreg():
+            regular[m.name] = m
+        if not _in_layout(m.name) or m.isdir():
+            continue
+        if m.isreg():
+            source[m.name] = m
+        elif m.islnk():
+            if m.linkname not in regular:
+                raise DataError(f"{where}:{m.name} is a hard link to {m.linkname}, which the archive does not hold before it")
+            source[m.name] = regular[m.linkname]
+        else:
+            raise DataError(f"{where}:{m.name} is a {'symbolic link' if m.issym() else 'special'} member, not an "
+                            f"image file (store the file itself)")
+    return _layout(source, where, lambda name: inputs.read_member(tar, source[name], where,
+                                                                  inputs.MAX_IMAGE_FILE_BYTES),
+                   order=lambda name: source[name].offset_data)
+
+
+def _in_layout(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return len(parts) >= 3 and parts[-3] in SPLITS and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _layout(files: dict, where: str, read: Callable[[str], bytes], order: Callable[[str], int] | None = None) -> Listing:
+    """A listing of `files` (names relative to data.path) laid out as [<root>/]<split>/<class>/<file>.
+
+    One root only: two (a folder holding two copies of the dataset) would merge them with duplicates.
+    """
     found: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    roots = set()
     for name in files:
-        parts = Path(name).parts
-        if len(parts) >= 3 and parts[-3] in SPLITS and name.lower().endswith(IMAGE_EXTENSIONS):
+        if _in_layout(name):
+            parts = PurePosixPath(name).parts
+            roots.add("/".join(parts[:-3]))
             found[parts[-3]].setdefault(parts[-2], []).append(name)
+    if len(roots) > 1:
+        shown = ", ".join(f"{r}/" if r else "./" for r in sorted(roots))
+        raise DataError(f"{where} holds the dataset more than once ({shown}): point data.path at one of them")
     for split in SPLITS:
         if not found[split]:
-            raise DataError(f"data.path: {where} has no {split}/<class>/*.jpg|png images")
-    classes = sorted(found["train"])
-    if sorted(found["test"]) != classes:
-        missing = sorted(set(classes) ^ set(found["test"]))
-        raise DataError(f"data.path: {where}: train and test have different classes (differ in: {', '.join(missing)})")
+            raise DataError(f"{where} has no {split}/<class>/*.jpg|png images")
+    classes = sorted(set(found["train"]) | set(found["test"]))
+    names = {s: [(n, c) for c, cls in enumerate(classes) for n in sorted(found[s].get(cls, []))] for s in SPLITS}
+    position = order or {n: i for i, n in enumerate(files)}.__getitem__
 
-    def load(split: str) -> Split:
-        names = [(n, c) for c, cls in enumerate(classes) for n in sorted(found[split][cls])]
-        images = np.empty((len(names), *IMAGE_SHAPE), dtype=np.uint8)
-        # Read in archive order: a compressed tar then only ever seeks forward.
-        order = {n: i for i, n in enumerate(files)}
-        for i in sorted(range(len(names)), key=lambda i: order[names[i][0]]):
-            images[i] = decode_image(read(files[names[i][0]]), f"{where}:{names[i][0]}")
-        return Split(images, np.array([c for _, c in names], dtype=np.int64))
+    def decode(split: str, idx: np.ndarray) -> np.ndarray:
+        images = np.empty((len(idx), *IMAGE_SHAPE), dtype=np.uint8)
+        last: tuple[int, np.ndarray] | None = None  # hard links to one member sort together: read it once
+        # In archive order: a compressed tar then only ever seeks forward.
+        for i in sorted(range(len(idx)), key=lambda i: position(names[split][idx[i]][0])):
+            name = names[split][idx[i]][0]
+            if last is None or last[0] != position(name):
+                last = position(name), inputs.decode_image(read(name), f"{where.removeprefix('data.path: ')}:{name}")
+            images[i] = last[1]
+        return images
 
-    return Dataset(load("train"), load("test"), classes)
-
-
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode != "RGB" or im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, got {im.size[0]}x{im.size[1]} {im.mode}")
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{name}: cannot decode image ({first_line(exc)})") from None
+    return Listing(where, classes, {s: np.array([c for _, c in names[s]], dtype=np.int64) for s in SPLITS}, decode)
 
 
 # --- synthetic: learnable class patterns plus noise, for offline smoke runs and tests ---------

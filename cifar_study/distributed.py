@@ -9,16 +9,17 @@ process. Only rank 0 writes outputs, logs to W&B and shows a progress bar.
 """
 from __future__ import annotations
 
+import logging
 import os
-import signal
-import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from cifar_study.errors import ParamError
+from cifar_study.errors import ParamError, UserError
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,38 @@ def shutdown(d: Dist) -> None:
 
 
 def launch(nproc: int, module: str) -> int:
-    """Re-run `python -m module` as `nproc` ranks on this machine under torchrun; returns its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", module]
-    print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.Popen(cmd)
-    # torchrun forwards SIGTERM/SIGINT to its workers; pass ours on instead of dying first.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
-    return proc.wait()
+    """Re-run `python -m module` as `nproc` ranks on this machine (torchrun's engine, in this process).
+
+    Returns 0 when every rank succeeded. A rank that stops on a user error leaves its line for
+    this process, which raises it once (exit 2 from the stage), instead of N copies of the line and
+    torchrun's report of a failed child.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from cifar_study.cli import ERRORS_ENV
+
+    # torchrun's own log lines (thread settings, "failed (exitcode: 2)") would bury the one line that matters.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = ["--standalone", f"--nproc-per-node={nproc}", "-m", module]
+    print(f"launching {nproc} processes: torch.distributed.run {' '.join(args)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="rank-errors-") as errors:
+        os.environ[ERRORS_ENV] = errors  # the ranks inherit it
+        try:
+            run(get_args_parser().parse_args(args))
+        except ChildFailedError as exc:
+            reports = sorted(Path(errors).iterdir())
+            if reports:
+                raise UserError(reports[0].read_text()) from None
+            rank, failure = min(exc.failures.items())
+            print(f"error: training process {rank} of {nproc} failed with exit code {failure.exitcode} "
+                  f"(its output above says why)", file=sys.stderr)
+            return failure.exitcode if failure.exitcode > 0 else 1
+        except SignalException:  # Ctrl-C or SIGTERM: the ranks were stopped and saved their state
+            raise KeyboardInterrupt from None
+        finally:
+            del os.environ[ERRORS_ENV]
+    return 0

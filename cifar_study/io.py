@@ -1,7 +1,14 @@
-"""Atomic file writes: a crash or kill never leaves a half-written output for DVC to cache."""
+"""Writing outputs: atomically, all of a stage's outputs together, with the user's umask.
+
+Every output is written to a temporary name beside it. Inside `outputs_together()` (every stage
+runs inside one) the temporary files are renamed into place only when the stage has written all
+of them: a full disk, a read-only folder or a crash in the middle leaves every previous output as
+it was, never a new checkpoint beside old metrics. A write that fails says which path and why.
+"""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import json
 import os
@@ -9,20 +16,83 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from cifar_study.errors import OutputError, first_line
+
+# (temporary, final) pairs written in the current `outputs_together()` block; None outside one.
+_staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (a change races other threads)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def outputs_together() -> Iterator[None]:
+    """Outputs written in the block (through `atomic_path`) replace the old ones only if the block succeeds."""
+    staged: list[tuple[Path, Path]] = []
+    token = _staged.set(staged)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield
+        for _, path in staged:  # the one rename that can fail in a folder we could write to
+            if path.is_dir():
+                raise OutputError(f"{path}: cannot write (a directory is in the way); no output was changed")
+        for tmp, path in staged:
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _staged.reset(token)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`, to be renamed over `path` if the block succeeds.
+
+    Inside `outputs_together()` the rename waits for the end of that block, unless `now` (state
+    that must be saved as it happens, like the resume state). Files get the user's umask
+    (mkstemp alone would leave them readable by their owner only).
+    """
+    path = Path(path)
+    staged = None if now else _staged.get()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create its folder {path.parent} ({_reason(exc)})") from None
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        if staged is None:
+            os.replace(tmp, path)
+        else:
+            staged.append((tmp, path))
+            tmp = None  # outputs_together renames or removes it
+    except OSError as exc:
+        unchanged = "; no output was changed" if staged is not None else ""
+        raise OutputError(f"{path}: cannot write ({_reason(exc)}){unchanged}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview, now: bool = False) -> None:
+    """`data` to `path` atomically (serialise first, e.g. torch.save into a BytesIO, so that a
+    failing write reports its OS error rather than a serialiser's)."""
+    with atomic_path(path, now) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, data: Any) -> None:

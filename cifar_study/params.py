@@ -6,28 +6,42 @@ value raises `ParamError` whose message names the key, the value and what is all
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlparse
 
-import yaml
-
-from cifar_study.errors import ParamError, first_line
+from cifar_study.errors import ParamError
+from cifar_study.inputs import load_yaml
 
 # torchvision.datasets.CIFAR10's archive and checksum, repeated here so that the
 # parameters (and DVC's view of them) stay plain data.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) accepts 0..2**32-1
+SEED_RANGE = f"a seed is in 0..{SEED_MAX}, the range the random-number generators accept"
 
 
 def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float | None = None,
-          le: float | None = None, means: str = "", user_path: bool = False, default: Any) -> Any:
-    """`means`: what an int counts, said when a float is given (`val_size: 0.1` is not a fraction);
+          le: float | None = None, means: str = "", user_path: bool = False, note: str = "",
+          check: Callable[[Any], str] | None = None, default: Any) -> Any:
+    """A field's rules: allowed choices, bounds (`note` says why), or `check`, which returns what is wrong or "".
+    `means`: what an int counts, said when a float is given (`val_size: 0.1` is not a fraction);
     `user_path`: a leading `~` is expanded to the home directory."""
     return field(default=default, metadata={"choices": choices, "ge": ge, "gt": gt, "le": le, "means": means,
-                                            "user_path": user_path})
+                                            "user_path": user_path, "note": note, "check": check})
+
+
+def _md5_problem(value: str) -> str:
+    return "" if re.fullmatch(r"[0-9a-fA-F]{32}", value) else "is not an md5 (32 hexadecimal digits)"
+
+
+def _url_problem(value: str) -> str:
+    return "" if urlparse(value).scheme in ("http", "https", "file") else "is not an http://, https:// or file:// URL"
 
 
 @dataclass(frozen=True)
@@ -35,13 +49,13 @@ class DataParams:
     source: str = _rule(default="download", choices=("download", "folder", "synthetic"))
     # source=folder: directory or .tar/.tar.gz in image-folder layout
     path: str = _rule(default="", user_path=True)
-    url: str = CIFAR10_URL  # source=download: http(s):// or file:// URL of cifar-10-python.tar.gz
-    md5: str = CIFAR10_MD5
+    url: str = _rule(default=CIFAR10_URL, check=_url_problem)  # source=download: http(s):// or file:// URL
+    md5: str = _rule(default=CIFAR10_MD5, check=_md5_problem)  # either case: compared in lower case
     train_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")  # else a class-balanced subset
     test_limit: int = _rule(default=0, ge=0, means="a number of images; 0 = all")
     # 0 = held-out set is the test split (the original study's protocol)
     val_size: int = _rule(default=0, ge=0, means="a number of images held out of train, not a fraction")
-    seed: int = 0  # subset selection and synthetic images
+    seed: int = _rule(default=0, ge=0, le=SEED_MAX, note=SEED_RANGE)  # subset selection and synthetic images
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ class TrainParams:
     epochs: int = _rule(default=30, gt=0, means="a number of epochs")
     batch_size: int = _rule(default=128, gt=0, means="a number of images per batch")
     lr: float = _rule(default=0.001, gt=0.0)
-    seed: int = 42
+    seed: int = _rule(default=42, ge=0, le=SEED_MAX, note=SEED_RANGE)  # rank r seeds with seed + r
     device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
     num_workers: int = _rule(default=0, ge=0, means="a number of processes")  # loader=dataloader only
@@ -98,13 +112,9 @@ class Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ParamError(f"{path}: file not found (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamError(f"{path}: not valid YAML ({first_line(exc)})") from None
-    return parse_params(raw or {})
+    return parse_params(load_yaml(path) or {})
 
 
 def parse_params(raw: Any) -> Params:
@@ -124,6 +134,10 @@ def _check_together(params: Params) -> None:
         raise ParamError("data.path: required when data.source is 'folder' (a directory or .tar/.tar.gz)")
     if params.train.compile_mode != "default" and not params.train.compile:
         raise ParamError(f"train.compile_mode: {params.train.compile_mode!r} needs train.compile: true")
+    t = params.train
+    if t.seed + t.nproc - 1 > SEED_MAX:
+        raise ParamError(f"train.seed: {t.seed} + train.nproc - 1 must be <= {SEED_MAX} "
+                         f"(rank r seeds with train.seed + r; {SEED_RANGE})")
     if params.train.batch_size % params.train.nproc:
         raise ParamError(f"train.batch_size: {params.train.batch_size} must be divisible by train.nproc="
                          f"{params.train.nproc} (it is the global batch, split evenly across ranks)")
@@ -160,14 +174,19 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
         means = f" ({rule['means']})" if rule.get("means") else ""
         raise ParamError(f"{key}: expected {kind.__name__}{means}, got {value!r}")
     value = kind(value)
+    if kind is float and not math.isfinite(value):
+        raise ParamError(f"{key}: {value!r} is not a finite number")
     if rule.get("user_path"):
         value = os.path.expanduser(value)
     if rule.get("choices") and value not in rule["choices"]:
         raise ParamError(f"{key}: {value!r} is not one of {', '.join(rule['choices'])}")
+    note = f" ({rule['note']})" if rule.get("note") else ""
     if rule.get("ge") is not None and value < rule["ge"]:
-        raise ParamError(f"{key}: {value!r} must be >= {rule['ge']}")
+        raise ParamError(f"{key}: {value!r} must be >= {rule['ge']}{note}")
     if rule.get("gt") is not None and value <= rule["gt"]:
-        raise ParamError(f"{key}: {value!r} must be > {rule['gt']}")
+        raise ParamError(f"{key}: {value!r} must be > {rule['gt']}{note}")
     if rule.get("le") is not None and value > rule["le"]:
-        raise ParamError(f"{key}: {value!r} must be <= {rule['le']}")
+        raise ParamError(f"{key}: {value!r} must be <= {rule['le']}{note}")
+    if rule.get("check") and (problem := rule["check"](value)):
+        raise ParamError(f"{key}: {value!r} {problem}")
     return value

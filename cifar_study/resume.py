@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from cifar_study.code_deps import code_deps
 from cifar_study.errors import first_line
 from cifar_study.flow import FlowSnapshot
 from cifar_study.history import EpochRecord
-from cifar_study.io import atomic_path
+from cifar_study.io import write_bytes
 from cifar_study.params import Params
 from cifar_study.training import TrainResult, TrainState
 
@@ -80,11 +81,12 @@ class ResumeStore:
     def saver(self, state: TrainState, loader: Any) -> Callable[[TrainResult], None]:
         """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
         def save(result: TrainResult) -> None:
-            with atomic_path(self.path) as tmp:
-                torch.save({**training_payload(state.model, state.optimizer, result.history),
-                            "step": state.step, "scaler_state": state.scaler.state_dict(),
-                            "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
-                            "key": self.key}, tmp)
+            buffer = io.BytesIO()
+            torch.save({**training_payload(state.model, state.optimizer, result.history),
+                        "step": state.step, "scaler_state": state.scaler.state_dict(),
+                        "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
+                        "key": self.key}, buffer)
+            write_bytes(self.path, buffer.getbuffer(), now=True)  # at once: it must survive a crash of this run
             self.saved_epoch = len(result.history)
         return save
 

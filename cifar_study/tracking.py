@@ -53,6 +53,18 @@ def wandb_group(run_key: str) -> str:
     return f"run-{run_key[:10]}"
 
 
+def has_credentials() -> bool:
+    """Whether W&B finds an API key (WANDB_API_KEY, ~/.netrc, its settings) without asking for one."""
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    try:
+        return wbauth.authenticate_session(host=wandb_setup.singleton().settings.base_url, source="cifar_study",
+                                           prompt=False, update_session=False) is not None
+    except Exception:  # a malformed key is "found": wandb.init then fails, and the guard warns
+        return True
+
+
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
@@ -87,6 +99,11 @@ class Tracker:
             import wandb
         except ImportError as exc:
             self._warn("import", exc)
+            return
+        if mode == "online" and not has_credentials():  # wandb.init would wait at a login prompt
+            print("warning: W&B online mode, but no W&B API key is set; continuing without W&B "
+                  "(log in with `wandb login`, or set WANDB_API_KEY; or use wandb.mode: offline)",
+                  file=sys.stderr, flush=True)
             return
         self.wandb = wandb
         self.run = self._guard("init", lambda: wandb.init(

@@ -1,7 +1,7 @@
 """Stage evaluate: the trained model on the test split: accuracy, loss, confusion, per-class accuracy."""
 import numpy as np
 
-from cifar_study import paths
+from cifar_study import paths, upstream
 from cifar_study.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_study.cli import run_stage
 from cifar_study.data import load_dataset
@@ -22,6 +22,7 @@ def main() -> None:
     state = load_checkpoint(paths.CHECKPOINT, device)
     model = model_from_checkpoint(state, device)
     dataset = load_dataset(paths.DATA)
+    upstream.check_checkpoint_data(state, dataset.classes)
     classes = state["classes"]
     loader = make_loader("tensor", dataset.test, state["mean"], state["std"], augment=False, shuffle=False,
                          batch_size=1000, seed=0, device=device)

@@ -9,6 +9,7 @@ from cifar_study.data import channel_stats, heldout_split, load_dataset
 from cifar_study.device import resolve_device, seed_everything
 from cifar_study.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.history import EpochRecord
+from cifar_study.inputs import md5_file
 from cifar_study.io import write_csv, write_json
 from cifar_study.live import FanOut, LiveLogger
 from cifar_study.loader import make_loader
@@ -23,12 +24,12 @@ def main() -> None:
     params = load_params()
     p = params.train
     device = resolve_device(p.device)
+    dataset = load_dataset(paths.DATA)
+    classes = dataset.classes
+    train_split, heldout, heldout_name = heldout_split(dataset, params.data)  # checked before ranks start
     if p.nproc > 1 and not distributed.launched():
         sys.exit(distributed.launch(p.nproc, "stages.train"))
     d, device = distributed.init(device, p.batch_size)
-    dataset = load_dataset(paths.DATA)
-    classes = dataset.classes
-    train_split, heldout, heldout_name = heldout_split(dataset, params.data)
     mean, std = channel_stats(train_split.images)
     if d.main:
         print(f"train: {len(train_split.labels)} images on {device} x {d.world} process(es); held-out: "
@@ -63,7 +64,7 @@ def main() -> None:
 
         save_checkpoint(paths.CHECKPOINT, **training_payload(model, state.optimizer, result.history),
                         model=params.section("model"), train=params.section("train"), classes=classes, mean=mean,
-                        std=std, run_key=key)
+                        std=std, run_key=key, data_md5=md5_file(paths.DATA))
         write_csv(paths.HISTORY, [r.row() for r in result.history], EpochRecord.columns())
         write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
         metrics = {"heldout_split": heldout_name, **result.history[-1].final_metrics(),

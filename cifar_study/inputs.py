@@ -1,0 +1,307 @@
+"""The rules for reading anything that comes from outside the project.
+
+URLs, archives, pickled batches, image files and params.yaml are read only through this module,
+so every stage gets the same guarantees:
+
+- nothing foreign runs: a pickle may build only what CIFAR-10 batches hold, YAML only plain data;
+- nothing hangs: every read has a size cap, a download also a time limit, and only regular files
+  are opened (never a device such as /dev/zero, a FIFO or a socket);
+- nothing is dropped silently: a tar archive must be intact to its last byte.
+
+A refusal is a `DataError` (a `ParamError` for params.yaml) whose one-line message names the file.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import stat
+import tarfile
+import time
+import urllib.request
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cifar_study.cifar10 import IMAGE_SIZE
+from cifar_study.errors import DataError, OutputError, ParamError, UserError, first_line
+
+# The most any input may hold: a downloaded file, a local archive, and what an archive unpacks
+# to. No copy of CIFAR-10 comes near it: the official archive is 163 MiB (170 MiB unpacked), and
+# 60,000 uncompressed 32x32 images in a tar, headers included, about 280 MiB. 1 GiB leaves room
+# for any image format, and stops a stream that never ends or a decompression bomb within seconds.
+MAX_INPUT_BYTES = 1 << 30
+# One image file: a 32x32 RGB image is 3 KiB uncompressed; 1 MiB leaves room for any metadata an
+# editor adds, and refuses a file that cannot be a CIFAR image before reading it.
+MAX_IMAGE_FILE_BYTES = 1 << 20
+MAX_PARAMS_BYTES = 1 << 20  # params.yaml is about 2 KiB
+# A download stops when no byte has arrived for STALL_TIMEOUT_S (no network, a silent server) and
+# when it has run for DOWNLOAD_TIME_LIMIT_S: the official 163 MiB archive arrives within that at
+# 100 KB/s; on a slower line, fetch it by hand and set data.url: file:///path/to/the/archive.
+STALL_TIMEOUT_S = 30
+DOWNLOAD_TIME_LIMIT_S = 1800
+CHUNK = 1 << 20
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
+
+
+def open_regular(path: str | Path, limit: int, label: str = "", error: type[UserError] = DataError) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of at most `limit` bytes; anything else is refused.
+
+    A device or FIFO is refused before it is opened (reading /dev/zero never ends; opening a FIFO
+    waits for a writer), and checked again on the open descriptor in case the path changed between.
+    """
+    where = f"{label}: {path}" if label else str(path)
+    fd = None
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(fd)
+    except FileNotFoundError:
+        raise error(f"{where} does not exist") from None
+    except OSError as exc:
+        raise error(f"{where}: cannot read ({exc.strerror or first_line(exc)})") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        if fd is not None:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{where} is a {_kind(st.st_mode)}, not a regular file")
+        raise error(f"{where} is {mib(st.st_size)}, more than the {mib(limit)} it may be")
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: str | Path, limit: int, label: str = "", error: type[UserError] = DataError) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (see `open_regular`)."""
+    with open_regular(path, limit, label, error) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{label + ': ' if label else ''}{path}: cannot read ({exc.strerror or first_line(exc)})") from None
+    if len(data) > limit:  # it grew after it was opened
+        raise error(f"{label + ': ' if label else ''}{path} is more than the {mib(limit)} it may be")
+    return data
+
+
+def md5_file(path: str | Path) -> str:
+    """Lower-case hex md5 of a regular file (at most MAX_INPUT_BYTES)."""
+    h = hashlib.md5()
+    with open_regular(path, MAX_INPUT_BYTES) as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- downloads ----------------------------------------------------------------------------------
+
+def download(url: str, dest: Path) -> None:
+    """Copy an http(s):// or file:// URL to `dest` within MAX_INPUT_BYTES and DOWNLOAD_TIME_LIMIT_S.
+
+    `dest` is removed on any failure, Ctrl-C included. Network errors propagate as they are (the
+    caller says what to do offline); a refusal by these rules is a `DataError`, a failed write
+    (a full disk) an `OutputError`.
+    """
+    deadline = time.monotonic() + DOWNLOAD_TIME_LIMIT_S
+    try:
+        out = open(dest, "wb")
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write ({exc.strerror or first_line(exc)})") from None
+    try:
+        with out:
+            if urlparse(url).scheme == "file":
+                with open_regular(url2pathname(urlparse(url).path), MAX_INPUT_BYTES, "data.url") as src:
+                    _copy(src.read, out, url, deadline)
+            else:
+                # A read waits at most this long, so the time limit is checked at least this often.
+                with urllib.request.urlopen(url, timeout=min(STALL_TIMEOUT_S, DOWNLOAD_TIME_LIMIT_S)) as response:
+                    declared = response.headers.get("Content-Length", "")
+                    if declared.isdigit() and int(declared) > MAX_INPUT_BYTES:
+                        raise DataError(f"{url}: the server declares {mib(int(declared))}, more than the "
+                                        f"{mib(MAX_INPUT_BYTES)} any copy of CIFAR-10 needs; check data.url")
+                    _copy(response.read1, out, url, deadline)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _copy(read: Any, out: BinaryIO, url: str, deadline: float) -> None:
+    total = 0
+    while chunk := read(CHUNK):  # read1: returns what has arrived, so a slow stream is checked often
+        total += len(chunk)
+        if total > MAX_INPUT_BYTES:
+            raise DataError(f"{url}: more than {mib(MAX_INPUT_BYTES)} and still sending; no copy of CIFAR-10 "
+                            f"is that large; check data.url")
+        if time.monotonic() > deadline:
+            raise DataError(f"{url}: not complete after {DOWNLOAD_TIME_LIMIT_S} s ({mib(total)} received), the "
+                            f"time limit; download it by hand and set data.url: file:///path/to/the/archive")
+        try:
+            out.write(chunk)
+        except OSError as exc:  # a full disk is not a network problem: say so
+            raise OutputError(f"{out.name}: cannot write ({exc.strerror or first_line(exc)})") from None
+
+
+# --- pickles: the official CIFAR-10 batches --------------------------------------------------------
+
+@functools.cache
+def _pickle_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickled batch may name: NumPy's array constructors, under both module
+    spellings (NumPy 1 wrote numpy.core, NumPy 2 writes numpy._core), and the bytes decoder that
+    Python 3 writes for bytes in protocol 2 pickles."""
+    core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+    multiarray, numeric = importlib.import_module(f"{core}.multiarray"), importlib.import_module(f"{core}.numeric")
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, bytes, numbers and NumPy arrays; refuses every other global.
+
+    A pickle runs code by naming a callable (os.system, builtins.eval, ...) as a global; this
+    unpickler hands out only NumPy's array constructors, so no md5 has to be trusted.
+    """
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _pickle_globals()[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only "
+                                         f"dicts, lists, strings, numbers and uint8 arrays") from None
+
+
+def unpickle_batch(data: bytes, where: str) -> Any:
+    """An official CIFAR-10 batch (a Python 2 pickle) from `data`, built without running foreign code."""
+    try:
+        return _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as exc:  # any failure means "not a CIFAR-10 batch"; the refusal message says why
+        raise DataError(f"{where}: not a CIFAR-10 batch ({first_line(exc)})") from None
+
+
+# --- images --------------------------------------------------------------------------------------
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """A 32x32 RGB image file as a (32, 32, 3) uint8 array.
+
+    The size and mode come from the file's header and are checked before any pixel is decoded, so
+    a decompression bomb (a small file declaring a huge image) costs nothing.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode != "RGB" or im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, "
+                                    f"got {im.size[0]}x{im.size[1]} {im.mode}")
+                im.load()
+                return np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, refused unread ({first_line(exc)})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{name}: cannot decode image ({first_line(exc)})") from None
+
+
+# --- tar archives --------------------------------------------------------------------------------
+
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
+
+
+@contextlib.contextmanager
+def open_tar(path: Path, label: str, refusal: str) -> Iterator[tarfile.TarFile]:
+    """A tar archive (plain, .gz, .bz2 or .xz) in a regular file of at most MAX_INPUT_BYTES;
+    `refusal` is the message when it is not one."""
+    with open_regular(path, MAX_INPUT_BYTES, label) as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:*")
+        except TAR_ERRORS:
+            raise DataError(refusal) from None
+        with tar:
+            yield tar
+
+
+def tar_members(tar: tarfile.TarFile, where: str) -> list[tarfile.TarInfo]:
+    """Every member of `tar`, in order, after checking that the archive is whole.
+
+    Python's tarfile ends the listing silently at the first damaged header: the members after it
+    would be lost without a word. So the rest of the stream, after the last member, must be the
+    zero blocks that end a tar; reading it to its end also checks the gzip/bz2/xz checksum.
+    """
+    members: list[tarfile.TarInfo] = []
+    try:
+        for m in tar:
+            if m.offset_data + m.size > MAX_INPUT_BYTES:  # checked before tarfile seeks past it
+                raise DataError(f"{where} unpacks to more than {mib(MAX_INPUT_BYTES)} (at {m.name}); "
+                                f"no copy of CIFAR-10 is that large")
+            members.append(m)
+        tar.fileobj.seek(tar.offset)
+        position = tar.offset
+        while chunk := tar.fileobj.read(CHUNK):
+            position += len(chunk)
+            if chunk.count(0) != len(chunk):
+                after = f"after {members[-1].name}" if members else "at its start"
+                raise DataError(f"{where} is corrupt {after} (a damaged header; the members after it cannot be read)")
+            if position > MAX_INPUT_BYTES:
+                raise DataError(f"{where} unpacks to more than {mib(MAX_INPUT_BYTES)}; no copy of CIFAR-10 is that large")
+    except TAR_ERRORS as exc:
+        raise DataError(f"{where} is truncated or corrupt ({first_line(exc)})") from None
+    return members
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, limit: int) -> bytes:
+    """The bytes of a regular member of at most `limit` bytes."""
+    if member.size > limit:
+        raise DataError(f"{where}:{member.name} is {mib(member.size)}, more than the {mib(limit)} it may be")
+    try:
+        data = tar.extractfile(member).read()
+    except TAR_ERRORS as exc:
+        raise DataError(f"{where} is truncated or corrupt at {member.name} ({first_line(exc)})") from None
+    if len(data) != member.size:
+        raise DataError(f"{where} is truncated at {member.name}")
+    return data
+
+
+# --- params.yaml ---------------------------------------------------------------------------------
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file read the way DVC reads params.yaml: ruamel.yaml's safe loader, YAML 1.2.
+
+    So a stage sees the values DVC sees (`1e-4` is a float, `yes` a string), and refuses what DVC
+    refuses: duplicate keys, tags that would build Python objects.
+    """
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.constructor import DuplicateKeyError
+
+    raw = read_bounded(path, MAX_PARAMS_BYTES, error=ParamError)
+    try:
+        return YAML(typ="safe").load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"{path}: not UTF-8 text ({first_line(exc)})") from None
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ParamError(f"{path}: line {line}: {exc.problem} (DVC refuses duplicate keys too: keep one)") from None
+    except YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({first_line(exc)})") from None

@@ -1,0 +1,82 @@
+"""A stage's inputs from earlier stages: present, readable, and belonging together.
+
+Run by DVC, a stage sees the outputs its upstream stages have just written. Run directly
+(`python -m stages.evaluate`), or after files were copied in from elsewhere, it may not: a missing
+or truncated file, a checkpoint trained on other data, predictions for another test split. Each
+stops the stage with one line naming the files and the `dvc repro` that makes them fit again.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from cifar_study import paths
+from cifar_study.errors import UserError, first_line
+from cifar_study.inputs import md5_file
+from cifar_study.io import read_csv
+
+PRODUCERS = {paths.DATA: "fetch_data", paths.DATA_SUMMARY: "fetch_data", paths.CHECKPOINT: "train",
+             paths.TRAIN_METRICS: "train", paths.HISTORY: "train", paths.FLOW: "train",
+             paths.EVAL_METRICS: "evaluate", paths.PREDICTIONS: "evaluate", paths.CLASS_ACCURACY: "evaluate"}
+
+
+class UpstreamError(UserError):
+    """An input from an earlier stage is missing, unreadable, or made from other inputs."""
+
+
+def rerun(path: str | Path) -> str:
+    return f"run dvc repro {PRODUCERS[str(path)]}"
+
+
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Read and parse `path` inside the block: any failure there is one line naming it and its stage."""
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UpstreamError(f"{path}: not found: {rerun(path)}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, csv.Error, zipfile.BadZipFile) as exc:
+        raise UpstreamError(f"{path}: unreadable or not written by this pipeline ({type(exc).__name__}: "
+                            f"{first_line(exc)}): {rerun(path)}") from None
+
+
+def read_table(path: str, numeric: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV an earlier stage wrote: at least one, each complete, `numeric` columns numbers."""
+    with reading(path):
+        rows = read_csv(path)
+        if not rows:
+            raise ValueError("no rows")
+        for line, r in enumerate(rows, start=2):
+            if None in r.values() or None in r:  # a short or long row: the file was cut or mixed
+                raise ValueError(f"line {line} has the wrong number of fields")
+            for key in numeric:
+                float(r[key])
+        return rows
+
+
+def mismatch(made: str, used: str, why: str) -> UpstreamError:
+    """`made` was produced from another version of `used`."""
+    return UpstreamError(f"{made} does not belong with {used} ({why}): {rerun(made)}")
+
+
+def check_checkpoint_data(state: dict[str, Any], classes: list[str]) -> None:
+    """The checkpoint was trained on the canonical data that is here now."""
+    if list(state["classes"]) != list(classes):
+        raise mismatch(paths.CHECKPOINT, paths.DATA, f"trained on classes {', '.join(state['classes'])}; "
+                                                     f"the data has {', '.join(classes)}")
+    if "data_md5" in state and state["data_md5"] != md5_file(paths.DATA):
+        raise mismatch(paths.CHECKPOINT, paths.DATA, "trained on another version of the data")
+
+
+def check_predictions_data(actual: np.ndarray, test_labels: np.ndarray) -> None:
+    """Predictions were made on the test split that is here now (same images, same labels, in order)."""
+    if len(actual) != len(test_labels) or not np.array_equal(actual, test_labels):
+        raise mismatch(paths.PREDICTIONS, paths.DATA, f"{len(actual)} predictions for {len(test_labels)} test "
+                                                      f"images, or their labels differ")
