@@ -20,9 +20,7 @@ from cifar_study.errors import UserError, first_line
 from cifar_study.inputs import md5_file
 from cifar_study.io import read_csv
 
-PRODUCERS = {paths.DATA: "fetch_data", paths.DATA_SUMMARY: "fetch_data", paths.CHECKPOINT: "train",
-             paths.TRAIN_METRICS: "train", paths.HISTORY: "train", paths.FLOW: "train",
-             paths.EVAL_METRICS: "evaluate", paths.PREDICTIONS: "evaluate", paths.CLASS_ACCURACY: "evaluate"}
+PRODUCERS = {out: stage for stage, (_, outs) in paths.STAGE_FILES.items() for out in outs}  # which stage writes what
 
 
 class UpstreamError(UserError):
