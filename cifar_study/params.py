@@ -58,6 +58,8 @@ class TrainParams:
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
     compile: bool = False
     nproc: int = _rule(default=1, ge=1)  # processes (ranks) the train stage launches with torchrun
+    # Input normalisation after 0-1 scaling: the original study's constants, or the training split's statistics.
+    normalize: str = _rule(default="original", choices=("original", "computed"))
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class WandbParams:
     mode: str = _rule(default="offline", choices=("offline", "online", "disabled"))
     project: str = "cifar10-simplecnn"
     entity: str = ""  # empty: the account's default entity
+    # Gradient and parameter histograms of every layer, as wandb.watch(log=...) logs them (`none`, not
+    # `off`: YAML reads an unquoted off as false).
+    watch: str = _rule(default="all", choices=("all", "gradients", "parameters", "none"))
+    watch_every: int = _rule(default=100, gt=0)  # batches between histograms
 
 
 @dataclass(frozen=True)
