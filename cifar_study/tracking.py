@@ -232,7 +232,7 @@ class Tracker:
 
         def log() -> None:
             artifact = self.wandb.Artifact("model", type="model", metadata=metadata,
-                                           description="SimpleCNN trained on CIFAR-10: the train stage's final checkpoint")
+                                           description="SimpleCNN trained on CIFAR-10: the train stage's checkpoint")
             artifact.add_file(path)  # copied to W&B's staging area: a later train run cannot change what is uploaded
             self.run.log_artifact(artifact)
 
