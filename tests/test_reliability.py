@@ -119,8 +119,8 @@ def test_unknown_key_is_refused_by_every_stage(trained):
         for name in ("fetch_data", "flops", "train", "evaluate", "visualize"):
             code, _, err = run_stage(repo, name)
             assert code == 2 and err.strip() == "error: train.epoch: unknown key (allowed in train: " \
-                "epochs, batch_size, lr, seed, device, loader, num_workers, flow_every, channels_last, amp, compile, nproc, "
-                "normalize)"
+                "epochs, batch_size, lr, seed, device, loader, num_workers, flow_every, channels_last, amp, compile, " \
+                "nproc, normalize)"
     finally:
         project(repo.parent)
     assert snapshot(repo) == outputs
