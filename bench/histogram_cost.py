@@ -49,7 +49,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    steps, every, rounds = (10, 5, 2) if args.quick else (30, 10, 5)
+    steps, every, rounds = (10, 5, 2) if args.quick else (20, 5, 5)
     logged = steps // every
     seed_everything(0)
     ds = synthetic(seed=0)  # CIFAR-10 shapes; the cost does not depend on the content

@@ -9,6 +9,8 @@ gradients and go to the global batch index they were taken at. Same keys (`gradi
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,15 +24,23 @@ Histogram = tuple[list[float], list[float]]  # (counts, bin edges): numpy.histog
 def tensor_histogram(t: torch.Tensor) -> Histogram | None:
     """Counts of the finite values of `t` in BINS equal bins over their range; None if none is finite."""
     flat = t.detach().reshape(-1).float()
-    finite = torch.isfinite(flat)
-    if not finite.all():
-        flat = flat[finite]
-    if flat.numel() == 0:
-        return None
-    lo, hi = (v.item() for v in torch.aminmax(flat))
+    lo, hi = _range(flat)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or an infinity: bin the finite values alone
+        flat = flat[torch.isfinite(flat)]
+        lo, hi = _range(flat)
+        if flat.numel() == 0:
+            return None
     if lo == hi:  # one value: one bin, as wandb.watch does
         return [float(flat.numel())], [lo, hi]
     return torch.histc(flat, BINS, lo, hi).tolist(), np.linspace(lo, hi, BINS + 1).tolist()
+
+
+def _range(flat: torch.Tensor) -> tuple[float, float]:
+    """(min, max) in one pass; NaN or infinite when such a value is there, or when `flat` is empty."""
+    if flat.numel() == 0:
+        return math.nan, math.nan
+    lo, hi = torch.aminmax(flat)
+    return lo.item(), hi.item()
 
 
 def model_histograms(model: nn.Module, watch: str) -> dict[str, Histogram]:

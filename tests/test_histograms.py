@@ -19,6 +19,8 @@ def test_64_equal_bins_over_the_finite_range():
 def test_a_constant_tensor_is_one_bin_and_a_non_finite_one_is_skipped():
     assert tensor_histogram(torch.full((3, 4), 0.5)) == ([12.0], [0.5, 0.5])
     assert tensor_histogram(torch.full((5,), math.nan)) is None
+    counts, edges = tensor_histogram(torch.tensor([1.0, math.nan, 2.0]))
+    assert sum(counts) == 2 and (edges[0], edges[-1]) == (1.0, 2.0)
 
 
 @pytest.mark.parametrize("watch, kinds", [("all", {"gradients", "parameters"}), ("gradients", {"gradients"}),
