@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from cifar_study import inputs
-from cifar_study.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE
+from cifar_study.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE, ORIGINAL_MEAN, ORIGINAL_STD
 from cifar_study.errors import DataError, OutputError, ParamError, first_line
 from cifar_study.io import atomic_path
 from cifar_study.params import DataParams
@@ -77,6 +77,14 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
         mean.append(round(float(channel.mean()), 4))
         std.append(round(float(channel.std()), 4))
     return mean, std
+
+
+def normalization(mode: str, train_images: np.ndarray) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std that `train.normalize` names: `original` (the original study's
+    constants) or `computed` (the statistics of `train_images`, as metrics/data.json reports them)."""
+    if mode == "original":
+        return list(ORIGINAL_MEAN), list(ORIGINAL_STD)
+    return channel_stats(train_images)
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> None:

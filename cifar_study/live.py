@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from torch import nn
 
 from cifar_study import paths
 from cifar_study.errors import first_line
@@ -85,6 +86,12 @@ class LiveLogger:
     def log_flow(self, snapshot: FlowSnapshot) -> None:
         """Flow snapshots are per batch and layer, not curves to watch: plots/data/flow.csv has them at the end."""
 
+    def histograms_due(self, step: int) -> bool:
+        return False  # histograms are W&B's
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        pass
+
     def finish(self) -> None:
         """The final outputs are written: the run is no longer in progress, so its live files go."""
         def finish() -> None:
@@ -108,3 +115,11 @@ class FanOut:
     def log_flow(self, snapshot: FlowSnapshot) -> None:
         for logger in self.loggers:
             logger.log_flow(snapshot)
+
+    def histograms_due(self, step: int) -> bool:
+        return any(logger.histograms_due(step) for logger in self.loggers)
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        for logger in self.loggers:
+            if logger.histograms_due(step):
+                logger.log_histograms(model, step)

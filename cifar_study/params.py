@@ -82,6 +82,8 @@ class TrainParams:
                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     fused_adam: bool = False  # Adam's fused kernels; with amp fp16 they also spare the scaler's per-step host read
     nproc: int = _rule(default=1, ge=1, means="a number of processes")  # ranks the train stage launches with torchrun
+    # Input normalisation after 0-1 scaling: the original study's constants, or the training split's statistics.
+    normalize: str = _rule(default="original", choices=("original", "computed"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ class WandbParams:
     mode: str = _rule(default="offline", choices=("offline", "online", "disabled"))
     project: str = "cifar10-simplecnn"
     entity: str = ""  # empty: the account's default entity
+    # Gradient and parameter histograms of every layer, as wandb.watch(log=...) logs them (`none`, not
+    # `off`: YAML reads an unquoted off as false).
+    watch: str = _rule(default="all", choices=("all", "gradients", "parameters", "none"))
+    watch_every: int = _rule(default=100, gt=0)  # batches between histograms
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ milliseconds on a CPU, and the training loop must not wait for it.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -18,14 +19,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from cifar_study import plots
 from cifar_study.errors import first_line
 from cifar_study.flow import STATS, FlowSnapshot
+from cifar_study.histograms import model_histograms
 from cifar_study.history import EpochRecord
 from cifar_study.flops import flops_report
 from cifar_study.model import build_model
-from cifar_study.params import ModelParams, WandbParams
+from cifar_study.params import ModelParams, WandbParams, parse_section
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
 
@@ -75,6 +78,28 @@ def git_state() -> dict[str, Any]:
         return {"commit": "unknown", "dirty": None}
 
 
+def model_cost(p: ModelParams, num_classes: int) -> dict[str, Any]:
+    """FLOPs and parameters per image (flops_report), without drawing from the RNG that training uses."""
+    with torch.random.fork_rng(devices=[]):  # building a model initialises weights from the global RNG
+        return flops_report(build_model(p, num_classes))
+
+
+def model_metadata(path: str, checkpoint: dict[str, Any], test_metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a person looks for on the model artifact: how good, how costly, and where it came from."""
+    cost = model_cost(parse_section("model", checkpoint["model"]), len(checkpoint["classes"]))
+    md5 = hashlib.md5()  # DVC's hash of the file: its cache key, as dvc.lock records it
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            md5.update(chunk)
+    git = git_state()
+    return {"test_accuracy": test_metrics["test_acc"], "test_loss": test_metrics["test_loss"],
+            "gflops": cost["gflops"], "flops": cost["flops"], "params": cost["params"],
+            "epochs": checkpoint["epoch"], "normalize": checkpoint["train"].get("normalize"),
+            "mean": list(checkpoint["mean"]), "std": list(checkpoint["std"]),
+            "run_key": checkpoint.get("run_key", "unknown"), "git_commit": git["commit"], "git_dirty": git["dirty"],
+            "dvc_path": path, "dvc_md5": md5.hexdigest()}
+
+
 def figure_image(fig: Any) -> Any:
     """A matplotlib Figure as a PIL image (W&B stores it as PNG)."""
     from PIL import Image
@@ -91,6 +116,7 @@ class Tracker:
     def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any], enabled: bool = True):
         self.run = None
         self.wandb = None
+        self.watch, self.watch_every = p.watch, p.watch_every
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb")  # one thread: logs stay in order
         mode = wandb_mode(p)
         if mode == "disabled" or not enabled:  # enabled=False: a data-parallel rank other than 0
@@ -179,6 +205,20 @@ class Tracker:
 
         self._submit("log", log)
 
+    def histograms_due(self, step: int) -> bool:
+        return self.run is not None and self.watch != "none" and step % self.watch_every == 0
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        """`gradients/<parameter>` and `parameters/<parameter>` histograms at the global batch `step`.
+
+        Computed here, on the training thread (the optimizer step changes the tensors next); wrapped
+        as W&B histograms and logged on the logging thread.
+        """
+        found = self._guard("histograms", lambda: model_histograms(model, self.watch))
+        if found:
+            self._submit("log", lambda: self.run.log(
+                {key: self.wandb.Histogram(np_histogram=h) for key, h in found.items()}, step=step))
+
     # --- evaluation ---
 
     def log_evaluation(self, actual: np.ndarray, predicted: np.ndarray, classes: list[str], per_class: np.ndarray,
@@ -207,13 +247,34 @@ class Tracker:
         self._submit("log", log)
 
     def log_model_cost(self, p: ModelParams, num_classes: int) -> None:
-        """FLOPs and parameters per image in the run's summary (the flops stage owns the tracked numbers)."""
+        """`GFLOPs` as a metric at the start of the run (step 0, as the original study logs it), and FLOPs
+        and parameters per image in the run's summary (the flops stage owns the tracked numbers)."""
         if self.run is None:
             return
-        with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG that training uses
-            flops = flops_report(build_model(p, num_classes))
+        flops = model_cost(p, num_classes)
+        self._submit("log", lambda: self.run.log({"GFLOPs": flops["gflops"]}, step=0))
         self.summary({"gflops_per_sample": flops["gflops"], "flops_per_sample": flops["flops"],
                       "params": flops["params"]})
+
+    def log_metrics(self, values: dict[str, Any]) -> None:
+        """Metrics at the run's next step."""
+        self._submit("log", lambda: self.run.log(values))
+
+    def log_model(self, path: str, checkpoint: dict[str, Any], test_metrics: dict[str, Any]) -> None:
+        """The checkpoint file at `path` as the W&B artifact `model` (type `model`), with model_metadata()."""
+        if self.run is None:
+            return
+        metadata = self._guard("artifact", lambda: model_metadata(path, checkpoint, test_metrics))
+        if metadata is None:
+            return
+
+        def log() -> None:
+            artifact = self.wandb.Artifact("model", type="model", metadata=metadata,
+                                           description="SimpleCNN trained on CIFAR-10: the train stage's checkpoint")
+            artifact.add_file(path)  # copied to W&B's staging area: a later train run cannot change what is uploaded
+            self.run.log_artifact(artifact)
+
+        self._submit("artifact", log)
 
     def summary(self, values: dict[str, Any]) -> None:
         self._submit("summary", lambda: self.run.summary.update(values))

@@ -35,12 +35,23 @@ class TrainLogger(Protocol):
 
     def log_flow(self, snapshot: FlowSnapshot) -> None: ...
 
+    def histograms_due(self, step: int) -> bool: ...
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
+        """Called after backward when `histograms_due(step)`: the gradients are complete and unscaled."""
+
 
 class NullLogger:
     def log_epoch(self, record: EpochRecord, step: int, heldout_name: str) -> None:
         pass
 
     def log_flow(self, snapshot: FlowSnapshot) -> None:
+        pass
+
+    def histograms_due(self, step: int) -> bool:
+        return False
+
+    def log_histograms(self, model: nn.Module, step: int) -> None:
         pass
 
 
@@ -97,13 +108,19 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
             loss = F.cross_entropy(logits.float(), y)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
-        snapshot_due = state.step % p.flow_every == 0 and state.dist.main  # gradients are all-reduced: rank 0 suffices
-        if snapshot_due:
-            state.scaler.unscale_(state.optimizer)  # flow statistics must see the true gradients
+        flow_due = state.step % p.flow_every == 0 and state.dist.main  # gradients are all-reduced: rank 0 suffices
+        histograms_due = logger.histograms_due(state.step)  # False on ranks other than 0 (no W&B there)
+        if flow_due or histograms_due:
+            # Both must see the true gradients. Unscaling here rather than in scaler.step does the same
+            # arithmetic on the same gradients, so the update is identical (and a no-op without fp16).
+            state.scaler.unscale_(state.optimizer)
+        if flow_due:
             snapshot, weights_before = flow_snapshot(state.watched, state.step, epoch)
+        if histograms_due:
+            logger.log_histograms(state.model, state.step)
         state.scaler.step(state.optimizer)
         state.scaler.update()
-        if snapshot_due:
+        if flow_due:
             add_update_ratio(snapshot, state.watched, weights_before)
             flow.append(snapshot)
             logger.log_flow(snapshot)

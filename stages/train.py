@@ -5,7 +5,7 @@ from pathlib import Path
 from cifar_study import distributed, paths
 from cifar_study.checkpoint import save_checkpoint, training_payload
 from cifar_study.cli import run_stage
-from cifar_study.data import channel_stats, heldout_split, load_dataset
+from cifar_study.data import heldout_split, load_dataset, normalization
 from cifar_study.device import resolve_device, seed_everything
 from cifar_study.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.history import EpochRecord
@@ -30,7 +30,7 @@ def main() -> None:
     if p.nproc > 1 and not distributed.launched():
         sys.exit(distributed.launch(p.nproc, "stages.train"))
     d, device = distributed.init(device, p.batch_size)
-    mean, std = channel_stats(train_split.images)
+    mean, std = normalization(p.normalize, train_split.images)  # the checkpoint keeps both, and its train.normalize
     if d.main:
         print(f"train: {len(train_split.labels)} images on {device} x {d.world} process(es); held-out: "
               f"{heldout_name} split ({len(heldout.labels)} images)", flush=True)

@@ -49,6 +49,10 @@ def test_ints_are_accepted_for_floats():
     ({"model": {"dropout": 1.5}}, "model.dropout: 1.5 must be <= 0.999"),
     ({"plots": {"samples": 0}}, "plots.samples: 0 must be > 0"),
     ({"wandb": {"mode": "loud"}}, "wandb.mode: 'loud' is not one of offline, online, disabled"),
+    ({"wandb": {"watch": "weights"}}, "wandb.watch: 'weights' is not one of all, gradients, parameters, none"),
+    ({"wandb": {"watch": False}}, "wandb.watch: expected str, got False"),
+    ({"wandb": {"watch_every": 0}}, "wandb.watch_every: 0 must be > 0"),
+    ({"train": {"normalize": "imagenet"}}, "train.normalize: 'imagenet' is not one of original, computed"),
     ([1, 2], "params.yaml: expected a mapping"),
 ])
 def test_bad_params_name_the_key_and_the_rule(raw, message):

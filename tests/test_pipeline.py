@@ -173,7 +173,7 @@ def test_plots_show_renders_every_plot(repo):
     assert len(list((repo / "dvc_plots/static").glob("*.png"))) == 7
 
 
-def test_remote_push_then_fresh_clone_pull_reruns_nothing(repo, tmp_path):
+def test_remote_push_then_fresh_clone_pull_reruns_nothing_and_gets_the_registry_model(repo, tmp_path):
     dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "remote and current results")
@@ -181,8 +181,15 @@ def test_remote_push_then_fresh_clone_pull_reruns_nothing(repo, tmp_path):
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "lock", "--allow-empty")
     dvc(repo, "push")
+    # A registry version of dvc.yaml's `model` artifact: the git tag model@v0.0.1.
+    proc = subprocess.run([str(Path(sys.executable).parent / "gto"), "register", "model"], cwd=repo, env=env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "model@v0.0.1" in git(repo, "tag"), proc.stdout + proc.stderr
     clone = tmp_path / "teammate"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, env=env())
+    # The clone has no DVC cache: the registry's model comes from the remote, byte for byte.
+    dvc(tmp_path, "artifacts", "get", str(clone), "model", "-o", str(tmp_path / "registry_model.pt"))
+    assert (tmp_path / "registry_model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
     dvc(clone, "pull")
     assert (clone / "models/model.pt").is_file() and (clone / "data/cifar10.npz").is_file()
     assert "up to date" in dvc(clone, "status")

@@ -9,13 +9,15 @@ from cifar_study.loader import make_loader
 from cifar_study.model import SimpleCNN
 from cifar_study.params import TrainParams
 from cifar_study.evaluation import evaluate
+from cifar_study.histograms import model_histograms
 from cifar_study.history import EpochRecord
-from cifar_study.training import TrainingDiverged, setup, train
+from cifar_study.training import NullLogger, TrainingDiverged, setup, train
 
 CPU = torch.device("cpu")
 
 
-def run(tiny, loader="tensor", **overrides):
+def run(tiny, loader="tensor", logger=None, scale=None, **overrides):
+    """A tiny training run; `scale`: a CPU GradScaler with this initial scale, as fp16 training has on CUDA."""
     p = TrainParams(**{"epochs": 2, "batch_size": 32, "flow_every": 3, "loader": loader, **overrides})
     seed_everything(p.seed)
     mean, std = [0.5] * 3, [0.25] * 3
@@ -23,7 +25,10 @@ def run(tiny, loader="tensor", **overrides):
                                seed=p.seed, device=CPU)
     test_loader = make_loader(loader, tiny.test, mean, std, augment=False, shuffle=False, batch_size=100, seed=p.seed, device=CPU)
     model = SimpleCNN()
-    return model, train(setup(model, p, CPU), train_loader, test_loader, "test")
+    state = setup(model, p, CPU)
+    if scale:
+        state.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    return model, train(state, train_loader, test_loader, "test", logger)
 
 
 def test_training_records_every_epoch_and_learns(tiny):
@@ -62,6 +67,34 @@ def test_update_ratio_is_the_relative_size_of_the_step_taken(tiny):
     # |W| before the step is |W| now give or take the steps since; the ratio is lr*sqrt(n)/|W| within 10%.
     expected = 1e-3 * weights ** 0.5 / model.fc2.weight.detach().norm().item()
     assert result.flow[0].values[fc2][4] == pytest.approx(expected, rel=0.1)
+
+
+class HistogramRecorder(NullLogger):
+    """Takes the gradient histograms every 4 batches, as the W&B tracker does."""
+
+    def __init__(self):
+        self.taken = {}
+
+    def histograms_due(self, step):
+        return step % 4 == 0
+
+    def log_histograms(self, model, step):
+        self.taken[step] = model_histograms(model, "gradients")
+
+
+def test_histograms_see_the_true_gradients_and_change_no_result(tiny):
+    plain, scaled = HistogramRecorder(), HistogramRecorder()
+    model_plain, _ = run(tiny, logger=plain, epochs=1, flow_every=1000)
+    model_scaled, _ = run(tiny, logger=scaled, scale=2.0**10, epochs=1, flow_every=1000)
+    assert sorted(scaled.taken) == [0, 4]  # 7 batches
+    # Under a GradScaler the backward pass makes 1024x the gradients: the histograms are taken unscaled.
+    assert scaled.taken[0] == plain.taken[0]
+    # Unscaling early for the histograms leaves the update as it was: the same weights as without them.
+    model_unlogged, _ = run(tiny, scale=2.0**10, epochs=1, flow_every=1000)
+    assert all(torch.equal(a, b) for a, b in zip(model_scaled.state_dict().values(),
+                                                 model_unlogged.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model_plain.state_dict().values(),
+                                                 model_unlogged.state_dict().values()))
 
 
 def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):

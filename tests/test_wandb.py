@@ -1,19 +1,25 @@
 """W&B: what an offline run holds, and that W&B failures never change or stop a run."""
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from cifar_study.model import SimpleCNN
 from tests.conftest import project, run_stage, snapshot
-from tests.wandb_records import config, history, run_info, summary
+from tests.wandb_records import artifacts, config, history, run_info, summary
 
-# 400 images / batch 16 = 25 batches an epoch, 50 steps, a snapshot every 7: steps 0, 7, ..., 49.
-TINY = {"train": {"epochs": 2, "flow_every": 7}}
+# 400 images / batch 16 = 25 batches an epoch, 50 steps, a snapshot every 7: steps 0, 7, ..., 49;
+# histograms every 10: steps 0, 10, ..., 40.
+TINY = {"train": {"epochs": 2, "flow_every": 7}, "wandb": {"watch_every": 10}}
 SNAPSHOT_STEPS = list(range(0, 50, 7))
+HISTOGRAM_STEPS = list(range(0, 50, 10))
 
 
 def without_seconds(outputs: dict[str, bytes]) -> dict[str, object]:
@@ -31,7 +37,8 @@ def runs(tmp_path_factory):
     wandb_dir.mkdir()
     outputs, logs = {}, {}
     for mode in ("disabled", "offline"):
-        env = {"WANDB_MODE": mode, "WANDB_DIR": str(wandb_dir)}
+        # WANDB_DATA_DIR: W&B stages artifact files there (default: under the home directory)
+        env = {"WANDB_MODE": mode, "WANDB_DIR": str(wandb_dir), "WANDB_DATA_DIR": str(wandb_dir / "data")}
         for name in ("fetch_data", "train", "evaluate"):
             code, out, err = run_stage(repo, name, env)
             assert code == 0, err
@@ -65,6 +72,42 @@ def test_offline_train_run_holds_flow_images_config_and_summary(runs):
     s = summary(log)
     assert s["gflops_per_sample"] == 0.1612 and s["params"] == 4_441_482
     assert s["train_loss"] == metrics["train_loss"] and s["heldout_acc"] == metrics["heldout_acc"]
+
+
+def test_offline_train_run_holds_histograms_of_every_layer_at_the_interval(runs):
+    _, wandb_dir, _, _ = runs
+    rows = history(offline_runs(wandb_dir)["train"])
+    names = [name for name, _ in SimpleCNN().named_parameters()]
+    sizes = dict((name, p.numel()) for name, p in SimpleCNN().named_parameters())
+    for kind in ("gradients", "parameters"):
+        for name in names:
+            steps = [int(r["_step"]) for r in rows if r.get(f"{kind}/{name}/_type") == "histogram"]
+            assert steps == HISTOGRAM_STEPS, (kind, name)
+    for r in rows:
+        if int(r["_step"]) in HISTOGRAM_STEPS:
+            counts, bins = r["parameters/fc1.weight/values"], r["parameters/fc1.weight/bins"]
+            assert len(counts) == 64 and len(bins) == 65 and sum(counts) == sizes["fc1.weight"]
+            assert bins == sorted(bins) and bins[0] < 0 < bins[-1]
+    assert [r["GFLOPs"] for r in rows if "GFLOPs" in r] == [0.1612] and rows[0]["_step"] == 0 and "GFLOPs" in rows[0]
+
+
+def test_offline_evaluate_run_holds_the_model_artifact_and_test_accuracy(runs):
+    repo, wandb_dir, _, _ = runs
+    log = offline_runs(wandb_dir)["evaluate"]
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert [r["test_accuracy"] for r in history(log) if "test_accuracy" in r] == [metrics["test_acc"]]
+    (artifact,) = [a for a in artifacts(log) if a["type"] == "model"]  # W&B stores tables as artifacts too
+    assert artifact["name"] == "model"
+    checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
+    md5 = hashlib.md5((repo / "models/model.pt").read_bytes()).digest()
+    assert artifact["files"] == {"model.pt": base64.b64encode(md5).decode()}  # the checkpoint, byte for byte
+    meta = artifact["metadata"]
+    assert meta["test_accuracy"] == metrics["test_acc"] and meta["test_loss"] == metrics["test_loss"]
+    assert (meta["flops"], meta["gflops"], meta["params"]) == (161_163_264, 0.1612, 4_441_482)
+    assert meta["run_key"] == checkpoint["run_key"] and meta["epochs"] == 2
+    assert meta["dvc_path"] == "models/model.pt" and meta["dvc_md5"] == md5.hex()
+    assert meta["normalize"] == "original" and meta["mean"] == checkpoint["mean"]
+    assert set(meta) >= {"git_commit", "git_dirty"}
 
 
 def test_offline_evaluate_run_holds_charts_in_the_same_group(runs):

@@ -78,3 +78,11 @@ def run_info(path: Path) -> dict:
             return {"group": r.run.run_group, "job_type": r.run.job_type, "name": r.run.display_name,
                     "project": r.run.project}
     return {}
+
+
+def artifacts(path: Path) -> list[dict]:
+    """Every artifact the run logged: name, type, description, metadata and its files (path -> base64 md5)."""
+    return [{"name": r.artifact.name, "type": r.artifact.type, "description": r.artifact.description,
+             "metadata": json.loads(r.artifact.metadata or "{}"),
+             "files": {e.path: e.digest for e in r.artifact.manifest.contents}}
+            for r in records(path) if r.WhichOneof("record_type") == "artifact"]
