@@ -8,12 +8,12 @@ import torch
 
 from bench.flow_health_check import CONFIGS, check
 from cifar_study import flow_health
-from cifar_study.data import Dataset, balanced_subset, synthetic
+from cifar_study.data import fetch
 from cifar_study.dynamics import analyse
 from cifar_study.findings import check_claims
 from cifar_study.flow import FlowSnapshot
 from cifar_study.history import EpochRecord
-from cifar_study.params import TrainParams
+from cifar_study.params import DataParams, TrainParams
 
 CPU = torch.device("cpu")
 
@@ -21,9 +21,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def health():
     """Flow health of each configuration of bench/flow_health_check.py, trained briefly on synthetic images."""
-    ds = synthetic(0)
-    ds = Dataset(balanced_subset(ds.train, 300, 10, 0, "train"), balanced_subset(ds.test, 100, 10, 0, "test"),
-                 ds.classes)
+    ds = fetch(DataParams(source="synthetic", train_limit=300, test_limit=100))
     return {name: check(make_model, TrainParams(epochs=1, batch_size=32, flow_every=2, **options), ds, CPU)
             for name, (make_model, options) in CONFIGS.items()}
 
