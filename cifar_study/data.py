@@ -335,7 +335,7 @@ def from_folder(path: Path) -> Dataset:
 def folder_listing(path: Path) -> Iterator[Listing]:
     where = f"data.path: {path}"
     if not path.exists():
-        raise DataError(f"{where} does not exist ({path.absolute()})")  # the path checked, where the stage ran
+        raise DataError(f"data.path: {path.absolute()} does not exist")  # the path checked, where the stage ran
     if path.is_dir():
         files = _directory_images(path)
         yield _layout(files, where, lambda name: inputs.read_bounded(files[name], inputs.MAX_IMAGE_FILE_BYTES,

@@ -68,7 +68,7 @@ class LiveLogger:
         # dvcyaml=False: DVCLive would otherwise edit the project's dvc.yaml; ours is written below.
         # save_dvc_exp=False: the pipeline (`dvc exp run`) records experiments, not DVCLive.
         self.live = Live(str(self.dir), resume=epoch > 1, dvcyaml=False, save_dvc_exp=False)
-        with atomic_path(self.dir / "dvc.yaml") as tmp:
+        with atomic_path(self.dir / "dvc.yaml", now=True) as tmp:  # progress: written now, not with the outputs
             tmp.write_text(yaml.safe_dump(live_dvcyaml(heldout_name), sort_keys=False))
 
     def log_epoch(self, record: EpochRecord, step: int, heldout_name: str) -> None:

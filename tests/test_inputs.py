@@ -260,8 +260,10 @@ def visualize_inputs(ctx: Ctx, predictions: str) -> None:
     """What train and evaluate write, small and by hand, for a visualize row."""
     write_files(ctx.repo, {
         "plots/data/history.csv": b"epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,2.0,0.2,2.1,0.2,0.001,1.0\n",
-        "plots/data/flow.csv": b"step,epoch,layer,grad_mean,grad_max,weight_mean,weight_max\n0,1,fc1,0.1,0.2,0.3,0.4\n",
+        "plots/data/flow.csv": b"step,epoch,layer,grad_mean,grad_max,weight_mean,weight_max,update_ratio\n"
+                               b"0,1,fc1,0.1,0.2,0.3,0.4,0.001\n",
         "metrics/train.json": b'{"heldout_split": "test"}\n',
+        "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": []}]}}\n',
         "plots/data/predictions.csv": predictions.encode()})
 
 
@@ -488,7 +490,7 @@ def _rank_error_stage(ctx: Ctx) -> dict:
         "    if 'RANK' in os.environ:\n"
         "        raise ParamError(f\"train.lr: refused by rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\")\n"
         "    from cifar_study import distributed\n"
-        "    sys.exit(distributed.launch(2, 'stages.rank_error', 2))\n\n"
+        "    sys.exit(distributed.launch(2, 'stages.rank_error'))\n\n"
         "run_stage(main)\n")
     ctx.stack.callback((ctx.repo / "stages/rank_error.py").unlink)
     return {}
