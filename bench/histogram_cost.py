@@ -2,12 +2,13 @@
 
 The same SimpleCNN train steps (batch 128, the default fp32 loop) with the W&B tracker logging, offline:
   - `none`: no histograms (the baseline: the same W&B run, the same loop);
-  - `all`: this project's histograms of every parameter and gradient every K batches;
-  - `wandb.watch`: W&B's own hooks (`run.watch(model, log="all", log_freq=K)`), for reference.
-The arms are interleaved over rounds; each arm's extra time over `none`, divided by the batches it
-logged, is the cost per logged batch (median over rounds). The tracker's background thread is waited
-for inside the timing, so its work counts too. Also timed apart: computing the histograms alone,
-which is the part the training thread waits for.
+  - `all`: this project's histograms of every parameter and gradient, at every batch;
+  - `wandb.watch`: W&B's own hooks (`run.watch(model, log="all", log_freq=1)`), for reference.
+Histograms at every batch, in short rounds, interleaved: on a shared machine whose load drifts, a
+cost that is a fraction of a train step stands out of the noise only so. Each arm's extra time over
+`none` in the same round, divided by the batches it logged, is the cost per logged batch (median
+over rounds). The tracker's background thread is waited for inside the timing, so its work counts
+too. Also timed apart: computing the histograms alone, the part the training thread waits for.
 
     python bench/histogram_cost.py [--device cpu|cuda|mps|auto] [--quick] [--out bench/results/histograms.json]
 """
@@ -49,7 +50,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    steps, every, rounds = (10, 5, 2) if args.quick else (20, 5, 5)
+    steps, every, rounds = (3, 1, 2) if args.quick else (6, 1, 10)
     logged = steps // every
     seed_everything(0)
     ds = synthetic(seed=0)  # CIFAR-10 shapes; the cost does not depend on the content
@@ -64,7 +65,7 @@ def main() -> None:
                                       watch_every=every), "benchmark", "bench", {})
         if arm == "wandb.watch":
             tracker.run.watch(model, log="all", log_freq=every)
-        run.step = 1  # steps 1..steps: `every` divides `logged` of them; step 0 would add a flow snapshot
+        run.step = 1  # steps 1..steps, `logged` of them due; step 0 would add a flow snapshot
         sync()
         started = time.perf_counter()
         train_epoch(run, Limited(loader, steps, sync), 1, tracker, [])
