@@ -44,7 +44,8 @@ DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10
 BUDGET_S = 480
 MIN_STEP_S = 5  # a step with less time left than this is not started
 STAGES = tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # dvc.yaml lists them in run order
-STAGE_CAP_S = {"fetch_data": 120, "flops": 60, "train": 240, "evaluate": 60, "findings": 60, "visualize": 90}
+STAGE_CAP_S = {"check_params": 30, "fetch_data": 120, "flops": 60, "train": 240, "evaluate": 60, "findings": 60,
+               "visualize": 90}
 
 DEFAULTS: dict[str, Any] = {}  # the original study's protocol: fp32, eager, the default Adam
 FASTEST = {"amp": "bf16", "channels_last": True, "compile": True, "compile_mode": "reduce-overhead",

@@ -28,8 +28,9 @@ def main() -> None:
           f"{sum(c.holds for c in claims)} of {len(claims)} of the original study's claims hold")
 
     # Joins the W&B group of the train run whose flow and history these are.
-    run_key = load_checkpoint(paths.CHECKPOINT).get("run_key", "unknown")
-    with Tracker(params.wandb, "findings", wandb_group(run_key), {}) as tracker:
+    state = load_checkpoint(paths.CHECKPOINT)
+    with Tracker(params.wandb, "findings", wandb_group(state.get("run_key", "unknown")),
+                 {"model": state["model"], "train": state["train"], "checkpoint": paths.CHECKPOINT}) as tracker:
         tracker.summary({**{f"findings/{k}": v for k, v in metrics.items()}, "findings/healthy": health.healthy,
                          **{f"findings/claim{i + 1}_holds": c.holds for i, c in enumerate(claims)}})
 

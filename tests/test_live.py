@@ -130,7 +130,7 @@ def test_live_files_after_the_first_epoch_of_a_stopped_run(tmp_path):
         time.sleep(0.05)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
-    assert "resuming after epoch 1/3" in out
+    assert "resuming: 1 of 3 epochs saved" in out
     assert steps[:2] == [1, 2], steps
     assert not live.exists()
     history = (repo / "plots/data/history.csv").read_text().splitlines()

@@ -170,7 +170,7 @@ def test_plots_show_renders_every_plot(repo):
     html = (repo / "dvc_plots/index.html").read_text()
     for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix", "Accuracy per class"):
         assert title in html
-    assert len(list((repo / "dvc_plots/static").glob("*.png"))) == 7
+    assert len(list((repo / "dvc_plots/static").glob("*.png"))) == len(FIGURES)
 
 
 def test_remote_push_then_fresh_clone_pull_reruns_nothing_and_gets_the_registry_model(repo, tmp_path):
