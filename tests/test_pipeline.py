@@ -207,7 +207,7 @@ def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
         lr = config(log)["train"]["lr"]
         runs[info["job_type"], lr] = log.parent
         assert f"{info['job_type']}: W&B offline run in {log.parent}; upload it with: wandb sync {log.parent}" in out
-    assert set(runs) == {(stage, lr) for stage in ("train", "evaluate") for lr in (0.002, 0.004)}, out
+    assert set(runs) == {(stage, lr) for stage in ("train", "evaluate", "findings") for lr in (0.002, 0.004)}, out
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     found = {}
     for rev in table:
