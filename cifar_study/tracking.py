@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -54,6 +56,24 @@ def wandb_root() -> str | None:
 def wandb_group(run_key: str) -> str:
     """The W&B group of a pipeline run: the train run's key, which the checkpoint carries to evaluate."""
     return f"run-{run_key[:10]}"
+
+
+def resume_id_file(stage: str, group: str) -> Path:
+    """Where a stage's unfinished W&B run id waits for the re-run that resumes it.
+
+    Kept next to the runs (<project>/wandb/, or WANDB_DIR's) rather than in the resume state: it
+    must survive a queued experiment's temporary copy, and it is not a result.
+    """
+    return Path(os.environ.get("WANDB_DIR") or wandb_root() or ".") / "wandb" / "unfinished" / f"{stage}-{group}.id"
+
+
+def unfinished_id(path: Path) -> str | None:
+    """The id an interrupted run left, if any (anything else in the file is ignored: W&B ids are [a-z0-9])."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[a-z0-9]{1,64}", text) else None
 
 
 def has_credentials() -> bool:
@@ -132,20 +152,33 @@ class Tracker:
                   file=sys.stderr, flush=True)
             return
         self.wandb = wandb
+        # An interrupted stage re-run with the same params continues its W&B run, so a sweep's
+        # dashboard shows one run per stage and experiment, not a failed one beside a second.
+        self._id_file = resume_id_file(stage, group)
+        resumed = unfinished_id(self._id_file)
         self.run = self._guard("init", lambda: wandb.init(
             project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
             name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
+            id=resumed, resume="allow" if resumed else None,
             settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True)), always=True)
         if self.run is not None:
+            self._guard("setup", lambda: self._remember(self.run.id))
             self._guard("setup", self._define_metrics)
-            self._guard("setup", lambda: self._say_where(stage, mode))
+            self._guard("setup", lambda: self._say_where(stage, mode, resumed))
 
-    def _say_where(self, stage: str, mode: str) -> None:
+    def _remember(self, run_id: str) -> None:
+        self._id_file.parent.mkdir(parents=True, exist_ok=True)
+        self._id_file.write_text(run_id + "\n")
+
+    def _say_where(self, stage: str, mode: str, resumed: str | None) -> None:
+        again = f" (resuming the interrupted W&B run {resumed})" if resumed else ""
         if mode == "offline":
             where = self.run.settings.sync_dir
-            print(f"{stage}: W&B offline run in {where}; upload it with: wandb sync {where}", flush=True)
+            # a resumed offline run is one directory per attempt; `wandb sync` joins them in start order
+            upload = f"{os.path.dirname(where)}/offline-run-*-{resumed}*" if resumed else where
+            print(f"{stage}: W&B offline run in {where}{again}; upload it with: wandb sync {upload}", flush=True)
         else:
-            print(f"{stage}: W&B run at {self.run.url} (online: synced as it runs)", flush=True)
+            print(f"{stage}: W&B run at {self.run.url}{again} (online: synced as it runs)", flush=True)
 
     @property
     def active(self) -> bool:
@@ -282,8 +315,10 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None:
         """Wait for queued logs, then close the run."""
         self._worker.shutdown(wait=True)
-        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+        finished = self.run is not None and self._guard("finish", lambda: self.run.finish(exit_code=exit_code) or True)
         self.run = None
+        if finished and exit_code == 0:
+            self._id_file.unlink(missing_ok=True)  # complete: the next run of this stage is a new W&B run
 
     def __enter__(self) -> "Tracker":
         return self

@@ -161,3 +161,30 @@ def test_wandb_mode_param_and_env(monkeypatch):
     assert wandb_mode(WandbParams(mode="online")) == "disabled"
     tracker = Tracker(WandbParams(mode="online"), "train", "run-x", {})
     assert not tracker.active  # disabled: W&B is not even imported for the run
+
+
+def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsys):
+    """Interrupted (exit 130), the next run of the same stage and group continues the same W&B run id;
+    a completed one does not, so a sweep's dashboard shows one run per stage and experiment."""
+    from cifar_study.params import WandbParams
+    from cifar_study.tracking import Tracker, resume_id_file
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    offline = WandbParams(mode="offline")
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(offline, "train", "run-x", {}) as tracker:
+            first = tracker.run.id
+            raise KeyboardInterrupt
+    assert resume_id_file("train", "run-x").read_text().strip() == first
+    with Tracker(offline, "evaluate", "run-x", {}) as other:  # another stage: its own run
+        assert other.run.id != first
+    with Tracker(offline, "train", "run-x", {}) as tracker:
+        assert tracker.run.id == first
+    out = capsys.readouterr().out
+    assert f"(resuming the interrupted W&B run {first}); upload it with: wandb sync " in out
+    assert f"offline-run-*-{first}*" in out
+    assert not resume_id_file("train", "run-x").exists()  # completed
+    logs = sorted(tmp_path.glob(f"wandb/offline-run-*-{first}*/run-{first}.wandb"))
+    assert len(logs) == 2 and {run_info(log)["run_id"] for log in logs} == {first}
+    with Tracker(offline, "train", "run-x", {}) as tracker:
+        assert tracker.run.id != first

@@ -76,7 +76,7 @@ def run_info(path: Path) -> dict:
     for r in records(path):
         if r.WhichOneof("record_type") == "run":
             return {"group": r.run.run_group, "job_type": r.run.job_type, "name": r.run.display_name,
-                    "project": r.run.project}
+                    "project": r.run.project, "run_id": r.run.run_id}
     return {}
 
 
