@@ -1,4 +1,4 @@
-"""The README's Results and Findings sections, generated from the committed metrics/, plots/, reports/ and dvc.lock.
+"""The README's Results, Findings and Spread sections, generated from the committed metrics/, plots/, reports/ and dvc.lock.
 
     python -m cifar_study.report           # rewrite the sections in README.md
     python -m cifar_study.report --check   # exit 1 if README.md is out of date
@@ -20,6 +20,11 @@ from cifar_study.plots import FIGURES
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
             "loss_last": 0.519}
+# A plain implementation of the same protocol (torchvision + PIL per image, fp32, CPU) on the JPEG copy
+# of CIFAR-10 this project's baseline uses: final test accuracy, one run, as recorded with that copy.
+JPEG_REFERENCE = 0.8162
+# Written by cifar_study.spread (not a stage: it aggregates several experiments).
+SPREAD_RUNS, SPREAD, SPREAD_FIGURE = "reports/spread/runs.json", "reports/spread/spread.json", "reports/spread/spread.png"
 
 
 def _fetch_params(root: Path) -> dict:
@@ -93,11 +98,56 @@ def render_findings(root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
+def render_spread(root: Path = Path(".")) -> str:
+    """The run-to-run spread over seeds, and where the published single runs fall in it."""
+    if not (root / SPREAD).is_file():
+        return "No spread is committed yet: see the commands above."
+    spread = json.loads((root / SPREAD).read_text())
+    final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
+    options = ", ".join(f"`{k}={v}`" for k, v in spread["changed_params"].items()) or "the defaults"
+    lines = [
+        f"{final['n']} runs of the study that differ only in `train.seed` ({', '.join(str(r['seed']) for r in spread['runs'])}), "
+        f"with {options}. Final test accuracy: mean **{final['mean']:.2%}**, standard deviation {final['sd']:.2%}, "
+        f"range {final['min']:.2%}–{final['max']:.2%}; {level} confidence interval of the mean "
+        f"{final['ci_low']:.2%}–{final['ci_high']:.2%}; {level} prediction interval for one more run "
+        f"{final['pi_low']:.2%}–{final['pi_high']:.2%} (Student's t, {final['n'] - 1} degrees of freedom, t = {final['t']:.2f}).",
+        "",
+        "| run | train.seed | final test accuracy | wall time (epochs) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {r['name']} | {r['seed']} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
+    check = spread["baseline_check"]
+    if check:
+        lines += ["", f"Same seed ({check['seed']}), the committed fp32 baseline against the spread's run: "
+                  f"{check['baseline_test_acc']:.2%} vs {check['spread_run_test_acc']:.2%}, a difference of "
+                  f"{check['difference'] * 100:+.2f} points; the baseline is "
+                  f"{'inside' if check['within_prediction_interval'] else '**outside**'} the {level} prediction interval."]
+    lines += ["", f"| single published run | final test accuracy | vs the {level} CI of the mean | vs the {level} prediction interval |",
+              "|---|---:|---|---|"]
+    for name, value in (("the original study (official archive)", ORIGINAL["test_acc"]),
+                        ("plain implementation on the JPEG copy", JPEG_REFERENCE)):
+        lines.append(f"| {name} | {value:.2%} | {_where(value, final['ci_low'], final['ci_high'])} | "
+                     f"{_where(value, final['pi_low'], final['pi_high'])} |")
+    lines += ["", "| epoch | mean held-out accuracy | sd | " + f"{level} CI of the mean |", "|---:|---:|---:|---|"]
+    lines += [f"| {r['epoch']} | {r['mean']:.2%} | {r['sd']:.2%} | {r['ci_low']:.2%}–{r['ci_high']:.2%} |"
+              for r in spread["heldout_acc_per_epoch"]]
+    lines += ["", f"![spread]({SPREAD_FIGURE})"]
+    return "\n".join(lines)
+
+
+def _where(value: float, low: float, high: float) -> str:
+    if value < low:
+        return f"below, by {(low - value) * 100:.2f} points"
+    if value > high:
+        return f"above, by {(value - high) * 100:.2f} points"
+    return "inside"
+
+
 def _num(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-SECTIONS = {"results": render, "findings": render_findings}  # README markers <!-- NAME:start --> ... <!-- NAME:end -->
+SECTIONS = {"results": render, "findings": render_findings, "spread": render_spread}  # README markers <!-- NAME:start --> ... <!-- NAME:end -->
 
 
 def update(readme: Path, root: Path = Path(".")) -> str:
@@ -120,7 +170,7 @@ def main() -> None:
     new = update(readme)
     if args.check:
         if new != readme.read_text():
-            sys.exit("README.md's Results or Findings section is out of date: run python -m cifar_study.report")
+            sys.exit("README.md's Results, Findings or Spread section is out of date: run python -m cifar_study.report")
         return
     readme.write_text(new)
 

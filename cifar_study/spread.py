@@ -1,0 +1,245 @@
+"""Run-to-run spread: the same study over several `train.seed` values, aggregated.
+
+The runs are DVC experiments named <prefix>-seed-<N> (README, "Run-to-run spread"). This module
+reads each one's params, per-epoch history and test accuracy from its git ref, checks that they
+differ in `train.seed` alone, and writes
+
+    reports/spread/runs.json    what was collected: every run, and the committed fp32 baseline
+    reports/spread/spread.json  mean, standard deviation and 95% intervals, final and per epoch
+    reports/spread/spread.png   the per-epoch band and the final accuracies
+
+    python -m cifar_study.spread                # collect the experiments, then summarise
+    python -m cifar_study.spread --from-runs    # summarise the committed runs.json again
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cifar_study import paths
+from cifar_study.history import EpochRecord
+from cifar_study.io import atomic_path, outputs_together, write_json
+from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE as FIGURE, SPREAD_RUNS as RUNS
+
+CONFIDENCE = 0.95
+NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
+
+
+class SpreadError(Exception):
+    """A set of runs that cannot be aggregated; the message is one line."""
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    name: str
+    seed: int
+    test_acc: float
+    heldout_acc: list[float]  # per epoch
+    seconds: float  # wall time of all epochs (sum of history.csv's per-epoch times)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (bisection on the CDF, the density integrated by Simpson's rule): no SciPy needed."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float, steps: int = 4000) -> float:
+        h = x / steps
+        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def interval(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, the 95% confidence interval of the mean and the 95%
+    prediction interval of one more run (where a single run such as the original study's should fall)."""
+    n = len(values)
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    t = t_quantile(0.5 + CONFIDENCE / 2, n - 1)
+    half_ci, half_pi = t * sd / math.sqrt(n), t * sd * math.sqrt(1 + 1 / n)
+    return {"n": n, "mean": mean, "sd": sd, "min": min(values), "max": max(values), "t": t,
+            "ci_low": mean - half_ci, "ci_high": mean + half_ci, "pi_low": mean - half_pi, "pi_high": mean + half_pi}
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if done.returncode:
+        raise SpreadError(f"git {' '.join(args)}: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def _experiments(repo: Path, prefix: str) -> list[tuple[str, str, str]]:
+    """(name, commit, baseline commit) of every experiment named <prefix>-seed-<N>."""
+    found = []
+    for line in _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines():
+        ref, commit = line.split()
+        parts = ref.split("/")  # refs/exps/<baseline[:2]>/<baseline[2:]>/<name>
+        if len(parts) == 5 and re.fullmatch(rf"{re.escape(prefix)}-seed-\d+", parts[4]):
+            found.append((parts[4], commit, parts[2] + parts[3]))
+    return sorted(found)
+
+
+def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, Any]]:
+    params = _flat(yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml")))
+    history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
+    test = json.loads(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
+    return SeedRun(name, int(params["train.seed"]), test["test_acc"], [r.heldout_acc for r in history],
+                   round(sum(r.seconds for r in history), 1)), params
+
+
+def _baseline_run(repo: Path) -> dict[str, Any]:
+    """The committed default run (dvc.lock, metrics/, plots/data/) with the train params it was made with."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    train = {k.removeprefix("train."): v for k, v in _flat(lock["stages"]["train"]["params"]["params.yaml"]).items()}
+    history = [EpochRecord.from_row(r) for r in csv.DictReader(open(repo / paths.HISTORY))]
+    test = json.loads((repo / paths.EVAL_METRICS).read_text())
+    run = SeedRun("committed baseline", int(train["seed"]), test["test_acc"], [r.heldout_acc for r in history],
+                  round(sum(r.seconds for r in history), 1))
+    return {**asdict(run), "amp": train["amp"], "channels_last": train["channels_last"]}
+
+
+def collect(repo: Path, prefix: str) -> dict[str, Any]:
+    """Every <prefix>-seed-N experiment, checked to share one baseline commit and all params but train.seed."""
+    experiments = _experiments(repo, prefix)
+    if len(experiments) < 2:
+        raise SpreadError(f"found {len(experiments)} experiment(s) named {prefix}-seed-<N> (dvc exp list); "
+                          "the spread needs at least 2")
+    baselines = {b for _, _, b in experiments}
+    if len(baselines) > 1:
+        raise SpreadError(f"the {prefix}-seed-* experiments come from {len(baselines)} commits "
+                          f"({', '.join(sorted(b[:7] for b in baselines))}): remove the old ones (dvc exp remove)")
+    runs, common = [], None
+    for name, commit, _ in experiments:
+        run, params = _read_run(repo, name, commit)
+        kept = {k: v for k, v in params.items() if k != "train.seed" and not k.startswith(NOT_RESULTS)}
+        if common is not None and kept != common:
+            key = sorted(k for k in kept.keys() | common.keys() if kept.get(k) != common.get(k))[0]
+            raise SpreadError(f"experiment {name} differs from {runs[0].name} in {key}, not only in train.seed")
+        common = kept
+        runs.append(run)
+    if len({r.seed for r in runs}) < len(runs):
+        raise SpreadError(f"two {prefix}-seed-* experiments share a train.seed")
+    defaults = _flat(yaml.safe_load(_git(repo, "show", f"{baselines.pop()}:params.yaml")))
+    changed = {k: v for k, v in common.items() if defaults.get(k) != v}
+    return {"prefix": prefix, "changed_params": changed, "runs": [asdict(r) for r in runs],
+            "baseline": _baseline_run(repo)}
+
+
+def summarize(collected: dict[str, Any]) -> dict[str, Any]:
+    runs = [SeedRun(**r) for r in collected["runs"]]
+    epochs = {len(r.heldout_acc) for r in runs}
+    if len(epochs) != 1:
+        raise SpreadError(f"the runs have different epoch counts ({sorted(epochs)})")
+    per_epoch = [{"epoch": e + 1, **interval([r.heldout_acc[e] for r in runs])} for e in range(epochs.pop())]
+    final = interval([r.test_acc for r in runs])
+    base = collected["baseline"]
+    same_seed = next((r for r in runs if r.seed == base["seed"]), None)
+    check = None if same_seed is None else {
+        "seed": base["seed"], "baseline_test_acc": base["test_acc"], "spread_run_test_acc": same_seed.test_acc,
+        "difference": base["test_acc"] - same_seed.test_acc,
+        "within_prediction_interval": final["pi_low"] <= base["test_acc"] <= final["pi_high"]}
+    return {"confidence": CONFIDENCE, "changed_params": collected["changed_params"],
+            "runs": [{"name": r.name, "seed": r.seed, "test_acc": r.test_acc, "seconds": r.seconds} for r in runs],
+            "final_test_acc": final, "heldout_acc_per_epoch": per_epoch, "baseline_check": check}
+
+
+def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    band, finals = fig.subplots(1, 2, width_ratios=(2.2, 1))
+    rows = spread["heldout_acc_per_epoch"]
+    epochs = [r["epoch"] for r in rows]
+    for run in collected["runs"]:
+        band.plot(epochs, [a * 100 for a in run["heldout_acc"]], color="0.6", lw=0.8)
+    band.fill_between(epochs, [r["ci_low"] * 100 for r in rows], [r["ci_high"] * 100 for r in rows], alpha=0.3,
+                      label=f"{CONFIDENCE:.0%} confidence interval of the mean")
+    band.plot(epochs, [r["mean"] * 100 for r in rows], lw=2, label=f"mean of {len(collected['runs'])} seeds")
+    band.plot([], [], color="0.6", lw=0.8, label="each seed")
+    base = collected["baseline"]
+    if len(base["heldout_acc"]) == len(epochs):
+        band.plot(epochs, [a * 100 for a in base["heldout_acc"]], "k--", lw=1.2,
+                  label=f"committed baseline (seed {base['seed']}, {'fp32' if base['amp'] == 'none' else base['amp']})")
+    band.set(title="Held-out accuracy per epoch over seeds", xlabel="epoch", ylabel="held-out accuracy (%)",
+             ylim=(max(0, min(r["min"] for r in rows) * 100 - 5), 100))
+    band.xaxis.set_major_locator(MaxNLocator(integer=True))
+    band.grid(alpha=0.3)
+    band.legend(loc="lower right", fontsize=8)
+
+    final = spread["final_test_acc"]
+    finals.errorbar([0], [final["mean"] * 100], yerr=[[(final["mean"] - final["pi_low"]) * 100],
+                    [(final["pi_high"] - final["mean"]) * 100]], fmt="none", ecolor="0.5", capsize=8,
+                    label=f"{CONFIDENCE:.0%} prediction interval (one run)")
+    finals.errorbar([0], [final["mean"] * 100], yerr=[[(final["mean"] - final["ci_low"]) * 100],
+                    [(final["ci_high"] - final["mean"]) * 100]], fmt="o", lw=4, capsize=0,
+                    label=f"mean, {CONFIDENCE:.0%} CI of the mean")
+    finals.plot([0.25] * len(collected["runs"]), [r["test_acc"] * 100 for r in collected["runs"]], "o", color="0.4",
+                label="each seed")
+    finals.plot([-0.25], [base["test_acc"] * 100], "kD", label="committed baseline")
+    for value, text, style in ((ORIGINAL["test_acc"], "original study (official archive)", ":"),
+                               (JPEG_REFERENCE, "plain implementation, JPEG copy", "-.")):
+        finals.axhline(value * 100, ls=style, color="tab:red", lw=1, label=f"{text}: {value:.2%}")
+    finals.set(title="Final test accuracy", ylabel="test accuracy (%)", xticks=[], xlim=(-0.6, 0.6))
+    finals.grid(alpha=0.3, axis="y")
+    finals.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7)  # below: never over a point
+    changed = ", ".join(f"{k}={v}" for k, v in collected["changed_params"].items() if not k.startswith("data."))
+    fig.suptitle(f"Run-to-run spread over train.seed ({changed or 'defaults'})")
+    return fig
+
+
+def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
+    spread = summarize(collected)
+    (root / SPREAD).parent.mkdir(parents=True, exist_ok=True)
+    with outputs_together():
+        write_json(root / RUNS, collected)
+        write_json(root / SPREAD, spread)
+        with atomic_path(root / FIGURE) as tmp:
+            spread_figure(collected, spread).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return spread
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prefix", default="spread", help="experiment names: <prefix>-seed-<N> (default: spread)")
+    ap.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
+    args = ap.parse_args()
+    root = Path(".")
+    try:
+        collected = json.loads((root / RUNS).read_text()) if args.from_runs else collect(root, args.prefix)
+        spread = write(root, collected)
+    except (SpreadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    final = spread["final_test_acc"]
+    print(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
+          f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Run-to-run spread (cifar_study/spread.py): collected from DVC experiment refs, aggregated, and committed."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifar_study import spread
+from cifar_study.history import EpochRecord
+from cifar_study.report import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
+from tests.conftest import ROOT
+
+BASE_PARAMS = {"data": {"source": "download", "path": ""}, "train": {"seed": 42, "epochs": 3, "amp": "none",
+               "channels_last": False, "lr": 0.001}, "wandb": {"mode": "offline"}}
+FINALS = {42: 0.81, 1: 0.83, 2: 0.80}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def write_run(repo: Path, params: dict, final: float) -> None:
+    (repo / "plots/data").mkdir(parents=True, exist_ok=True)
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = [EpochRecord(e, 1.0, 0.5, 1.0, final - 0.1 * (3 - e), 0.001, 60.0 + e).row() for e in (1, 2, 3)]
+    lines = [",".join(EpochRecord.columns())] + [",".join(str(r[c]) for c in EpochRecord.columns()) for r in rows]
+    (repo / "plots/data/history.csv").write_text("\n".join(lines) + "\n")
+    (repo / "metrics/eval.json").write_text(json.dumps({"test_acc": final, "test_loss": 0.5}))
+
+
+def experiment(repo: Path, base: str, name: str, params: dict, final: float) -> None:
+    """What `dvc exp run -n NAME` leaves: a commit on top of the baseline under refs/exps/<base[:2]>/<base[2:]>/NAME."""
+    write_run(repo, params, final)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", name)
+    git(repo, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{name}", "HEAD")
+    git(repo, "reset", "-q", "--hard", base)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "t@t")
+    git(repo, "config", "user.name", "t")
+    write_run(repo, BASE_PARAMS, 0.82)  # the committed fp32 baseline: seed 42
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {"train": {"params": {"params.yaml": {
+        "train.seed": 42, "train.amp": "none", "train.channels_last": False}}}}}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    base = git(repo, "rev-parse", "HEAD")
+    for seed, final in FINALS.items():
+        params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
+        params["train"].update(seed=seed, amp="bf16", channels_last=True)
+        params["data"].update(source="folder", path="cifar10-jpg.tar.gz")
+        experiment(repo, base, f"spread-seed-{seed}", params, final)
+    experiment(repo, base, "other-exp", BASE_PARAMS, 0.5)  # not part of the spread: ignored
+    return repo
+
+
+def test_t_quantiles_match_the_tables():
+    for df, value in ((1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042)):
+        assert spread.t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+
+
+def test_collects_the_seed_experiments_and_aggregates_them(repo):
+    collected = spread.collect(repo, "spread")
+    assert [r["seed"] for r in collected["runs"]] == [1, 2, 42]  # sorted by name
+    assert collected["changed_params"] == {"data.source": "folder", "data.path": "cifar10-jpg.tar.gz",
+                                           "train.amp": "bf16", "train.channels_last": True}
+    assert collected["runs"][0]["seconds"] == 186.0 and collected["baseline"]["test_acc"] == 0.82
+    result = spread.write(repo, collected)
+    final, values = result["final_test_acc"], list(FINALS.values())
+    assert final["mean"] == pytest.approx(statistics.fmean(values))
+    assert final["sd"] == pytest.approx(statistics.stdev(values))
+    half = 4.3027 * statistics.stdev(values) / math.sqrt(3)
+    assert (final["ci_low"], final["ci_high"]) == pytest.approx((final["mean"] - half, final["mean"] + half), abs=1e-4)
+    assert final["pi_high"] - final["pi_low"] == pytest.approx(2 * half * math.sqrt(4), abs=1e-4)
+    assert [r["epoch"] for r in result["heldout_acc_per_epoch"]] == [1, 2, 3]
+    assert result["heldout_acc_per_epoch"][0]["mean"] == pytest.approx(statistics.fmean(values) - 0.2)
+    check = result["baseline_check"]
+    assert check["seed"] == 42 and check["difference"] == pytest.approx(0.01) and check["within_prediction_interval"]
+    for rel in (SPREAD_RUNS, SPREAD, SPREAD_FIGURE):
+        assert (repo / rel).is_file()
+    text = render_spread(repo)
+    assert "3 runs of the study that differ only in `train.seed` (1, 2, 42)" in text
+    assert "`train.amp=bf16`" in text and "| spread-seed-42 | 42 | 81.00% | 3.1 min |" in text
+    assert "| the original study (official archive) | 84.54% | inside | inside |" in text
+    assert "| plain implementation on the JPEG copy | 81.62% | inside | inside |" in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["train"].update(lr=0.002), "differs from spread-seed-1 in train.lr, not only in train.seed"),
+    (lambda p: p["train"].update(seed=1), "two spread-seed-* experiments share a train.seed"),
+])
+def test_runs_that_differ_in_more_than_the_seed_are_refused(repo, change, message):
+    params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
+    params["train"].update(seed=7, amp="bf16", channels_last=True)
+    params["data"].update(source="folder", path="cifar10-jpg.tar.gz")
+    change(params)
+    experiment(repo, git(repo, "rev-parse", "HEAD"), "spread-seed-7", params, 0.8)
+    with pytest.raises(spread.SpreadError, match=re.escape(message)):
+        spread.collect(repo, "spread")
+
+
+def test_fewer_than_two_runs_or_two_baselines_are_refused(repo):
+    with pytest.raises(spread.SpreadError, match=r"found 0 experiment\(s\) named none-seed-<N>"):
+        spread.collect(repo, "none")
+    (repo / "README.md").write_text("a later commit\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "later")
+    experiment(repo, git(repo, "rev-parse", "HEAD"), "spread-seed-9", yaml.safe_load(yaml.safe_dump(BASE_PARAMS)), 0.8)
+    with pytest.raises(spread.SpreadError, match="come from 2 commits"):
+        spread.collect(repo, "spread")
+
+
+def test_command_line_collects_then_resummarises_the_same(repo):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cifar_study.spread", *args], cwd=repo, capture_output=True,
+                              text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+
+    first = run()
+    assert first.returncode == 0 and first.stdout.startswith("spread: 3 runs, final test accuracy 81.33%"), first.stderr
+    written = (repo / SPREAD).read_bytes()
+    again = run("--from-runs")
+    assert again.returncode == 0 and (repo / SPREAD).read_bytes() == written
+    bad = run("--prefix", "none")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: found 0 experiment(s) named none-seed-<N> (dvc exp list); the spread needs at least 2"]
+
