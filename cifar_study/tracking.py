@@ -40,17 +40,16 @@ def wandb_mode(p: WandbParams) -> str:
     return os.environ.get("WANDB_MODE") or p.mode
 
 
-def wandb_root() -> str | None:
+def wandb_root() -> str:
     """The directory W&B writes its `wandb/` folder into: the project's own, by absolute path.
 
     `dvc exp run --queue`/`--temp` runs the stages in a temporary copy (.dvc/tmp/exps/...) that is
     deleted afterwards; DVC sets DVC_ROOT to the original project there (and to the project for
-    `dvc repro`), so every run lands in <project>/wandb/. WANDB_DIR, if set, wins (None: W&B reads
-    it itself); outside DVC the stage runs from the project root.
+    `dvc repro`), so every run lands in <project>/wandb/. WANDB_DIR, if set, wins; outside DVC the
+    stage runs from the project root. Always passed to wandb.init: W&B reads WANDB_DIR only once
+    per process.
     """
-    if os.environ.get("WANDB_DIR"):
-        return None
-    return os.path.abspath(os.environ.get("DVC_ROOT") or ".")
+    return os.path.abspath(os.environ.get("WANDB_DIR") or os.environ.get("DVC_ROOT") or ".")
 
 
 def wandb_group(run_key: str) -> str:
@@ -64,7 +63,7 @@ def resume_id_file(stage: str, group: str) -> Path:
     Kept next to the runs (<project>/wandb/, or WANDB_DIR's) rather than in the resume state: it
     must survive a queued experiment's temporary copy, and it is not a result.
     """
-    return Path(os.environ.get("WANDB_DIR") or wandb_root() or ".") / "wandb" / "unfinished" / f"{stage}-{group}.id"
+    return Path(wandb_root()) / "wandb" / "unfinished" / f"{stage}-{group}.id"
 
 
 def unfinished_id(path: Path) -> str | None:
