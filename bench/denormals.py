@@ -55,12 +55,12 @@ def starting_point(state_path: str | None, seed: int) -> tuple[dict, dict]:
 
 def time_steps(start: tuple[dict, dict], flush: bool, steps: int, batch: int, seed: int) -> tuple[float, float]:
     """Seconds per training step from `start`, and the share of subnormal first moments before stepping."""
-    torch.set_flush_denormal(flush)
     model = build_model(ModelParams(), 10)
     model.load_state_dict(start[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     optimizer.load_state_dict(copy.deepcopy(start[1]))  # Adam keeps the given tensors and updates them in place
-    share = subnormal_share(optimizer)
+    share = subnormal_share(optimizer)  # before flushing: with it on, subnormals read as zero
+    torch.set_flush_denormal(flush)
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
     model.train()
