@@ -46,7 +46,7 @@ def render(root: Path = Path(".")) -> str:
     hours = sum(r.seconds for r in history) / 3600
     source = f"`{fetch['data.source']}`" + (f" from `{fetch['data.path']}`" if fetch["data.source"] == "folder" else "")
     lines = [
-        f"Made by one `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
+        f"Made by `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
         f"({data['train_count']:,} training / {data['test_count']:,} test images); the {len(history)} epochs took "
         f"{hours:.2f} h, training plus the per-epoch held-out evaluation (sum of the per-epoch times in "
         f"`{paths.HISTORY}`). Held-out set: the {split} split.",
