@@ -118,7 +118,8 @@ def render_spread(root: Path = Path(".")) -> str:
     lines += [f"| {r['name']} | {r['seed']} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
     check = spread["baseline_check"]
     if check:
-        lines += ["", f"Same seed ({check['seed']}), the committed fp32 baseline against the spread's run: "
+        lines += ["", f"Same seed ({check['seed']}), the {check['baseline']} run (`train.amp={check['amp']}`, "
+                  f"`train.channels_last={check['channels_last']}`) against the spread's run: "
                   f"{check['baseline_test_acc']:.2%} vs {check['spread_run_test_acc']:.2%}, a difference of "
                   f"{check['difference'] * 100:+.2f} points; the baseline is "
                   f"{'inside' if check['within_prediction_interval'] else '**outside**'} the {level} prediction interval."]

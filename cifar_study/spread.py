@@ -37,6 +37,7 @@ from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE a
 
 CONFIDENCE = 0.95
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
+SPEED_ONLY = ("train.seed", "train.amp", "train.channels_last")  # the baseline may differ from the runs in these
 
 
 class SpreadError(Exception):
@@ -92,7 +93,7 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     if done.returncode:
-        raise SpreadError(f"git {' '.join(args)}: {done.stderr.strip().splitlines()[-1:]}")
+        raise SpreadError(f"git {' '.join(args)}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
     return done.stdout
 
 
@@ -115,15 +116,16 @@ def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, An
                    round(sum(r.seconds for r in history), 1)), params
 
 
-def _baseline_run(repo: Path) -> dict[str, Any]:
-    """The committed default run (dvc.lock, metrics/, plots/data/) with the train params it was made with."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    train = {k.removeprefix("train."): v for k, v in _flat(lock["stages"]["train"]["params"]["params.yaml"]).items()}
-    history = [EpochRecord.from_row(r) for r in csv.DictReader(open(repo / paths.HISTORY))]
-    test = json.loads((repo / paths.EVAL_METRICS).read_text())
-    run = SeedRun("committed baseline", int(train["seed"]), test["test_acc"], [r.heldout_acc for r in history],
-                  round(sum(r.seconds for r in history), 1))
-    return {**asdict(run), "amp": train["amp"], "channels_last": train["channels_last"]}
+def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
+    """The run committed at the experiments' baseline commit (dvc.lock, metrics/, plots/data/), with the
+    params dvc.lock recorded for it (those of every stage, flattened)."""
+    lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock"))
+    params = {k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()}
+    history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
+    test = json.loads(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
+    run = SeedRun(f"baseline at {commit[:7]}", int(params["train.seed"]), test["test_acc"],
+                  [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
+    return {**asdict(run), "params": _flat(params)}
 
 
 def collect(repo: Path, prefix: str) -> dict[str, Any]:
@@ -147,14 +149,23 @@ def collect(repo: Path, prefix: str) -> dict[str, Any]:
         runs.append(run)
     if len({r.seed for r in runs}) < len(runs):
         raise SpreadError(f"two {prefix}-seed-* experiments share a train.seed")
-    defaults = _flat(yaml.safe_load(_git(repo, "show", f"{baselines.pop()}:params.yaml")))
+    base = baselines.pop()
+    defaults = _flat(yaml.safe_load(_git(repo, "show", f"{base}:params.yaml")))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
     return {"prefix": prefix, "changed_params": changed, "runs": [asdict(r) for r in runs],
-            "baseline": _baseline_run(repo)}
+            "common_params": common, "baseline": _baseline_run(repo, base)}
+
+
+def comparable(baseline: dict[str, Any], common: dict[str, Any]) -> bool:
+    """Whether the baseline is the spread's protocol in full precision: the same params as the runs,
+    save the seed and the fast options (the check below is of those options, so they may differ)."""
+    return all(common.get(k) == v for k, v in baseline["params"].items() if k not in SPEED_ONLY)
 
 
 def summarize(collected: dict[str, Any]) -> dict[str, Any]:
     runs = [SeedRun(**r) for r in collected["runs"]]
+    if len(runs) < 2:
+        raise SpreadError(f"{len(runs)} run(s) in {RUNS}; the spread needs at least 2")
     epochs = {len(r.heldout_acc) for r in runs}
     if len(epochs) != 1:
         raise SpreadError(f"the runs have different epoch counts ({sorted(epochs)})")
@@ -162,9 +173,10 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
     final = interval([r.test_acc for r in runs])
     base = collected["baseline"]
     same_seed = next((r for r in runs if r.seed == base["seed"]), None)
-    check = None if same_seed is None else {
-        "seed": base["seed"], "baseline_test_acc": base["test_acc"], "spread_run_test_acc": same_seed.test_acc,
-        "difference": base["test_acc"] - same_seed.test_acc,
+    check = None if same_seed is None or not comparable(base, collected["common_params"]) else {
+        "seed": base["seed"], "baseline": base["name"], "amp": base["params"].get("train.amp"),
+        "channels_last": base["params"].get("train.channels_last"), "baseline_test_acc": base["test_acc"],
+        "spread_run_test_acc": same_seed.test_acc, "difference": base["test_acc"] - same_seed.test_acc,
         "within_prediction_interval": final["pi_low"] <= base["test_acc"] <= final["pi_high"]}
     return {"confidence": CONFIDENCE, "changed_params": collected["changed_params"],
             "runs": [{"name": r.name, "seed": r.seed, "test_acc": r.test_acc, "seconds": r.seconds} for r in runs],
@@ -182,10 +194,10 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
                       label=f"{CONFIDENCE:.0%} confidence interval of the mean")
     band.plot(epochs, [r["mean"] * 100 for r in rows], lw=2, label=f"mean of {len(collected['runs'])} seeds")
     band.plot([], [], color="0.6", lw=0.8, label="each seed")
-    base = collected["baseline"]
-    if len(base["heldout_acc"]) == len(epochs):
+    base, check = collected["baseline"], spread["baseline_check"]
+    if check:
         band.plot(epochs, [a * 100 for a in base["heldout_acc"]], "k--", lw=1.2,
-                  label=f"committed baseline (seed {base['seed']}, {'fp32' if base['amp'] == 'none' else base['amp']})")
+                  label=f"{base['name']} (seed {base['seed']}, amp {check['amp']})")
     band.set(title="Held-out accuracy per epoch over seeds", xlabel="epoch", ylabel="held-out accuracy (%)",
              ylim=(max(0, min(r["min"] for r in rows) * 100 - 5), 100))
     band.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -201,7 +213,8 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
                     label=f"mean, {CONFIDENCE:.0%} CI of the mean")
     finals.plot([0.25] * len(collected["runs"]), [r["test_acc"] * 100 for r in collected["runs"]], "o", color="0.4",
                 label="each seed")
-    finals.plot([-0.25], [base["test_acc"] * 100], "kD", label="committed baseline")
+    if check:
+        finals.plot([-0.25], [base["test_acc"] * 100], "kD", label=f"{base['name']} (amp {check['amp']})")
     for value, text, style in ((ORIGINAL["test_acc"], "original study (official archive)", ":"),
                                (JPEG_REFERENCE, "plain implementation, JPEG copy", "-.")):
         finals.axhline(value * 100, ls=style, color="tab:red", lw=1, label=f"{text}: {value:.2%}")

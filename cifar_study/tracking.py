@@ -160,14 +160,26 @@ class Tracker:
             name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
             id=resumed, resume="allow" if resumed else None,
             settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True)), always=True)
-        if self.run is not None:
-            self._guard("setup", lambda: self._remember(self.run.id))
-            self._guard("setup", self._define_metrics)
-            self._guard("setup", lambda: self._say_where(stage, mode, resumed))
+        if self.run is None:
+            self._forget()  # a run that cannot be resumed (deleted online, say) must not fail every retry
+            return
+        self._remember(self.run.id)
+        self._guard("setup", self._define_metrics)
+        self._guard("setup", lambda: self._say_where(stage, mode, resumed))
 
     def _remember(self, run_id: str) -> None:
-        self._id_file.parent.mkdir(parents=True, exist_ok=True)
-        self._id_file.write_text(run_id + "\n")
+        try:
+            self._id_file.parent.mkdir(parents=True, exist_ok=True)
+            self._id_file.write_text(run_id + "\n")
+        except OSError as exc:  # W&B itself is fine: only a re-run after an interruption starts a new run
+            print(f"warning: cannot keep the W&B run id in {self._id_file} ({first_line(exc)}); "
+                  "an interrupted run will be continued as a new W&B run", file=sys.stderr, flush=True)
+
+    def _forget(self) -> None:
+        try:
+            self._id_file.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder we cannot write: _remember has warned already
 
     def _say_where(self, stage: str, mode: str, resumed: str | None) -> None:
         again = f" (resuming the interrupted W&B run {resumed})" if resumed else ""
@@ -314,10 +326,10 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None:
         """Wait for queued logs, then close the run."""
         self._worker.shutdown(wait=True)
-        finished = self.run is not None and self._guard("finish", lambda: self.run.finish(exit_code=exit_code) or True)
+        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
         self.run = None
-        if finished and exit_code == 0:
-            self._id_file.unlink(missing_ok=True)  # complete: the next run of this stage is a new W&B run
+        if exit_code == 0 and self.wandb is not None:
+            self._forget()  # the stage completed (W&B on or not): its next run is a new W&B run
 
     def __enter__(self) -> "Tracker":
         return self

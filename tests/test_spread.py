@@ -53,8 +53,10 @@ def repo(tmp_path):
     git(repo, "config", "user.email", "t@t")
     git(repo, "config", "user.name", "t")
     write_run(repo, BASE_PARAMS, 0.82)  # the committed fp32 baseline: seed 42
-    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {"train": {"params": {"params.yaml": {
-        "train.seed": 42, "train.amp": "none", "train.channels_last": False}}}}}))
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {  # the baseline was made from the JPEG folder, in fp32
+        "fetch_data": {"params": {"params.yaml": {"data.source": "folder", "data.path": "cifar10-jpg.tar.gz"}}},
+        "train": {"params": {"params.yaml": {"train.seed": 42, "train.amp": "none", "train.channels_last": False,
+                                             "train.lr": 0.001, "train.epochs": 3}}}}}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
     base = git(repo, "rev-parse", "HEAD")
@@ -89,6 +91,7 @@ def test_collects_the_seed_experiments_and_aggregates_them(repo):
     assert result["heldout_acc_per_epoch"][0]["mean"] == pytest.approx(statistics.fmean(values) - 0.2)
     check = result["baseline_check"]
     assert check["seed"] == 42 and check["difference"] == pytest.approx(0.01) and check["within_prediction_interval"]
+    assert check["amp"] == "none" and check["baseline"].startswith("baseline at ")
     for rel in (SPREAD_RUNS, SPREAD, SPREAD_FIGURE):
         assert (repo / rel).is_file()
     text = render_spread(repo)
@@ -137,3 +140,12 @@ def test_command_line_collects_then_resummarises_the_same(repo):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: found 0 experiment(s) named none-seed-<N> (dvc exp list); the spread needs at least 2"]
 
+
+
+def test_a_baseline_of_another_protocol_is_not_compared(repo):
+    """The same-seed check compares precision options only: a baseline with other params is left out."""
+    collected = spread.collect(repo, "spread")
+    collected["baseline"]["params"]["train.lr"] = 0.01
+    assert spread.summarize(collected)["baseline_check"] is None
+    with pytest.raises(spread.SpreadError, match="the spread needs at least 2"):
+        spread.summarize({**collected, "runs": collected["runs"][:1]})

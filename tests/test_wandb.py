@@ -188,3 +188,21 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
     assert len(logs) == 2 and {run_info(log)["run_id"] for log in logs} == {first}
     with Tracker(offline, "train", "run-x", {}) as tracker:
         assert tracker.run.id != first
+
+
+def test_a_run_id_that_cannot_be_resumed_is_dropped(monkeypatch, tmp_path, capsys):
+    """wandb.init failing on a kept id (a run deleted online, say): one warning, and the next run starts afresh."""
+    import wandb
+
+    from cifar_study.params import WandbParams
+    from cifar_study.tracking import Tracker, resume_id_file
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    kept = resume_id_file("train", "run-y")
+    kept.parent.mkdir(parents=True)
+    kept.write_text("gone123\n")
+    monkeypatch.setattr(wandb, "init", lambda **kw: (_ for _ in ()).throw(ValueError(f"no run {kw['id']}")))
+    with Tracker(WandbParams(mode="offline"), "train", "run-y", {}) as tracker:
+        assert not tracker.active
+    assert "warning: W&B init failed (ValueError: no run gone123)" in capsys.readouterr().err
+    assert not kept.exists()
