@@ -88,7 +88,7 @@ def render_findings(root: Path = Path(".")) -> str:
         "| the original study's claim | measured in this run | |",
         "|---|---|---|",
     ]
-    lines += [f"| {c['claim']} | {c['measured']} | {'holds' if c['holds'] else '**does not hold**'} |"
+    lines += [f"| {_cell(c['claim'])} | {_cell(c['measured'])} | {'holds' if c['holds'] else '**does not hold**'} |"
               for c in findings["claims"]]
     lines += ["", "| layer | mean \\|grad\\| range | max/mean | update ratio | trend (decades) | flags |",
               "|---|---|---:|---:|---:|---|"]
@@ -142,6 +142,11 @@ def _where(value: float, low: float, high: float) -> str:
     if value > high:
         return f"above, by {(value - high) * 100:.2f} points"
     return "inside"
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a bare | (as in |grad|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _num(value: float | None, spec: str) -> str:
