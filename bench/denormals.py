@@ -31,9 +31,8 @@ SUBNORMAL = 1e-39  # below torch.finfo(torch.float32).tiny (1.18e-38), above the
 
 def subnormal_share(optimizer: torch.optim.Optimizer) -> float:
     tiny = torch.finfo(torch.float32).tiny
-    counts = [(((m != 0) & (m.abs() < tiny)).sum().item(), m.numel())
-              for s in optimizer.state.values() for m in (s["exp_avg"],)]
-    return sum(c for c, _ in counts) / sum(n for _, n in counts)
+    moments = [state["exp_avg"] for state in optimizer.state.values()]
+    return sum(((m != 0) & (m.abs() < tiny)).sum().item() for m in moments) / sum(m.numel() for m in moments)
 
 
 def starting_point(state_path: str | None, seed: int) -> tuple[dict, dict]:

@@ -32,7 +32,8 @@ from matplotlib.ticker import MaxNLocator
 
 from cifar_study import paths
 from cifar_study.history import EpochRecord
-from cifar_study.io import atomic_path, outputs_together, write_json
+from cifar_study.io import outputs_together, write_json
+from cifar_study.plots import save_figure
 from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE as FIGURE, SPREAD_RUNS as RUNS
 
 CONFIDENCE = 0.95
@@ -108,12 +109,16 @@ def _experiments(repo: Path, prefix: str) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
-def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, Any]]:
-    params = _flat(yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml")))
+def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
+    """The per-epoch history and test accuracy a commit holds (an experiment's, or the baseline's)."""
     history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
     test = json.loads(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
-    return SeedRun(name, int(params["train.seed"]), test["test_acc"], [r.heldout_acc for r in history],
-                   round(sum(r.seconds for r in history), 1)), params
+    return SeedRun(name, seed, test["test_acc"], [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
+
+
+def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, Any]]:
+    params = _flat(yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml")))
+    return _run_at(repo, commit, name, int(params["train.seed"])), params
 
 
 def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
@@ -121,10 +126,7 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     params dvc.lock recorded for it (those of every stage, flattened)."""
     lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock"))
     params = {k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()}
-    history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
-    test = json.loads(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
-    run = SeedRun(f"baseline at {commit[:7]}", int(params["train.seed"]), test["test_acc"],
-                  [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
+    run = _run_at(repo, commit, f"baseline at {commit[:7]}", int(params["train.seed"]))
     return {**asdict(run), "params": _flat(params)}
 
 
@@ -232,8 +234,7 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
     with outputs_together():
         write_json(root / RUNS, collected)
         write_json(root / SPREAD, spread)
-        with atomic_path(root / FIGURE) as tmp:
-            spread_figure(collected, spread).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        save_figure(spread_figure(collected, spread), root / FIGURE, dpi=110)
     return spread
 
 
@@ -248,6 +249,10 @@ def main() -> None:
         spread = write(root, collected)
     except (SpreadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited runs.json, or a commit that is no study run
+        source = RUNS if args.from_runs else f"the {args.prefix}-seed-* experiments"
+        print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)
     final = spread["final_test_acc"]
     print(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
