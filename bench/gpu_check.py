@@ -1,6 +1,8 @@
 """The GPU path in one run: device and versions, the CUDA tests, the benchmark with and without
 torch.compile, and the whole default study (the stage modules, without DVC or W&B) on the real
-images, once with the defaults (fp32) and once with the fastest options, each stage timed.
+images, once with the defaults (fp32) and once with the fastest options, each stage timed, and the
+run-to-run spread: the default study's train and evaluate again for more `train.seed` values, side by
+side on the one GPU (`python -m cifar_study.spread --from-gpu-check summary.json` aggregates them).
 
 Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. Everything goes
 to one results folder (at most 8 files, none in subfolders: what the device tool brings back):
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -40,6 +44,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
+from cifar_study import paths  # noqa: E402
 DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
 BUDGET_S = 480
 MIN_STEP_S = 5  # a step with less time left than this is not started
@@ -56,6 +62,11 @@ SMOKE = {"data": {"train_limit": 200, "test_limit": 50},
          "train": {"epochs": 2, "batch_size": 50, "flow_every": 2},
          "plots": {"samples": 8, "dpi": 50}}
 SMOKE_FASTEST = {"amp": "bf16", "channels_last": True, "fused_adam": True}
+# The spread's extra seeds (the default study is the first run, train.seed 42). They run side by side:
+# one small model at batch 128 leaves most of the GPU idle, so four share it at little cost each.
+SPREAD_SEEDS = (43, 44, 45, 46)
+SMOKE_SPREAD_SEEDS = (43,)
+SPREAD_STAGES = ("train", "evaluate")  # what a seed changes; the data and FLOPs are the default study's
 
 ENV_SCRIPT = """
 import importlib.metadata as md, json, os, platform, sys, torch
@@ -231,8 +242,9 @@ def benchmark(check: Check, compile_: bool) -> None:
         check.write()
 
 
-def study(check: Check, name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The five stages, in order, in a scratch copy of the project; returns the study's record."""
+def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The stages, in order, in a scratch copy of the project; returns the study's record. With
+    `seeds`, the spread's runs follow (see `spread`), reusing this study's data."""
     record: dict[str, Any] = {"options": options, "stages": {}}
     check.summary.setdefault("studies", {})[name] = record
     if not check.data.is_file():
@@ -243,7 +255,7 @@ def study(check: Check, name: str, options: dict[str, Any]) -> dict[str, Any]:
         return record
     scratch = Path(tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
     try:
-        write_project(scratch, check, options)
+        record["params"] = write_project(scratch, check, options)
         failed = None
         for stage in STAGES:
             if failed:
@@ -255,14 +267,73 @@ def study(check: Check, name: str, options: dict[str, Any]) -> dict[str, Any]:
             record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
         if not failed:
             record.update(study_results(scratch))
+            if seeds:
+                spread(check, scratch, options, seeds)
         check.write()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return record
 
 
-def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> None:
-    """The package, the stages and params.yaml with this study's settings (the stages read ./params.yaml)."""
+def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int, ...]) -> None:
+    """Train and evaluate once per seed, all seeds at once, each in its own copy of the project with
+    `source`'s data; each run's params and results go to summary["spread"][<seed>]."""
+    runs: dict[str, Any] = check.summary.setdefault("spread", {})
+    cap = sum(STAGE_CAP_S[s] for s in SPREAD_STAGES)
+    timeout = min(cap, check.left)
+    if timeout < MIN_STEP_S:
+        for seed in seeds:
+            check.record(Step(f"spread:seed-{seed}", "not run", note="time budget spent"))
+        return
+    chain = " && ".join(f"{shlex.quote(check.python)} -m stages.{stage}" for stage in SPREAD_STAGES)
+    scratches, procs, logs = {}, {}, {}
+    started = time.monotonic()
+    try:
+        for seed in seeds:
+            scratch = scratches[seed] = Path(tempfile.mkdtemp(prefix=f"gpu-check-seed-{seed}-"))
+            runs[str(seed)] = {"params": write_project(scratch, check, {**options, "seed": seed})}
+            for name in (f for stage in ("fetch_data", "flops") for f in paths.STAGE_FILES[stage][1]):
+                (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, scratch / name)
+            logs[seed] = open(scratch / "log.txt", "w")
+            # A few CPU threads each: the GPU does the work, and 16 threads apiece would fight over the cores.
+            procs[seed] = subprocess.Popen(["bash", "-c", chain], cwd=scratch, stdout=logs[seed],
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled",
+                                                "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(seeds)))})
+        check.log(f"\n===== spread: seeds {', '.join(map(str, seeds))} side by side: {chain} (limit {timeout:.0f} s)\n")
+        finished: dict[int, float] = {}
+        while len(finished) < len(procs) and time.monotonic() - started < timeout:
+            finished.update({seed: time.monotonic() - started for seed, proc in procs.items()
+                             if seed not in finished and proc.poll() is not None})
+            time.sleep(0.5)
+        for seed, proc in procs.items():
+            if seed in finished:
+                rc, status = proc.returncode, "ok" if proc.returncode == 0 else "failed"
+            else:
+                stop(proc)
+                rc, status = None, "timeout"
+            logs[seed].close()
+            output = (scratches[seed] / "log.txt").read_text(errors="replace")
+            check.log(f"----- seed {seed}\n{output}===== spread:seed-{seed}: {status}\n")
+            if status == "ok":
+                runs[str(seed)].update(study_results(scratches[seed]))
+            check.record(Step(f"spread:seed-{seed}", status, finished.get(seed, time.monotonic() - started), rc,
+                              note="side by side with the other seeds",
+                              tail="" if status == "ok" else output[-3000:]))
+    finally:
+        for seed, proc in procs.items():
+            if proc.poll() is None:
+                stop(proc)
+        for f in logs.values():
+            f.close()
+        for scratch in scratches.values():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[str, Any]:
+    """The package, the stages and params.yaml with this study's settings (the stages read ./params.yaml);
+    returns those params."""
     for part in ("cifar_study", "stages"):
         shutil.copytree(ROOT / part, scratch / part, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -273,6 +344,7 @@ def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> None:
         for section, values in changed.items():
             params[section].update(values)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
 
 
 def study_results(scratch: Path) -> dict[str, Any]:
@@ -330,6 +402,15 @@ def markdown(s: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(cell(studies[n]) if "test_acc" in studies[n] or label == "options"
                                                       else "" for n in names) + " |")
         lines.append("")
+    default = studies.get("default", {})
+    spread = {f"{default.get('params', {}).get('train', {}).get('seed')} (default study)": default, **s.get("spread", {})}
+    if len(spread) > 1:
+        lines += ["## Run-to-run spread: the default study over `train.seed` (seeds after the first side by side)", "",
+                  "| train.seed | final test accuracy | last held-out accuracy | training (sum of epoch times), s |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {seed} | {r['test_acc']:.2%} | {r['heldout_acc_last_epoch']:.2%} | {r['training_seconds']:.1f} |"
+                  if "test_acc" in r else f"| {seed} | not finished | | |" for seed, r in spread.items()]
+        lines.append("")
     for name, b in s.get("benchmarks", {}).items():
         lines += [f"## {name}: `bench/benchmark.py` on {b['device']} ({b['device_name']}), batch {b['batch_size']}, "
                   f"medians of {b['rounds']} rounds of {b['steps_per_round']} steps", "",
@@ -364,12 +445,14 @@ def main() -> int:
         print(f"gpu_check: {data} not found: the studies will fail (copy ../shared/data/cifar10-jpg.tar.gz there "
               f"and carry data/jpg)", flush=True)
 
+    if check.data.is_file():  # the spread compares runs on the same bytes as the committed baseline
+        check.summary["data_md5"] = hashlib.md5(check.data.read_bytes()).hexdigest()
     environment(check)
-    cuda_tests(check)
-    study(check, "default", DEFAULTS)
+    study(check, "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
     fastest = study(check, "fastest", SMOKE_FASTEST if check.smoke else FASTEST)
     if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
         study(check, "fastest-no-cuda-graphs", NO_CUDA_GRAPHS)
+    cuda_tests(check)
     benchmark(check, compile_=False)
     benchmark(check, compile_=True)
     check.write()

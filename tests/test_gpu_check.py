@@ -1,6 +1,7 @@
 """bench/gpu_check.sh: refuses cleanly without CUDA, and its whole orchestration runs (--cpu-smoke)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -58,8 +59,10 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     assert s["mode"] == "cpu-smoke"
     status = {step["name"]: step["status"] for step in s["steps"]}
     studies = [f"{study}:{stage}" for study in ("default", "fastest") for stage in gpu_check.STAGES]
-    assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in studies},
+    seeds = [f"spread:seed-{seed}" for seed in gpu_check.SMOKE_SPREAD_SEEDS]
+    assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in studies + seeds},
                       "bench-eager": "ok", "bench-compile": "not run"}
+    assert s["data_md5"] == hashlib.md5(archive.read_bytes()).hexdigest()
     tests = s["tests"]
     assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == []  # no CUDA here: collected, skipped
 
@@ -71,11 +74,18 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
         assert study["training_seconds"] == pytest.approx(sum(r["seconds"] for r in study["history"]), abs=0.05)
         assert study["model_tflops_per_s_later_epochs"] > 0
         assert all(stage["status"] == "ok" and stage["seconds"] > 0 for stage in study["stages"].values())
+    default = s["studies"]["default"]
+    for seed in gpu_check.SMOKE_SPREAD_SEEDS:  # the default study again, the seed alone changed
+        run = s["spread"][str(seed)]
+        assert run["params"] == {**default["params"], "train": {**default["params"]["train"], "seed": seed}}
+        assert (run["epochs"], run["train_images"], run["test_images"]) == (2, 200, 50)
+        assert [r["epoch"] for r in run["history"]] == [1, 2] and 0 <= run["test_acc"] <= 1
     bench = s["benchmarks"]["bench-eager"]
     assert bench["smoke"] and bench["device"] == "cpu" and bench["wandb_flow_log_seconds"] is None
 
     md = (out / "summary.md").read_text()
     assert "| train |" in md and "| final test accuracy |" in md and "bench-eager" in md
+    assert "| 42 (default study) |" in md and "| 43 |" in md
     log = (out / "log.txt").read_text()
     assert "===== fastest:train: ok" in log and "Traceback" not in log
 
