@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -67,6 +68,9 @@ SMOKE_FASTEST = {"amp": "bf16", "channels_last": True, "fused_adam": True}
 SPREAD_SEEDS = (43, 44, 45, 46)
 SMOKE_SPREAD_SEEDS = (43,)
 SPREAD_STAGES = ("train", "evaluate")  # what a seed changes; the data and FLOPs are the default study's
+RESULT_STAGES = ("fetch_data", "flops", "train", "evaluate")  # what study_results reads
+# What the stages and this script import; a machine without one of them is told so before any step.
+MODULES = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "yaml", "ruamel.yaml", "tqdm", "pytest")
 
 ENV_SCRIPT = """
 import importlib.metadata as md, json, os, platform, sys, torch
@@ -265,7 +269,8 @@ def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ..
                                  cwd=scratch, env={"WANDB_MODE": "disabled"})
                 failed = None if step.status == "ok" else stage
             record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
-        if not failed:
+        # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
+        if all(record["stages"][s]["status"] == "ok" for s in RESULT_STAGES):
             record.update(study_results(scratch))
             if seeds:
                 spread(check, scratch, options, seeds)
@@ -428,12 +433,24 @@ def markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def module_found(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package (ruamel) that is missing or broken
+        return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny (checks the script)")
     ap.add_argument("--out", default=os.environ.get("OUT") or
                     f"bench/results/gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
+    missing = [m for m in MODULES if not module_found(m)]
+    if missing:
+        print(f"gpu_check: {sys.executable} lacks {', '.join(missing)} (requirements.txt): install them, or carry "
+              "their wheels to the device (README, 'On a GPU'); nothing done", flush=True)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.txt").write_text("")

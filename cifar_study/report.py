@@ -105,9 +105,10 @@ def render_spread(root: Path = Path(".")) -> str:
     spread = json.loads((root / SPREAD).read_text())
     final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
     options = ", ".join(f"`{k}={v}`" for k, v in spread["changed_params"].items()) or "the defaults"
+    device = f", on {spread['device']}" if spread.get("device") else ""
     lines = [
         f"{final['n']} runs of the study that differ only in `train.seed` ({', '.join(str(r['seed']) for r in spread['runs'])}), "
-        f"with {options}. Final test accuracy: mean **{final['mean']:.2%}**, standard deviation {final['sd']:.2%}, "
+        f"with {options}{device}. Final test accuracy: mean **{final['mean']:.2%}**, standard deviation {final['sd']:.2%}, "
         f"range {final['min']:.2%}–{final['max']:.2%}; {level} confidence interval of the mean "
         f"{final['ci_low']:.2%}–{final['ci_high']:.2%}; {level} prediction interval for one more run "
         f"{final['pi_low']:.2%}–{final['pi_high']:.2%} (Student's t, {final['n'] - 1} degrees of freedom, t = {final['t']:.2f}).",
@@ -118,8 +119,9 @@ def render_spread(root: Path = Path(".")) -> str:
     lines += [f"| {r['name']} | {r['seed']} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
     check = spread["baseline_check"]
     if check:
-        lines += ["", f"Same seed ({check['seed']}), the {check['baseline']} run (`train.amp={check['amp']}`, "
-                  f"`train.channels_last={check['channels_last']}`) against the spread's run: "
+        differs = "; ".join(f"`{k}={b}` where the spread has `{r}`" for k, (b, r) in check["differs_in"].items())
+        lines += ["", f"Same seed ({check['seed']}), the {check['baseline']} run ({differs or 'the same options'}) "
+                  f"against the spread's run: "
                   f"{check['baseline_test_acc']:.2%} vs {check['spread_run_test_acc']:.2%}, a difference of "
                   f"{check['difference'] * 100:+.2f} points; the baseline is "
                   f"{'inside' if check['within_prediction_interval'] else '**outside**'} the {level} prediction interval."]

@@ -9,12 +9,17 @@ differ in `train.seed` alone, and writes
     reports/spread/spread.png   the per-epoch band and the final accuracies
 
     python -m cifar_study.spread                # collect the experiments, then summarise
+    python -m cifar_study.spread --from-gpu-check bench/gpu-runs/<run>/summary.json   # or a GPU check's seeds
     python -m cifar_study.spread --from-runs    # summarise the committed runs.json again
+
+On a GPU, bench/gpu_check.sh runs the default study and then more seeds (no DVC there); the spread
+then reads its summary.json, and compares the CPU baseline committed here with the run of its seed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -38,7 +43,10 @@ from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE a
 
 CONFIDENCE = 0.95
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
-SPEED_ONLY = ("train.seed", "train.amp", "train.channels_last")  # the baseline may differ from the runs in these
+# The baseline may differ from the runs in these and still be the same protocol: the seed (the check
+# pairs it with the run of its seed), and the device and options that change speed, not the method.
+SAME_PROTOCOL = ("train.seed", "train.amp", "train.channels_last", "train.compile", "train.compile_mode",
+                 "train.fused_adam", "train.device")
 
 
 class SpreadError(Exception):
@@ -125,9 +133,10 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     """The run committed at the experiments' baseline commit (dvc.lock, metrics/, plots/data/), with the
     params dvc.lock recorded for it (those of every stage, flattened)."""
     lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock"))
-    params = {k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()}
+    # dvc.lock records a stage's params as dotted keys or, for a whole section, as a nested mapping.
+    params = _flat({k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()})
     run = _run_at(repo, commit, f"baseline at {commit[:7]}", int(params["train.seed"]))
-    return {**asdict(run), "params": _flat(params)}
+    return {**asdict(run), "params": params}
 
 
 def collect(repo: Path, prefix: str) -> dict[str, Any]:
@@ -140,28 +149,69 @@ def collect(repo: Path, prefix: str) -> dict[str, Any]:
     if len(baselines) > 1:
         raise SpreadError(f"the {prefix}-seed-* experiments come from {len(baselines)} commits "
                           f"({', '.join(sorted(b[:7] for b in baselines))}): remove the old ones (dvc exp remove)")
-    runs, common = [], None
-    for name, commit, _ in experiments:
-        run, params = _read_run(repo, name, commit)
+    runs = [_read_run(repo, name, commit) for name, commit, _ in experiments]
+    base = baselines.pop()
+    return _collected(repo, prefix, runs, base, _baseline_run(repo, base))
+
+
+def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]]], base: str,
+               baseline: dict[str, Any]) -> dict[str, Any]:
+    """The runs, checked to share every param but train.seed, with what they change from `base`'s params.yaml."""
+    common = None
+    for run, params in runs:
         kept = {k: v for k, v in params.items() if k != "train.seed" and not k.startswith(NOT_RESULTS)}
         if common is not None and kept != common:
             key = sorted(k for k in kept.keys() | common.keys() if kept.get(k) != common.get(k))[0]
-            raise SpreadError(f"experiment {name} differs from {runs[0].name} in {key}, not only in train.seed")
+            raise SpreadError(f"run {run.name} differs from {runs[0][0].name} in {key}, not only in train.seed")
         common = kept
-        runs.append(run)
-    if len({r.seed for r in runs}) < len(runs):
-        raise SpreadError(f"two {prefix}-seed-* experiments share a train.seed")
-    base = baselines.pop()
+    if len({run.seed for run, _ in runs}) < len(runs):
+        raise SpreadError(f"two {prefix}-seed-* runs share a train.seed")
     defaults = _flat(yaml.safe_load(_git(repo, "show", f"{base}:params.yaml")))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
-    return {"prefix": prefix, "changed_params": changed, "runs": [asdict(r) for r in runs],
-            "common_params": common, "baseline": _baseline_run(repo, base)}
+    return {"prefix": prefix, "changed_params": changed, "runs": [asdict(run) for run, _ in runs],
+            "common_params": common, "baseline": baseline}
 
 
-def comparable(baseline: dict[str, Any], common: dict[str, Any]) -> bool:
-    """Whether the baseline is the spread's protocol in full precision: the same params as the runs,
-    save the seed and the fast options (the check below is of those options, so they may differ)."""
-    return all(common.get(k) == v for k, v in baseline["params"].items() if k not in SPEED_ONLY)
+def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
+    """The default study and the spread's seeds from a bench/gpu_check.py summary.json, with the baseline
+    committed in `repo` (the last commit of dvc.lock) to compare with the run of its seed."""
+    summary = json.loads(summary_path.read_text())
+    records = [("default", summary.get("studies", {}).get("default", {}))]
+    records += sorted(((f"seed-{seed}", r) for seed, r in summary.get("spread", {}).items()), key=lambda x: int(x[0][5:]))
+    runs = []
+    for name, r in records:
+        if "test_acc" not in r:  # a run that did not finish: the summary's steps say why
+            continue
+        params = _flat(r["params"])
+        runs.append((SeedRun(f"gpu-{name}", int(params["train.seed"]), r["test_acc"],
+                             [h["heldout_acc"] for h in r["history"]], round(r["training_seconds"], 1)), params))
+    if len(runs) < 2:
+        raise SpreadError(f"{summary_path}: {len(runs)} finished run(s); the spread needs at least 2")
+    base = _git(repo, "log", "-1", "--format=%H", "--", "dvc.lock").strip()
+    if not base:
+        raise SpreadError("no commit holds dvc.lock: commit a baseline (dvc repro) first")
+    baseline = _baseline_run(repo, base)
+    # The same archive under another path is the same data: compare the bytes, not the path.
+    archive = repo / str(baseline["params"].get("data.path", ""))
+    baseline["data_md5"] = hashlib.md5(archive.read_bytes()).hexdigest() if archive.is_file() else None
+    collected = _collected(repo, "gpu", runs, base, baseline)
+    return {**collected, "source": str(summary_path), "data_md5": summary.get("data_md5"),
+            "device": summary.get("environment", {}).get("device")}
+
+
+def comparable(collected: dict[str, Any]) -> bool:
+    """Whether the baseline is the spread's protocol: the same params as the runs, save those in
+    SAME_PROTOCOL (what the check below is about), and data.path where both name the same bytes."""
+    baseline, common = collected["baseline"], collected["common_params"]
+    same_data = baseline.get("data_md5") is not None and baseline.get("data_md5") == collected.get("data_md5")
+    return all(common.get(k) == v for k, v in baseline["params"].items()
+               if k not in SAME_PROTOCOL and not (k == "data.path" and same_data))
+
+
+def _differences(collected: dict[str, Any]) -> dict[str, list[Any]]:
+    """The SAME_PROTOCOL params (the seed aside) in which the baseline differs from the runs: [baseline's, runs']."""
+    base, common = collected["baseline"]["params"], collected["common_params"]
+    return {k: [base.get(k), common.get(k)] for k in SAME_PROTOCOL[1:] if base.get(k) != common.get(k)}
 
 
 def summarize(collected: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +225,12 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
     final = interval([r.test_acc for r in runs])
     base = collected["baseline"]
     same_seed = next((r for r in runs if r.seed == base["seed"]), None)
-    check = None if same_seed is None or not comparable(base, collected["common_params"]) else {
-        "seed": base["seed"], "baseline": base["name"], "amp": base["params"].get("train.amp"),
-        "channels_last": base["params"].get("train.channels_last"), "baseline_test_acc": base["test_acc"],
+    check = None if same_seed is None or not comparable(collected) else {
+        "seed": base["seed"], "baseline": base["name"], "differs_in": _differences(collected),
+        "baseline_test_acc": base["test_acc"],
         "spread_run_test_acc": same_seed.test_acc, "difference": base["test_acc"] - same_seed.test_acc,
         "within_prediction_interval": final["pi_low"] <= base["test_acc"] <= final["pi_high"]}
-    return {"confidence": CONFIDENCE, "changed_params": collected["changed_params"],
+    return {"confidence": CONFIDENCE, "changed_params": collected["changed_params"], "device": collected.get("device"),
             "runs": [{"name": r.name, "seed": r.seed, "test_acc": r.test_acc, "seconds": r.seconds} for r in runs],
             "final_test_acc": final, "heldout_acc_per_epoch": per_epoch, "baseline_check": check}
 
@@ -199,7 +249,7 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     base, check = collected["baseline"], spread["baseline_check"]
     if check:
         band.plot(epochs, [a * 100 for a in base["heldout_acc"]], "k--", lw=1.2,
-                  label=f"{base['name']} (seed {base['seed']}, amp {check['amp']})")
+                  label=f"{base['name']} (seed {base['seed']}, {_options(check)})")
     band.set(title="Held-out accuracy per epoch over seeds", xlabel="epoch", ylabel="held-out accuracy (%)",
              ylim=(max(0, min(r["min"] for r in rows) * 100 - 5), 100))
     band.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -216,7 +266,7 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     finals.plot([0.25] * len(collected["runs"]), [r["test_acc"] * 100 for r in collected["runs"]], "o", color="0.4",
                 label="each seed")
     if check:
-        finals.plot([-0.25], [base["test_acc"] * 100], "kD", label=f"{base['name']} (amp {check['amp']})")
+        finals.plot([-0.25], [base["test_acc"] * 100], "kD", label=f"{base['name']} ({_options(check)})")
     for value, text, style in ((ORIGINAL["test_acc"], "original study (official archive)", ":"),
                                (JPEG_REFERENCE, "plain implementation, JPEG copy", "-.")):
         finals.axhline(value * 100, ls=style, color="tab:red", lw=1, label=f"{text}: {value:.2%}")
@@ -224,8 +274,13 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     finals.grid(alpha=0.3, axis="y")
     finals.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7)  # below: never over a point
     changed = ", ".join(f"{k}={v}" for k, v in collected["changed_params"].items() if not k.startswith("data."))
-    fig.suptitle(f"Run-to-run spread over train.seed ({changed or 'defaults'})")
+    device = f" on {collected['device']}" if collected.get("device") else ""
+    fig.suptitle(f"Run-to-run spread over train.seed ({changed or 'defaults'}){device}")
     return fig
+
+
+def _options(check: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]} {b}" for k, (b, _) in check["differs_in"].items()) or "same options"
 
 
 def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
@@ -241,17 +296,25 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefix", default="spread", help="experiment names: <prefix>-seed-<N> (default: spread)")
-    ap.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
+    source.add_argument("--from-gpu-check", metavar="SUMMARY", type=Path,
+                        help="the runs of a bench/gpu_check.sh summary.json instead of DVC experiments")
     args = ap.parse_args()
     root = Path(".")
     try:
-        collected = json.loads((root / RUNS).read_text()) if args.from_runs else collect(root, args.prefix)
+        if args.from_runs:
+            collected = json.loads((root / RUNS).read_text())
+        elif args.from_gpu_check:
+            collected = collect_gpu_check(root, args.from_gpu_check)
+        else:
+            collected = collect(root, args.prefix)
         spread = write(root, collected)
     except (SpreadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (KeyError, TypeError, ValueError) as exc:  # a hand-edited runs.json, or a commit that is no study run
-        source = RUNS if args.from_runs else f"the {args.prefix}-seed-* experiments"
+        source = RUNS if args.from_runs else args.from_gpu_check or f"the {args.prefix}-seed-* experiments"
         print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)
     final = spread["final_test_acc"]

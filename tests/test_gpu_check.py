@@ -41,6 +41,17 @@ def test_without_cuda_it_says_so_in_one_line_and_does_nothing(tmp_path):
     assert not out.exists() and gpu_results() == before
 
 
+def test_a_missing_requirement_is_named_before_any_step(tmp_path):
+    """The GPU machine lacked ruamel.yaml once, and every study failed a few minutes in: now it is one line up front."""
+    (tmp_path / "block" / "ruamel").mkdir(parents=True)
+    (tmp_path / "block" / "ruamel" / "__init__.py").write_text("raise ImportError('no ruamel here')\n")
+    out = tmp_path / "out"
+    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out), "PYTHONPATH": str(tmp_path / "block")})
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stdout.splitlines() == [f"gpu_check: {sys.executable} lacks ruamel.yaml (requirements.txt): install "
+                                        "them, or carry their wheels to the device (README, 'On a GPU'); nothing done"]
+
+
 @pytest.mark.slow
 def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     archive = write_tar(tmp_path / "tiny-jpg.tar.gz", image_folder_files(tiny, "JPEG"), prefix="tiny-jpg/")

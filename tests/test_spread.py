@@ -1,6 +1,7 @@
 """Run-to-run spread (cifar_study/spread.py): collected from DVC experiment refs, aggregated, and committed."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -55,8 +56,9 @@ def repo(tmp_path):
     write_run(repo, BASE_PARAMS, 0.82)  # the committed fp32 baseline: seed 42
     (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {  # the baseline was made from the JPEG folder, in fp32
         "fetch_data": {"params": {"params.yaml": {"data.source": "folder", "data.path": "cifar10-jpg.tar.gz"}}},
-        "train": {"params": {"params.yaml": {"train.seed": 42, "train.amp": "none", "train.channels_last": False,
-                                             "train.lr": 0.001, "train.epochs": 3}}}}}))
+        # as DVC writes it: a whole section (train) as a mapping, single keys dotted
+        "train": {"params": {"params.yaml": {"train": {"seed": 42, "amp": "none", "channels_last": False, "lr": 0.001,
+                                                       "epochs": 3}}}}}}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
     base = git(repo, "rev-parse", "HEAD")
@@ -91,7 +93,8 @@ def test_collects_the_seed_experiments_and_aggregates_them(repo):
     assert result["heldout_acc_per_epoch"][0]["mean"] == pytest.approx(statistics.fmean(values) - 0.2)
     check = result["baseline_check"]
     assert check["seed"] == 42 and check["difference"] == pytest.approx(0.01) and check["within_prediction_interval"]
-    assert check["amp"] == "none" and check["baseline"].startswith("baseline at ")
+    assert check["differs_in"] == {"train.amp": ["none", "bf16"], "train.channels_last": [False, True]}
+    assert check["baseline"].startswith("baseline at ")
     for rel in (SPREAD_RUNS, SPREAD, SPREAD_FIGURE):
         assert (repo / rel).is_file()
     text = render_spread(repo)
@@ -102,8 +105,8 @@ def test_collects_the_seed_experiments_and_aggregates_them(repo):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda p: p["train"].update(lr=0.002), "differs from spread-seed-1 in train.lr, not only in train.seed"),
-    (lambda p: p["train"].update(seed=1), "two spread-seed-* experiments share a train.seed"),
+    (lambda p: p["train"].update(lr=0.002), "run spread-seed-7 differs from spread-seed-1 in train.lr, not only in train.seed"),
+    (lambda p: p["train"].update(seed=1), "two spread-seed-* runs share a train.seed"),
 ])
 def test_runs_that_differ_in_more_than_the_seed_are_refused(repo, change, message):
     params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
@@ -149,3 +152,46 @@ def test_a_baseline_of_another_protocol_is_not_compared(repo):
     assert spread.summarize(collected)["baseline_check"] is None
     with pytest.raises(spread.SpreadError, match="the spread needs at least 2"):
         spread.summarize({**collected, "runs": collected["runs"][:1]})
+
+
+def test_the_committed_spread_is_what_its_runs_give():
+    """reports/spread/spread.json is the summary of the committed runs.json (the README section is checked in
+    tests/test_report.py)."""
+    collected = json.loads((ROOT / SPREAD_RUNS).read_text())
+    assert spread.summarize(collected) == json.loads((ROOT / SPREAD).read_text())
+    assert len(collected["runs"]) >= 3 and (ROOT / SPREAD_FIGURE).is_file()
+
+
+def gpu_summary(md5: str) -> dict:
+    """What bench/gpu_check.py writes: the default study (seed 42) and the spread's seeds, with their params."""
+    def study(seed: int, final: float) -> dict:
+        params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
+        params["data"].update(source="folder", path="/elsewhere/cifar10-jpg.tar.gz")
+        params["train"].update(seed=seed, device="cuda")
+        history = [{"epoch": e, "heldout_acc": final - 0.1 * (3 - e)} for e in (1, 2, 3)]
+        return {"params": params, "test_acc": final, "history": history, "training_seconds": 9.04}
+
+    return {"data_md5": md5, "environment": {"device": "NVIDIA H200"}, "studies": {"default": study(42, 0.80)},
+            "spread": {"43": study(43, 0.82), "44": study(44, 0.81), "45": {"params": {}}}}  # 45 did not finish
+
+
+def test_a_gpu_checks_seeds_are_a_spread_compared_with_the_cpu_baseline(repo, tmp_path):
+    (repo / "cifar10-jpg.tar.gz").write_bytes(b"the archive")
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(gpu_summary(hashlib.md5(b"the archive").hexdigest())))
+    collected = spread.collect_gpu_check(repo, summary)
+    assert [(r["name"], r["seed"]) for r in collected["runs"]] == [("gpu-default", 42), ("gpu-seed-43", 43),
+                                                                   ("gpu-seed-44", 44)]
+    assert collected["changed_params"] == {"data.source": "folder", "data.path": "/elsewhere/cifar10-jpg.tar.gz",
+                                           "train.device": "cuda"}
+    result = spread.write(repo, collected)
+    assert result["device"] == "NVIDIA H200" and result["final_test_acc"]["mean"] == pytest.approx(0.81)
+    check = result["baseline_check"]  # the same bytes under another path, on another device: the same protocol
+    assert check["differs_in"] == {"train.device": [None, "cuda"]} and check["difference"] == pytest.approx(0.02)
+    assert "on NVIDIA H200" in render_spread(repo)
+
+    summary.write_text(json.dumps(gpu_summary("0" * 32)))  # another archive: no comparison
+    assert spread.summarize(spread.collect_gpu_check(repo, summary))["baseline_check"] is None
+    summary.write_text(json.dumps({"studies": {}, "spread": {}}))
+    with pytest.raises(spread.SpreadError, match="0 finished run"):
+        spread.collect_gpu_check(repo, summary)
