@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
-from torchvision import transforms as T
 
 from cifar_study.cifar10 import IMAGE_SIZE
 from cifar_study.data import Split
@@ -28,6 +27,10 @@ class CustomCIFAR10(torch.utils.data.Dataset):
     """Images from the canonical uint8 arrays as normalised float tensors (C, H, W)."""
 
     def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], augment: bool):
+        # Imported here: torchvision loads torch._dynamo (1.5 s a process on a laptop CPU), and only this
+        # per-image reference loader needs it; every stage that fails on a bad input fails that much sooner.
+        from torchvision import transforms as T
+
         self.images, self.labels = split.images, split.labels
         steps = [T.RandomCrop(IMAGE_SIZE, padding=PAD), T.RandomHorizontalFlip()] if augment else []
         self.transform = T.Compose([*steps, T.Normalize(mean, std)])
