@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar_study import plots
 from cifar_study.errors import first_line
 from cifar_study.flow import STATS, FlowSnapshot
 from cifar_study.histograms import model_histograms
@@ -117,6 +116,14 @@ def model_metadata(path: str, checkpoint: dict[str, Any], test_metrics: dict[str
             "mean": list(checkpoint["mean"]), "std": list(checkpoint["std"]),
             "run_key": checkpoint.get("run_key", "unknown"), "git_commit": git["commit"], "git_dirty": git["dirty"],
             "dvc_path": path, "dvc_md5": md5.hexdigest()}
+
+
+def _plots() -> Any:
+    """cifar_study.plots, imported on first use: matplotlib adds about 0.5 s to every stage process
+    on a laptop CPU, and only the images logged to W&B need it."""
+    from cifar_study import plots
+
+    return plots
 
 
 def figure_image(fig: Any) -> Any:
@@ -240,8 +247,8 @@ class Tracker:
 
         def log() -> None:
             values: dict[str, Any] = {
-                "gradients": self.wandb.Image(figure_image(plots.flow_bars([snapshot], "grad"))),
-                "weights": self.wandb.Image(figure_image(plots.flow_bars([snapshot], "weight"))),
+                "gradients": self.wandb.Image(figure_image(_plots().flow_bars([snapshot], "grad"))),
+                "weights": self.wandb.Image(figure_image(_plots().flow_bars([snapshot], "weight"))),
             }
             for layer, row in zip(snapshot.layers, snapshot.values):
                 values.update({f"flow/{stat}/{layer}": v for stat, v in zip(STATS, row)})
@@ -278,7 +285,7 @@ class Tracker:
             for i in sample:
                 table.add_data(wandb.Image(images[i]), classes[predicted[i]], classes[actual[i]],
                                bool(predicted[i] == actual[i]))
-            grid = plots.prediction_grid(images[sample[:32]], [classes[i] for i in actual[sample[:32]]],
+            grid = _plots().prediction_grid(images[sample[:32]], [classes[i] for i in actual[sample[:32]]],
                                          [classes[i] for i in predicted[sample[:32]]])
             self.run.log({
                 "confusion_matrix": wandb.plot.confusion_matrix(y_true=actual.tolist(), preds=predicted.tolist(),

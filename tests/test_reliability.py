@@ -80,10 +80,18 @@ def test_labels_out_of_range_are_refused(tmp_path, tiny):
 
 # --- stages: exit code 2, one line, no traceback, outputs untouched ---------------------------
 
+SHORT = {"train": {"epochs": 2}}  # two epochs are enough: one to interrupt after, one to resume
+
+
+def short_project(tmp: Path, **changes) -> Path:
+    """project() at this module's length, with `changes` on top, section by section."""
+    return project(tmp, **{s: {**SHORT.get(s, {}), **changes.get(s, {})} for s in SHORT.keys() | changes.keys()})
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny project after fetch_data and an uninterrupted train; returns it and its outputs."""
-    repo = project(tmp_path_factory.mktemp("rel"))
+    repo = short_project(tmp_path_factory.mktemp("rel"))
     for name in ("fetch_data", "train"):
         code, out, err = run_stage(repo, name)
         assert code == 0, err
@@ -101,9 +109,9 @@ def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, cha
     if "cuda" in message and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     repo, outputs = trained
-    project(repo.parent, **changes)
+    short_project(repo.parent, **changes)
     code, _, err = run_stage(repo, "train")
-    project(repo.parent)
+    short_project(repo.parent)
     assert code == 2
     assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
@@ -126,7 +134,7 @@ def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, ke
             code, _, err = run_stage(repo, name)
             assert code == 2 and err.strip() == message, (name, err)
     finally:
-        project(repo.parent)
+        short_project(repo.parent)
     assert snapshot(repo) == outputs
 
 
@@ -148,7 +156,7 @@ def test_interrupted_training_resumes_to_the_same_result(trained, sig):
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     saved = torch.load(state, weights_only=True)["epoch"]
-    progress = f"{saved} of 4 epochs saved in .train_state/train.pt"
+    progress = f"{saved} of {SHORT['train']['epochs']} epochs saved in .train_state/train.pt"
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and f"train: interrupted; {progress}: run the stage again" in err, err
     else:
