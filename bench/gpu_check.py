@@ -271,7 +271,11 @@ def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ..
             record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
         # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
         if all(record["stages"][s]["status"] == "ok" for s in RESULT_STAGES):
-            record.update(study_results(scratch))
+            try:
+                record.update(study_results(scratch))
+            except (OSError, ValueError, KeyError) as exc:
+                check.record(Step(f"{name}:results", "failed", note=f"outputs unreadable: {type(exc).__name__}: {exc}"))
+                return record
             if seeds:
                 spread(check, scratch, options, seeds)
         check.write()
@@ -322,7 +326,10 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
             output = (scratches[seed] / "log.txt").read_text(errors="replace")
             check.log(f"----- seed {seed}\n{output}===== spread:seed-{seed}: {status}\n")
             if status == "ok":
-                runs[str(seed)].update(study_results(scratches[seed]))
+                try:
+                    runs[str(seed)].update(study_results(scratches[seed]))
+                except (OSError, ValueError, KeyError) as exc:  # one seed's bad outputs must not end the check
+                    status, output = "failed", f"{output}\nits outputs could not be read: {type(exc).__name__}: {exc}\n"
             check.record(Step(f"spread:seed-{seed}", status, finished.get(seed, time.monotonic() - started), rc,
                               note="side by side with the other seeds",
                               tail="" if status == "ok" else output[-3000:]))

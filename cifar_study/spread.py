@@ -61,6 +61,25 @@ class SeedRun:
     heldout_acc: list[float]  # per epoch
     seconds: float  # wall time of all epochs (sum of history.csv's per-epoch times)
 
+    def __post_init__(self) -> None:
+        """Refuse what no study run writes (a NaN, a percentage, a float seed) before it skews the statistics."""
+        _seed(self.seed)
+        for what, value in (("test_acc", self.test_acc), *(("heldout_acc", v) for v in self.heldout_acc)):
+            if not _number(value) or not 0 <= value <= 1:
+                raise ValueError(f"run {self.name}: {what} {value!r} is not an accuracy between 0 and 1")
+        if not _number(self.seconds) or self.seconds < 0:
+            raise ValueError(f"run {self.name}: seconds {self.seconds!r} is not a wall time")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _seed(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"train.seed {value!r} is not an integer")
+    return value
+
 
 def t_quantile(p: float, df: int) -> float:
     """Student's t quantile (bisection on the CDF, the density integrated by Simpson's rule): no SciPy needed."""
@@ -126,7 +145,7 @@ def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
 
 def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, Any]]:
     params = _flat(yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml")))
-    return _run_at(repo, commit, name, int(params["train.seed"])), params
+    return _run_at(repo, commit, name, _seed(params["train.seed"])), params
 
 
 def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
@@ -135,7 +154,7 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock"))
     # dvc.lock records a stage's params as dotted keys or, for a whole section, as a nested mapping.
     params = _flat({k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()})
-    run = _run_at(repo, commit, f"baseline at {commit[:7]}", int(params["train.seed"]))
+    run = _run_at(repo, commit, f"baseline at {commit[:7]}", _seed(params["train.seed"]))
     return {**asdict(run), "params": params}
 
 
@@ -176,6 +195,9 @@ def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
     """The default study and the spread's seeds from a bench/gpu_check.py summary.json, with the baseline
     committed in `repo` (the last commit of dvc.lock) to compare with the run of its seed."""
     summary = json.loads(summary_path.read_text())
+    if not isinstance(summary, dict) or not isinstance(summary.get("data_md5", ""), str) \
+            or not isinstance(summary.get("environment", {}).get("device", ""), str):
+        raise SpreadError(f"{summary_path}: not a bench/gpu_check.py summary.json")
     records = [("default", summary.get("studies", {}).get("default", {}))]
     records += sorted(((f"seed-{seed}", r) for seed, r in summary.get("spread", {}).items()), key=lambda x: int(x[0][5:]))
     runs = []
@@ -183,7 +205,7 @@ def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
         if "test_acc" not in r:  # a run that did not finish: the summary's steps say why
             continue
         params = _flat(r["params"])
-        runs.append((SeedRun(f"gpu-{name}", int(params["train.seed"]), r["test_acc"],
+        runs.append((SeedRun(f"gpu-{name}", _seed(params["train.seed"]), r["test_acc"],
                              [h["heldout_acc"] for h in r["history"]], round(r["training_seconds"], 1)), params))
     if len(runs) < 2:
         raise SpreadError(f"{summary_path}: {len(runs)} finished run(s); the spread needs at least 2")
@@ -313,11 +335,14 @@ def main() -> None:
     except (SpreadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited runs.json, or a commit that is no study run
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited file, or a commit that is no study run
         source = RUNS if args.from_runs else args.from_gpu_check or f"the {args.prefix}-seed-* experiments"
         print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)
     final = spread["final_test_acc"]
+    if spread["baseline_check"] is None:
+        print("spread: no same-seed check against the baseline (no run of its seed, other params, "
+              "or its data could not be compared: is its data.path here?)", file=sys.stderr)
     print(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
           f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
 

@@ -195,3 +195,25 @@ def test_a_gpu_checks_seeds_are_a_spread_compared_with_the_cpu_baseline(repo, tm
     summary.write_text(json.dumps({"studies": {}, "spread": {}}))
     with pytest.raises(spread.SpreadError, match="0 finished run"):
         spread.collect_gpu_check(repo, summary)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda s: [s], "not a bench/gpu_check.py summary.json"),
+    (lambda s: {**s, "data_md5": ["x"]}, "not a bench/gpu_check.py summary.json"),
+    (lambda s: {**s, "studies": []}, "not what a study run writes (AttributeError"),
+    (lambda s: s["spread"]["43"].update(test_acc=float("nan")), "run gpu-seed-43: test_acc nan is not an accuracy"),
+    (lambda s: s["spread"]["43"].update(test_acc=81.69), "run gpu-seed-43: test_acc 81.69 is not an accuracy"),
+    (lambda s: s["spread"]["43"].update(test_acc=True), "run gpu-seed-43: test_acc True is not an accuracy"),
+    (lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7), "train.seed 42.7 is not an integer"),
+])
+def test_a_malformed_gpu_summary_is_one_line_and_exit_2(repo, tmp_path, break_it, message):
+    summary = gpu_summary("0" * 32)
+    summary = break_it(summary) or summary  # a lambda that edits in place returns None
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    proc = subprocess.run([sys.executable, "-m", "cifar_study.spread", "--from-gpu-check", str(path)], cwd=repo,
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (repo / SPREAD).exists()
