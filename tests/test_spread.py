@@ -206,14 +206,15 @@ def test_a_gpu_checks_seeds_are_a_spread_compared_with_the_cpu_baseline(repo, tm
     (lambda s: s["spread"]["43"].update(test_acc=True), "run gpu-seed-43: test_acc True is not an accuracy"),
     (lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7), "train.seed 42.7 is not an integer"),
 ])
-def test_a_malformed_gpu_summary_is_one_line_and_exit_2(repo, tmp_path, break_it, message):
+def test_a_malformed_gpu_summary_is_one_line_and_exit_2(repo, tmp_path, break_it, message, monkeypatch, capsys):
     summary = gpu_summary("0" * 32)
     summary = break_it(summary) or summary  # a lambda that edits in place returns None
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
-    proc = subprocess.run([sys.executable, "-m", "cifar_study.spread", "--from-gpu-check", str(path)], cwd=repo,
-                          capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    monkeypatch.chdir(repo)  # the command line in-process: the same main(), without a process start per row
+    monkeypatch.setattr(sys, "argv", ["spread", "--from-gpu-check", str(path)])
+    with pytest.raises(SystemExit) as stopped:
+        spread.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (repo / SPREAD).exists()
