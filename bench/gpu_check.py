@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import importlib.util
 import json
 import os
@@ -47,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
 from cifar_study import paths  # noqa: E402
+from cifar_study.inputs import md5_file  # noqa: E402
 DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
 BUDGET_S = 480
 MIN_STEP_S = 5  # a step with less time left than this is not started
@@ -271,10 +271,9 @@ def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ..
             record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
         # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
         if all(record["stages"][s]["status"] == "ok" for s in RESULT_STAGES):
-            try:
-                record.update(study_results(scratch))
-            except (OSError, ValueError, KeyError) as exc:
-                check.record(Step(f"{name}:results", "failed", note=f"outputs unreadable: {type(exc).__name__}: {exc}"))
+            problem = read_results(scratch, record)
+            if problem:
+                check.record(Step(f"{name}:results", "failed", note=problem))
                 return record
             if seeds:
                 spread(check, scratch, options, seeds)
@@ -325,11 +324,9 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
             logs[seed].close()
             output = (scratches[seed] / "log.txt").read_text(errors="replace")
             check.log(f"----- seed {seed}\n{output}===== spread:seed-{seed}: {status}\n")
-            if status == "ok":
-                try:
-                    runs[str(seed)].update(study_results(scratches[seed]))
-                except (OSError, ValueError, KeyError) as exc:  # one seed's bad outputs must not end the check
-                    status, output = "failed", f"{output}\nits outputs could not be read: {type(exc).__name__}: {exc}\n"
+            problem = read_results(scratches[seed], runs[str(seed)]) if status == "ok" else None
+            if problem:  # one seed's bad outputs fail that seed, not the whole check
+                status, output = "failed", f"{output}\n{problem}\n"
             check.record(Step(f"spread:seed-{seed}", status, finished.get(seed, time.monotonic() - started), rc,
                               note="side by side with the other seeds",
                               tail="" if status == "ok" else output[-3000:]))
@@ -357,6 +354,15 @@ def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[
             params[section].update(values)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
+
+
+def read_results(scratch: Path, record: dict[str, Any]) -> str | None:
+    """Adds the run's results in `scratch` to `record`; what went wrong, if they cannot be read."""
+    try:
+        record.update(study_results(scratch))
+    except (OSError, ValueError, KeyError) as exc:
+        return f"outputs unreadable: {type(exc).__name__}: {exc}"
+    return None
 
 
 def study_results(scratch: Path) -> dict[str, Any]:
@@ -470,7 +476,7 @@ def main() -> int:
               f"and carry data/jpg)", flush=True)
 
     if check.data.is_file():  # the spread compares runs on the same bytes as the committed baseline
-        check.summary["data_md5"] = hashlib.md5(check.data.read_bytes()).hexdigest()
+        check.summary["data_md5"] = md5_file(check.data)
     environment(check)
     study(check, "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
     fastest = study(check, "fastest", SMOKE_FASTEST if check.smoke else FASTEST)

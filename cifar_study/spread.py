@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
@@ -36,7 +35,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_study import paths
+from cifar_study.errors import UserError
 from cifar_study.history import EpochRecord
+from cifar_study.inputs import md5_file, read_bounded
 from cifar_study.io import outputs_together, write_json
 from cifar_study.plots import save_figure
 from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE as FIGURE, SPREAD_RUNS as RUNS
@@ -49,7 +50,10 @@ SAME_PROTOCOL = ("train.seed", "train.amp", "train.channels_last", "train.compil
                  "train.fused_adam", "train.device")
 
 
-class SpreadError(Exception):
+MAX_RECORD_BYTES = 64 << 20  # runs.json or a GPU check's summary.json: tens of KiB for a handful of runs
+
+
+class SpreadError(UserError):
     """A set of runs that cannot be aggregated; the message is one line."""
 
 
@@ -194,7 +198,7 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
 def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
     """The default study and the spread's seeds from a bench/gpu_check.py summary.json, with the baseline
     committed in `repo` (the last commit of dvc.lock) to compare with the run of its seed."""
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(read_bounded(summary_path, MAX_RECORD_BYTES, error=SpreadError))
     if not isinstance(summary, dict) or not isinstance(summary.get("data_md5", ""), str) \
             or not isinstance(summary.get("environment", {}).get("device", ""), str):
         raise SpreadError(f"{summary_path}: not a bench/gpu_check.py summary.json")
@@ -215,7 +219,7 @@ def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
     baseline = _baseline_run(repo, base)
     # The same archive under another path is the same data: compare the bytes, not the path.
     archive = repo / str(baseline["params"].get("data.path", ""))
-    baseline["data_md5"] = hashlib.md5(archive.read_bytes()).hexdigest() if archive.is_file() else None
+    baseline["data_md5"] = md5_file(archive) if archive.is_file() else None
     collected = _collected(repo, "gpu", runs, base, baseline)
     return {**collected, "source": str(summary_path), "data_md5": summary.get("data_md5"),
             "device": summary.get("environment", {}).get("device")}
@@ -326,13 +330,13 @@ def main() -> None:
     root = Path(".")
     try:
         if args.from_runs:
-            collected = json.loads((root / RUNS).read_text())
+            collected = json.loads(read_bounded(root / RUNS, MAX_RECORD_BYTES, error=SpreadError))
         elif args.from_gpu_check:
             collected = collect_gpu_check(root, args.from_gpu_check)
         else:
             collected = collect(root, args.prefix)
         spread = write(root, collected)
-    except (SpreadError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited file, or a commit that is no study run

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -218,3 +219,18 @@ def test_a_malformed_gpu_summary_is_one_line_and_exit_2(repo, tmp_path, break_it
     lines = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (repo / SPREAD).exists()
+
+
+@pytest.mark.parametrize("special, kind", [("/dev/zero", "device"), ("fifo", "FIFO (named pipe)"), ("directory", "directory")])
+def test_a_summary_that_is_no_regular_file_is_refused_without_reading_it(repo, tmp_path, special, kind, monkeypatch,
+                                                                          capsys):
+    """/dev/zero never ends and a FIFO waits for a writer: both would hang a plain read."""
+    path = {"/dev/zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "directory": tmp_path}[special]
+    if special == "fifo":
+        os.mkfifo(path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", ["spread", "--from-gpu-check", str(path)])
+    with pytest.raises(SystemExit) as stopped:
+        spread.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and lines == [f"error: {path} is a {kind}, not a regular file"]
