@@ -1,8 +1,9 @@
 """The GPU path in one run: device and versions, the CUDA tests, the benchmark with and without
 torch.compile, and the whole default study (the stage modules, without DVC or W&B) on the real
-images, once with the defaults (fp32) and once with the fastest options, each stage timed, and the
-run-to-run spread: the default study's train and evaluate again for more `train.seed` values, side by
-side on the one GPU (`python -m cifar_study.spread --from-gpu-check summary.json` aggregates them).
+images, once with the defaults (fp32) and once with the fastest options (reusing the first run's
+data and FLOPs, which no option changes), each stage timed, and the run-to-run spread: the default
+study's train and evaluate again for more `train.seed` values, side by side on the one GPU
+(`python -m cifar_study.spread --from-gpu-check summary.json` aggregates them).
 
 Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. Everything goes
 to one results folder (at most 8 files, none in subfolders: what the device tool brings back):
@@ -67,7 +68,9 @@ SMOKE_FASTEST = {"amp": "bf16", "channels_last": True, "fused_adam": True}
 # one small model at batch 128 leaves most of the GPU idle, so four share it at little cost each.
 SPREAD_SEEDS = (43, 44, 45, 46)
 SMOKE_SPREAD_SEEDS = (43,)
-SPREAD_STAGES = ("train", "evaluate")  # what a seed changes; the data and FLOPs are the default study's
+# What neither a study's options nor a seed change: run once, in the default study, and copied after.
+UPSTREAM = ("fetch_data", "flops")
+SPREAD_STAGES = ("train", "evaluate")  # what a seed changes
 RESULT_STAGES = ("fetch_data", "flops", "train", "evaluate")  # what study_results reads
 # What the stages and this script import; a machine without one of them is told so before any step.
 MODULES = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "yaml", "ruamel.yaml", "tqdm", "pytest")
@@ -100,7 +103,7 @@ print(json.dumps({
 @dataclass
 class Step:
     name: str
-    status: str  # ok | failed | timeout | not run
+    status: str  # ok | failed | timeout | not run | reused (a study's outputs copied from another)
     seconds: float = 0.0
     rc: int | None = None
     note: str = ""
@@ -246,9 +249,12 @@ def benchmark(check: Check, compile_: bool) -> None:
         check.write()
 
 
-def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ...] = ()) -> dict[str, Any]:
-    """The stages, in order, in a scratch copy of the project; returns the study's record. With
-    `seeds`, the spread's runs follow (see `spread`), reusing this study's data."""
+def study(check: Check, scratch: Path, options: dict[str, Any], seeds: tuple[int, ...] = (),
+          upstream: Path | None = None) -> dict[str, Any]:
+    """The stages, in order, in `scratch`, a new copy of the project named for the study; returns the
+    study's record. With `upstream` (a finished study's folder), its UPSTREAM outputs are copied instead
+    of run again. With `seeds`, the spread's runs follow (see `spread`), reusing this study's data."""
+    name = scratch.name
     record: dict[str, Any] = {"options": options, "stages": {}}
     check.summary.setdefault("studies", {})[name] = record
     if not check.data.is_file():
@@ -257,30 +263,39 @@ def study(check: Check, name: str, options: dict[str, Any], seeds: tuple[int, ..
                               "../shared/data/cifar10-jpg.tar.gz there and carry data/jpg"))
             record["stages"][stage] = {"status": "failed", "seconds": 0.0}
         return record
-    scratch = Path(tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
-    try:
-        record["params"] = write_project(scratch, check, options)
-        failed = None
-        for stage in STAGES:
-            if failed:
-                step = check.record(Step(f"{name}:{stage}", "not run", note=f"{failed} did not succeed"))
-            else:
-                step = check.run(f"{name}:{stage}", [check.python, "-m", f"stages.{stage}"], STAGE_CAP_S[stage],
-                                 cwd=scratch, env={"WANDB_MODE": "disabled"})
-                failed = None if step.status == "ok" else stage
-            record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
-        # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
-        if all(record["stages"][s]["status"] == "ok" for s in RESULT_STAGES):
-            problem = read_results(scratch, record)
-            if problem:
-                check.record(Step(f"{name}:results", "failed", note=problem))
-                return record
-            if seeds:
-                spread(check, scratch, options, seeds)
-        check.write()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    record["params"] = write_project(scratch, check, options)
+    failed = None
+    for stage in STAGES:
+        if failed:
+            step = check.record(Step(f"{name}:{stage}", "not run", note=f"{failed} did not succeed"))
+        elif upstream and stage in UPSTREAM:
+            copy_outputs(upstream, scratch, stage)
+            step = check.record(Step(f"{name}:{stage}", "reused", note=f"outputs copied from {upstream.name}"))
+        else:
+            step = check.run(f"{name}:{stage}", [check.python, "-m", f"stages.{stage}"], STAGE_CAP_S[stage],
+                             cwd=scratch, env={"WANDB_MODE": "disabled"})
+            failed = None if step.status == "ok" else stage
+        record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
+    # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
+    if all(finished(record, s) for s in RESULT_STAGES):
+        problem = read_results(scratch, record)
+        if problem:
+            check.record(Step(f"{name}:results", "failed", note=problem))
+            return record
+        if seeds:
+            spread(check, scratch, options, seeds)
+    check.write()
     return record
+
+
+def finished(record: dict[str, Any], stage: str) -> bool:
+    return record["stages"].get(stage, {}).get("status") in ("ok", "reused")
+
+
+def copy_outputs(source: Path, scratch: Path, stage: str) -> None:
+    for name in paths.STAGE_FILES[stage][1]:
+        (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, scratch / name)
 
 
 def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int, ...]) -> None:
@@ -300,9 +315,8 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
         for seed in seeds:
             scratch = scratches[seed] = Path(tempfile.mkdtemp(prefix=f"gpu-check-seed-{seed}-"))
             runs[str(seed)] = {"params": write_project(scratch, check, {**options, "seed": seed})}
-            for name in (f for stage in ("fetch_data", "flops") for f in paths.STAGE_FILES[stage][1]):
-                (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / name, scratch / name)
+            for stage in UPSTREAM:
+                copy_outputs(source, scratch, stage)
             logs[seed] = open(scratch / "log.txt", "w")
             # A few CPU threads each: the GPU does the work, and 16 threads apiece would fight over the cores.
             procs[seed] = subprocess.Popen(["bash", "-c", chain], cwd=scratch, stdout=logs[seed],
@@ -478,16 +492,22 @@ def main() -> int:
     if check.data.is_file():  # the spread compares runs on the same bytes as the committed baseline
         check.summary["data_md5"] = md5_file(check.data)
     environment(check)
-    study(check, "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
-    fastest = study(check, "fastest", SMOKE_FASTEST if check.smoke else FASTEST)
-    if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
-        study(check, "fastest-no-cuda-graphs", NO_CUDA_GRAPHS)
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's copy of the project, in a folder named for it
+    try:
+        default = study(check, work / "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
+        upstream = work / "default" if all(finished(default, s) for s in UPSTREAM) else None
+        fastest = study(check, work / "fastest", SMOKE_FASTEST if check.smoke else FASTEST, upstream=upstream)
+        if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
+            study(check, work / "fastest-no-cuda-graphs", NO_CUDA_GRAPHS, upstream=upstream)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     cuda_tests(check)
     benchmark(check, compile_=False)
     benchmark(check, compile_=True)
     check.write()
     print("\n" + (out / "summary.md").read_text(), flush=True)
-    bad = [s for s in check.steps if s.status != "ok" and not (s.status == "not run" and "cpu-smoke" in s.note)]
+    bad = [s for s in check.steps if s.status not in ("ok", "reused")
+           and not (s.status == "not run" and "cpu-smoke" in s.note)]
     return 1 if bad else 0
 
 

@@ -69,10 +69,12 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     s = json.loads((out / "summary.json").read_text())
     assert s["mode"] == "cpu-smoke"
     status = {step["name"]: step["status"] for step in s["steps"]}
-    studies = [f"{study}:{stage}" for study in ("default", "fastest") for stage in gpu_check.STAGES]
-    seeds = [f"spread:seed-{seed}" for seed in gpu_check.SMOKE_SPREAD_SEEDS]
-    assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in studies + seeds},
-                      "bench-eager": "ok", "bench-compile": "not run"}
+    ran = [f"default:{stage}" for stage in gpu_check.STAGES] + [f"spread:seed-{seed}" for seed in
+                                                                gpu_check.SMOKE_SPREAD_SEEDS]
+    ran += [f"fastest:{stage}" for stage in gpu_check.STAGES if stage not in gpu_check.UPSTREAM]
+    reused = [f"fastest:{stage}" for stage in gpu_check.UPSTREAM]  # no option changes the data or the FLOPs
+    assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in ran},
+                      **{n: "reused" for n in reused}, "bench-eager": "ok", "bench-compile": "not run"}
     assert s["data_md5"] == hashlib.md5(archive.read_bytes()).hexdigest()
     tests = s["tests"]
     assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == []  # no CUDA here: collected, skipped
@@ -84,7 +86,8 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
         assert 0 <= study["test_acc"] <= 1 and len(study["history"]) == 2
         assert study["training_seconds"] == pytest.approx(sum(r["seconds"] for r in study["history"]), abs=0.05)
         assert study["model_tflops_per_s_later_epochs"] > 0
-        assert all(stage["status"] == "ok" and stage["seconds"] > 0 for stage in study["stages"].values())
+        assert all(st["status"] == "ok" and st["seconds"] > 0 for stage, st in study["stages"].items()
+                   if f"{name}:{stage}" in ran)
     default = s["studies"]["default"]
     for seed in gpu_check.SMOKE_SPREAD_SEEDS:  # the default study again, the seed alone changed
         run = s["spread"][str(seed)]
@@ -129,7 +132,7 @@ def test_a_step_over_its_time_is_stopped_with_its_children_and_the_rest_are_not_
 def test_a_missing_archive_fails_the_studies_naming_it(tmp_path):
     check = gpu_check.Check(out=tmp_path, smoke=False, budget_s=60, python=sys.executable, data=tmp_path / "nope.tar.gz")
     (tmp_path / "log.txt").write_text("")
-    record = gpu_check.study(check, "default", {})
+    record = gpu_check.study(check, tmp_path / "default", {})
     assert [st["status"] for st in record["stages"].values()] == ["failed"] * len(gpu_check.STAGES)
     assert all(f"{tmp_path / 'nope.tar.gz'} not found" in st.note for st in check.steps)
     assert "test_acc" not in record
