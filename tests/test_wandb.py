@@ -15,11 +15,11 @@ from cifar_study.model import SimpleCNN
 from tests.conftest import project, run_stage, snapshot
 from tests.wandb_records import artifacts, config, history, run_info, summary
 
-# 400 images / batch 16 = 25 batches an epoch, 50 steps, a snapshot every 7: steps 0, 7, ..., 49;
-# histograms every 10: steps 0, 10, ..., 40.
-TINY = {"train": {"epochs": 2, "flow_every": 7}, "wandb": {"watch_every": 10}}
-SNAPSHOT_STEPS = list(range(0, 50, 7))
-HISTOGRAM_STEPS = list(range(0, 50, 10))
+# 200 images / batch 16 = 13 batches an epoch (the last of 8), 26 steps, a snapshot every 7: steps 0, 7,
+# 14, 21 (both epochs); histograms every 10: steps 0, 10, 20.
+TINY = {"data": {"train_limit": 200}, "train": {"epochs": 2, "flow_every": 7}, "wandb": {"watch_every": 10}}
+SNAPSHOT_STEPS = [0, 7, 14, 21]
+HISTOGRAM_STEPS = [0, 10, 20]
 
 
 def without_seconds(outputs: dict[str, bytes]) -> dict[str, object]:
