@@ -299,8 +299,8 @@ def copy_outputs(source: Path, scratch: Path, stage: str) -> None:
 
 
 def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int, ...]) -> None:
-    """Train and evaluate once per seed, all seeds at once, each in its own copy of the project with
-    `source`'s data; each run's params and results go to summary["spread"][<seed>]."""
+    """Train and evaluate once per seed, all seeds at once, each in its own copy of the project beside
+    `source` (seed-<N>), with `source`'s data; each run's params and results go to summary["spread"][<seed>]."""
     runs: dict[str, Any] = check.summary.setdefault("spread", {})
     cap = sum(STAGE_CAP_S[s] for s in SPREAD_STAGES)
     timeout = min(cap, check.left)
@@ -313,7 +313,7 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
     started = time.monotonic()
     try:
         for seed in seeds:
-            scratch = scratches[seed] = Path(tempfile.mkdtemp(prefix=f"gpu-check-seed-{seed}-"))
+            scratch = scratches[seed] = source.parent / f"seed-{seed}"
             runs[str(seed)] = {"params": write_project(scratch, check, {**options, "seed": seed})}
             for stage in UPSTREAM:
                 copy_outputs(source, scratch, stage)
@@ -324,13 +324,13 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
                                            env={**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled",
                                                 "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(seeds)))})
         check.log(f"\n===== spread: seeds {', '.join(map(str, seeds))} side by side: {chain} (limit {timeout:.0f} s)\n")
-        finished: dict[int, float] = {}
-        while len(finished) < len(procs) and time.monotonic() - started < timeout:
-            finished.update({seed: time.monotonic() - started for seed, proc in procs.items()
-                             if seed not in finished and proc.poll() is not None})
+        done: dict[int, float] = {}  # seed: seconds until its process ended
+        while len(done) < len(procs) and time.monotonic() - started < timeout:
+            done.update({seed: time.monotonic() - started for seed, proc in procs.items()
+                         if seed not in done and proc.poll() is not None})
             time.sleep(0.5)
         for seed, proc in procs.items():
-            if seed in finished:
+            if seed in done:
                 rc, status = proc.returncode, "ok" if proc.returncode == 0 else "failed"
             else:
                 stop(proc)
@@ -341,7 +341,7 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
             problem = read_results(scratches[seed], runs[str(seed)]) if status == "ok" else None
             if problem:  # one seed's bad outputs fail that seed, not the whole check
                 status, output = "failed", f"{output}\n{problem}\n"
-            check.record(Step(f"spread:seed-{seed}", status, finished.get(seed, time.monotonic() - started), rc,
+            check.record(Step(f"spread:seed-{seed}", status, done.get(seed, time.monotonic() - started), rc,
                               note="side by side with the other seeds",
                               tail="" if status == "ok" else output[-3000:]))
     finally:
@@ -350,8 +350,6 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
                 stop(proc)
         for f in logs.values():
             f.close()
-        for scratch in scratches.values():
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[str, Any]:
@@ -492,7 +490,7 @@ def main() -> int:
     if check.data.is_file():  # the spread compares runs on the same bytes as the committed baseline
         check.summary["data_md5"] = md5_file(check.data)
     environment(check)
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's copy of the project, in a folder named for it
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's and seed's copy of the project, named for it
     try:
         default = study(check, work / "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
         upstream = work / "default" if all(finished(default, s) for s in UPSTREAM) else None

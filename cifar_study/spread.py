@@ -237,7 +237,7 @@ def comparable(collected: dict[str, Any]) -> bool:
 def _differences(collected: dict[str, Any]) -> dict[str, list[Any]]:
     """The SAME_PROTOCOL params (the seed aside) in which the baseline differs from the runs: [baseline's, runs']."""
     base, common = collected["baseline"]["params"], collected["common_params"]
-    return {k: [base.get(k), common.get(k)] for k in SAME_PROTOCOL[1:] if base.get(k) != common.get(k)}
+    return {k: [base.get(k), common.get(k)] for k in SAME_PROTOCOL if k != "train.seed" and base.get(k) != common.get(k)}
 
 
 def summarize(collected: dict[str, Any]) -> dict[str, Any]:
