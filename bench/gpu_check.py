@@ -27,6 +27,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import math
 import os
 import shlex
 import shutil
@@ -47,6 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
 from cifar_study import paths  # noqa: E402
+from cifar_study.errors import UserError  # noqa: E402
 from cifar_study.inputs import md5_file  # noqa: E402
 DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
 BUDGET_S = 480
@@ -465,6 +467,15 @@ def module_found(name: str) -> bool:
         return False
 
 
+def budget_s(text: str) -> float | None:
+    """The time budget in seconds; None for what bounds nothing (NaN, infinity, 0 or less) or is no number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny (checks the script)")
@@ -476,19 +487,28 @@ def main() -> int:
         print(f"gpu_check: {sys.executable} lacks {', '.join(missing)} (requirements.txt): install them, or carry "
               "their wheels to the device (README, 'On a GPU'); nothing done", flush=True)
         return 2
+    budget = budget_s(os.environ.get("GPU_CHECK_BUDGET_S", str(BUDGET_S)))
+    if budget is None:
+        print(f"gpu_check: GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds "
+              f"above 0 (default {BUDGET_S}); nothing done", flush=True)
+        return 2
+    data = Path(os.environ.get("GPU_CHECK_DATA", DATA))
+    data = data if data.is_absolute() else ROOT / data
+    try:  # the spread compares runs on the same bytes as the committed baseline
+        data_md5 = md5_file(data) if data.is_file() else None
+    except UserError as exc:  # larger than any CIFAR-10 archive, or unreadable
+        print(f"gpu_check: GPU_CHECK_DATA: {exc}; nothing done", flush=True)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.txt").write_text("")
-    data = Path(os.environ.get("GPU_CHECK_DATA", DATA))
-    check = Check(out=out, smoke=args.cpu_smoke, budget_s=float(os.environ.get("GPU_CHECK_BUDGET_S", BUDGET_S)),
-                  python=sys.executable, data=data if data.is_absolute() else ROOT / data)
+    check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data)
     print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
-    if not check.data.is_file():
-        print(f"gpu_check: {data} not found: the studies will fail (copy ../shared/data/cifar10-jpg.tar.gz there "
-              f"and carry data/jpg)", flush=True)
-
-    if check.data.is_file():  # the spread compares runs on the same bytes as the committed baseline
-        check.summary["data_md5"] = md5_file(check.data)
+    if data_md5 is None:
+        print(f"gpu_check: {data} not found, or not a regular file: the studies will fail (copy "
+              "../shared/data/cifar10-jpg.tar.gz to data/jpg/ and carry data/jpg)", flush=True)
+    else:
+        check.summary["data_md5"] = data_md5
     environment(check)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's and seed's copy of the project, named for it
     try:

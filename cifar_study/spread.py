@@ -339,7 +339,8 @@ def main() -> None:
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited file, or a commit that is no study run
+    # A hand-edited file, or a commit that is no study run; RecursionError: JSON nested deeper than Python parses.
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         source = RUNS if args.from_runs else args.from_gpu_check or f"the {args.prefix}-seed-* experiments"
         print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)

@@ -52,6 +52,26 @@ def test_a_missing_requirement_is_named_before_any_step(tmp_path):
                                         "them, or carry their wheels to the device (README, 'On a GPU'); nothing done"]
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("GPU_CHECK_BUDGET_S", "abc", "GPU_CHECK_BUDGET_S='abc' is not a number of seconds above 0"),
+    ("GPU_CHECK_BUDGET_S", "", "GPU_CHECK_BUDGET_S='' is not a number of seconds above 0"),
+    ("GPU_CHECK_BUDGET_S", "nan", "GPU_CHECK_BUDGET_S='nan' is not a number of seconds above 0"),  # would bound nothing
+    ("GPU_CHECK_BUDGET_S", "inf", "GPU_CHECK_BUDGET_S='inf' is not a number of seconds above 0"),
+    ("GPU_CHECK_BUDGET_S", "-5", "GPU_CHECK_BUDGET_S='-5' is not a number of seconds above 0"),
+    ("GPU_CHECK_DATA", "huge", "GPU_CHECK_DATA: "),  # larger than any CIFAR-10 archive: refused unread
+])
+def test_a_bad_setting_is_one_line_before_any_step(tmp_path, name, value, message):
+    if value == "huge":
+        value = str(tmp_path / "huge.tar.gz")
+        with open(value, "wb") as f:
+            f.truncate(2 << 30)  # sparse: 2 GiB declared, nothing written
+    out = tmp_path / "out"
+    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out), name: value})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 2 and not out.exists() and proc.stderr == "", proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"gpu_check: {message}") and lines[0].endswith("; nothing done")
+
+
 @pytest.mark.slow
 def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     archive = write_tar(tmp_path / "tiny-jpg.tar.gz", image_folder_files(tiny, "JPEG"), prefix="tiny-jpg/")

@@ -221,6 +221,26 @@ def test_a_malformed_gpu_summary_is_one_line_and_exit_2(repo, tmp_path, break_it
     assert not (repo / SPREAD).exists()
 
 
+@pytest.mark.parametrize("option, content", [
+    ("--from-gpu-check", b""),  # empty
+    ("--from-gpu-check", b"\xff\xfe{"),  # not UTF-8
+    ("--from-gpu-check", b"[" * 200_000 + b"]" * 200_000),  # deeper than Python's parser goes
+    ("--from-runs", b"{" + b'"a":{' * 200_000 + b"}" * 200_001),
+])
+def test_a_record_that_is_no_json_of_runs_is_one_line_and_exit_2(repo, tmp_path, option, content, monkeypatch,
+                                                                  capsys):
+    path = tmp_path / "summary.json" if option == "--from-gpu-check" else repo / SPREAD_RUNS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", ["spread", option] + ([str(path)] if option == "--from-gpu-check" else []))
+    with pytest.raises(SystemExit) as stopped:
+        spread.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and "not what a study run writes" in lines[0], lines
+    assert not (repo / SPREAD).exists()
+
+
 @pytest.mark.parametrize("special, kind", [("/dev/zero", "device"), ("fifo", "FIFO (named pipe)"), ("directory", "directory")])
 def test_a_summary_that_is_no_regular_file_is_refused_without_reading_it(repo, tmp_path, special, kind, monkeypatch,
                                                                           capsys):
