@@ -16,11 +16,17 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("train", "evaluate", "findings")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"stage_startup: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def tree(dest: Path, commit: str | None) -> Path:
@@ -29,9 +35,10 @@ def tree(dest: Path, commit: str | None) -> Path:
         for part in ("cifar_study", "stages"):
             shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
     else:
-        archive = subprocess.run(["git", "archive", commit, "cifar_study", "stages"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
-        tarfile.open(fileobj=io.BytesIO(archive)).extractall(dest, filter="data")
+        proc = subprocess.run(["git", "archive", commit, "cifar_study", "stages"], cwd=ROOT, capture_output=True)
+        if proc.returncode != 0:
+            fail(f"--base {commit}: {proc.stderr.decode(errors='replace').strip()}")
+        tarfile.open(fileobj=io.BytesIO(proc.stdout)).extractall(dest, filter="data")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["epochs"] = 0
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
@@ -43,14 +50,20 @@ def seconds(project: Path, stage: str) -> float:
     proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, capture_output=True, text=True)
     took = time.perf_counter() - started
     if proc.returncode != 2 or "train.epochs" not in proc.stderr:
-        raise SystemExit(f"stage_startup: {project.name} stages.{stage} did not refuse train.epochs: {proc.stderr[-300:]}")
+        fail(f"{project.name} stages.{stage} did not refuse train.epochs: {proc.stderr[-300:]}")
     return took
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the commit to compare this tree with")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=positive, default=7)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         projects = {"base": tree(Path(tmp) / "base", args.base), "this tree": tree(Path(tmp) / "this", None)}
