@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_study.data import channel_stats, fetch  # noqa: E402
-from cifar_study.device import resolve_device, seed_everything  # noqa: E402
-from cifar_study.loader import make_loader  # noqa: E402
-from cifar_study.model import SimpleCNN  # noqa: E402
-from cifar_study.params import DataParams, TrainParams  # noqa: E402
-from cifar_study.evaluation import evaluate  # noqa: E402
-from cifar_study.training import setup, train  # noqa: E402
+from cifar_study.core.evaluation import evaluate  # noqa: E402
+from cifar_study.core.loader import make_loader  # noqa: E402
+from cifar_study.core.model import SimpleCNN  # noqa: E402
+from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
+from cifar_study.core.training import setup, train  # noqa: E402
+from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
+from cifar_study.pipeline.params import DataParams, TrainParams  # noqa: E402
 
 CONFIGS = {
     "fp32 (default)": {},

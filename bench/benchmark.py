@@ -30,14 +30,14 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_study.data import Split, channel_stats, synthetic  # noqa: E402
-from cifar_study.device import resolve_device, seed_everything  # noqa: E402
-from cifar_study.flops import flops_report  # noqa: E402
-from cifar_study.flow import add_update_ratio, flow_snapshot  # noqa: E402
-from cifar_study.loader import TensorLoader  # noqa: E402
-from cifar_study.model import SimpleCNN  # noqa: E402
-from cifar_study.params import TrainParams  # noqa: E402
-from cifar_study.training import NullLogger, setup, train_epoch  # noqa: E402
+from cifar_study.core.flops import flops_report  # noqa: E402
+from cifar_study.core.flow import add_update_ratio, flow_snapshot  # noqa: E402
+from cifar_study.core.loader import TensorLoader  # noqa: E402
+from cifar_study.core.model import SimpleCNN  # noqa: E402
+from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
+from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E402
+from cifar_study.pipeline.dataset import Split, channel_stats, synthetic  # noqa: E402
+from cifar_study.pipeline.params import TrainParams  # noqa: E402
 
 BATCH = 128
 SMOKE_BATCH, SMOKE_IMAGES = 16, 1024  # --smoke: enough to run every part, not to measure
@@ -277,8 +277,8 @@ def wandb_flow_overhead(split, mean, std, device, sync, rounds: int, batch: int)
         print("wandb is not installed: the W&B logging cost is not measured", flush=True)
         return None
 
-    from cifar_study.params import WandbParams
-    from cifar_study.tracking import Tracker
+    from cifar_study.observe.wandb_run import Tracker
+    from cifar_study.pipeline.params import WandbParams
 
     steps, every = 40, 10
     run = setup(SimpleCNN(), TrainParams(flow_every=every), device)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_study.model import build_model  # noqa: E402
-from cifar_study.params import ModelParams  # noqa: E402
+from cifar_study.core.model import build_model  # noqa: E402
+from cifar_study.pipeline.params import ModelParams  # noqa: E402
 
 SUBNORMAL = 1e-39  # below torch.finfo(torch.float32).tiny (1.18e-38), above the smallest subnormal
 

@@ -47,9 +47,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
-from cifar_study import paths  # noqa: E402
-from cifar_study.errors import UserError  # noqa: E402
-from cifar_study.inputs import md5_file  # noqa: E402
+from cifar_study.pipeline import paths  # noqa: E402
+from cifar_study.pipeline.errors import UserError  # noqa: E402
+from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
+
 DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
 BUDGET_S = 480
 MIN_STEP_S = 5  # a step with less time left than this is not started

@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cifar_study.data import synthetic  # noqa: E402
-from cifar_study.device import resolve_device, seed_everything  # noqa: E402
-from cifar_study.histograms import model_histograms  # noqa: E402
-from cifar_study.loader import TensorLoader  # noqa: E402
-from cifar_study.model import SimpleCNN  # noqa: E402
-from cifar_study.params import TrainParams, WandbParams  # noqa: E402
-from cifar_study.tracking import Tracker  # noqa: E402
-from cifar_study.training import NullLogger, setup, train_epoch  # noqa: E402
+from cifar_study.core.loader import TensorLoader  # noqa: E402
+from cifar_study.core.model import SimpleCNN  # noqa: E402
+from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
+from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E402
+from cifar_study.observe.histograms import model_histograms  # noqa: E402
+from cifar_study.observe.wandb_run import Tracker  # noqa: E402
+from cifar_study.pipeline.dataset import synthetic  # noqa: E402
+from cifar_study.pipeline.params import TrainParams, WandbParams  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import BATCH, Limited  # noqa: E402

@@ -34,13 +34,15 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_study import paths
-from cifar_study.errors import UserError
-from cifar_study.history import EpochRecord
-from cifar_study.inputs import md5_file, read_bounded
-from cifar_study.io import outputs_together, write_json
-from cifar_study.plots import save_figure
-from cifar_study.report import JPEG_REFERENCE, ORIGINAL, SPREAD, SPREAD_FIGURE as FIGURE, SPREAD_RUNS as RUNS
+from cifar_study.analysis.figures import save_figure
+from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.outputs import outputs_together, write_json
+from cifar_study.pipeline.untrusted import md5_file, read_bounded
+from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
+from cifar_study.results import SPREAD_FIGURE as FIGURE
+from cifar_study.results import SPREAD_RUNS as RUNS
 
 CONFIDENCE = 0.95
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them

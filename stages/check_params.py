@@ -5,8 +5,8 @@ stage, so a typo in a setting no stage declares (`wandb.mode: ofline`) would pas
 the next training run. This stage depends on the whole params.yaml and writes nothing: it re-runs
 (in about a second) exactly when a parameter changes, and invalidates no other stage.
 """
-from cifar_study.cli import run_stage
-from cifar_study.params import load_params
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.stage import run_stage
 
 
 def main() -> None:

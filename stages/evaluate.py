@@ -1,17 +1,17 @@
 """Stage evaluate: the trained model on the test split: accuracy, loss, confusion, per-class accuracy."""
 import numpy as np
 
-from cifar_study import paths, upstream
-from cifar_study.checkpoint import load_checkpoint, model_from_checkpoint
-from cifar_study.cli import run_stage
-from cifar_study.data import load_dataset
-from cifar_study.device import resolve_device
-from cifar_study.evaluation import evaluate
-from cifar_study.io import write_csv, write_json
-from cifar_study.loader import make_loader
-from cifar_study.params import load_params
-from cifar_study.scores import class_accuracy, confusion_matrix
-from cifar_study.tracking import Tracker, wandb_group
+from cifar_study.core.evaluation import evaluate
+from cifar_study.core.loader import make_loader
+from cifar_study.core.runtime import resolve_device
+from cifar_study.core.scores import class_accuracy, confusion_matrix
+from cifar_study.observe.wandb_run import Tracker, wandb_group
+from cifar_study.pipeline import paths, stage_inputs
+from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from cifar_study.pipeline.dataset import load_dataset
+from cifar_study.pipeline.outputs import write_csv, write_json
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.stage import run_stage
 
 WANDB_SAMPLES = 100  # test images in W&B's predictions table
 
@@ -22,7 +22,7 @@ def main() -> None:
     state = load_checkpoint(paths.CHECKPOINT, device)
     model = model_from_checkpoint(state, device)
     dataset = load_dataset(paths.DATA)
-    upstream.check_checkpoint_data(state, dataset.classes)
+    stage_inputs.check_checkpoint_data(state, dataset.classes)
     classes = state["classes"]
     loader = make_loader("tensor", dataset.test, state["mean"], state["std"], augment=False, shuffle=False,
                          batch_size=1000, seed=0, device=device)

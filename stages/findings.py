@@ -1,17 +1,17 @@
 """Stage findings: the original study's conclusions as checked numbers: gradient-flow health and training dynamics."""
 import dataclasses
 
-from cifar_study import paths
-from cifar_study.checkpoint import load_checkpoint
-from cifar_study.cli import run_stage
-from cifar_study.dynamics import analyse
-from cifar_study.findings import check_claims
-from cifar_study.flow import snapshots_from_rows
-from cifar_study.flow_health import assess
-from cifar_study.history import EpochRecord
-from cifar_study.io import read_csv, write_json
-from cifar_study.params import load_params
-from cifar_study.tracking import Tracker, wandb_group
+from cifar_study.analysis.claims import check_claims
+from cifar_study.analysis.dynamics import analyse
+from cifar_study.analysis.flow_health import assess
+from cifar_study.core.flow import snapshots_from_rows
+from cifar_study.core.history import EpochRecord
+from cifar_study.observe.wandb_run import Tracker, wandb_group
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.checkpoint import load_checkpoint
+from cifar_study.pipeline.outputs import read_csv, write_json
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.stage import run_stage
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """Stage flops: FLOPs and parameters per image of the chosen model, the original study's way."""
-from cifar_study import paths
-from cifar_study.cli import run_stage
-from cifar_study.flops import flops_report, format_table
-from cifar_study.io import write_json
-from cifar_study.model import build_model
-from cifar_study.params import load_params
+from cifar_study.core.flops import flops_report, format_table
+from cifar_study.core.model import build_model
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.outputs import write_json
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.stage import run_stage
 
 NUM_CLASSES = 10  # CIFAR-10; the count does not depend on the data, so data changes never re-run this stage
 

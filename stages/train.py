@@ -2,22 +2,23 @@
 import sys
 from pathlib import Path
 
-from cifar_study import distributed, paths
-from cifar_study.checkpoint import save_checkpoint, training_payload
-from cifar_study.cli import run_stage
-from cifar_study.data import heldout_split, load_dataset, normalization
-from cifar_study.device import resolve_device, seed_everything
-from cifar_study.flow import COLUMNS as FLOW_COLUMNS
-from cifar_study.history import EpochRecord
-from cifar_study.inputs import md5_file
-from cifar_study.io import write_csv, write_json
-from cifar_study.live import FanOut, LiveLogger
-from cifar_study.loader import make_loader
-from cifar_study.model import build_model
-from cifar_study.params import load_params
-from cifar_study.resume import ResumeStore, run_key
-from cifar_study.tracking import Tracker, wandb_group
-from cifar_study.training import setup, train
+from cifar_study.core import distributed
+from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.loader import make_loader
+from cifar_study.core.model import build_model
+from cifar_study.core.runtime import resolve_device, seed_everything
+from cifar_study.core.training import setup, train
+from cifar_study.observe.live import FanOut, LiveLogger
+from cifar_study.observe.wandb_run import Tracker, wandb_group
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.checkpoint import save_checkpoint, training_payload
+from cifar_study.pipeline.dataset import heldout_split, load_dataset, normalization
+from cifar_study.pipeline.outputs import write_csv, write_json
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.resume import ResumeStore, run_key
+from cifar_study.pipeline.stage import run_stage
+from cifar_study.pipeline.untrusted import md5_file
 
 
 def main() -> None:

@@ -1,15 +1,16 @@
 """Stage visualize: the study's figures as PNGs in plots/figures/."""
 import numpy as np
 
-from cifar_study import paths, plots, upstream
-from cifar_study.cli import run_stage
-from cifar_study.data import load_dataset
-from cifar_study.flow import COLUMNS as FLOW_COLUMNS
-from cifar_study.flow import snapshots_from_rows
-from cifar_study.history import EpochRecord
-from cifar_study.io import read_json
-from cifar_study.params import load_params
-from cifar_study.scores import confusion_matrix
+from cifar_study.analysis import figures
+from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
+from cifar_study.core.flow import snapshots_from_rows
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.scores import confusion_matrix
+from cifar_study.pipeline import paths, stage_inputs
+from cifar_study.pipeline.dataset import load_dataset
+from cifar_study.pipeline.outputs import read_json
+from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.stage import run_stage
 
 
 def main() -> None:
@@ -20,21 +21,21 @@ def main() -> None:
     index = {c: i for i, c in enumerate(classes)}
     # Every upstream file is parsed before any figure: a missing, truncated or foreign one stops the
     # stage with one line naming it.
-    history = upstream.read_table(paths.HISTORY, EpochRecord.columns())
-    with upstream.reading(paths.TRAIN_METRICS):
+    history = stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())
+    with stage_inputs.reading(paths.TRAIN_METRICS):
         heldout_name = str(read_json(paths.TRAIN_METRICS)["heldout_split"])
-    with upstream.reading(paths.FLOW):
-        snapshots = snapshots_from_rows(upstream.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"]))
-    with upstream.reading(paths.FINDINGS):
+    with stage_inputs.reading(paths.FLOW):
+        snapshots = snapshots_from_rows(stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"]))
+    with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
-    predictions = upstream.read_table(paths.PREDICTIONS, ("index", "confidence"))
-    with upstream.reading(paths.PREDICTIONS):
+    predictions = stage_inputs.read_table(paths.PREDICTIONS, ("index", "confidence"))
+    with stage_inputs.reading(paths.PREDICTIONS):
         actual = np.array([index[r["actual"]] for r in predictions], dtype=np.int64)
         predicted = np.array([index[r["predicted"]] for r in predictions], dtype=np.int64)
-    upstream.check_predictions_data(actual, dataset.test.labels)
+    stage_inputs.check_predictions_data(actual, dataset.test.labels)
     # A fixed, seeded choice of test images, so the grid compares like with like across runs.
     sample = np.sort(np.random.default_rng(0).choice(len(predictions), min(p.samples, len(predictions)), replace=False))
-    data = plots.StudyData(
+    data = figures.StudyData(
         history=[EpochRecord.from_row(r) for r in history],
         heldout_name=heldout_name,
         flow=snapshots,
@@ -44,10 +45,10 @@ def main() -> None:
         sample_actual=[classes[i] for i in actual[sample]],
         sample_predicted=[classes[i] for i in predicted[sample]],
         flow_flags=flow_flags)
-    figures = plots.study_figures(data)
-    for name, fig in figures.items():
-        plots.save_figure(fig, f"{paths.FIGURES}/{name}.png", p.dpi)
-    print(f"visualize: {len(figures)} figures in {paths.FIGURES}/")
+    drawn = figures.study_figures(data)
+    for name, fig in drawn.items():
+        figures.save_figure(fig, f"{paths.FIGURES}/{name}.png", p.dpi)
+    print(f"visualize: {len(drawn)} figures in {paths.FIGURES}/")
 
 
 if __name__ == "__main__":

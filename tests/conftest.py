@@ -16,8 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cifar_study.data import Dataset, Split, synthetic
-from cifar_study.params import Params
+from cifar_study.pipeline.dataset import Dataset, Split, synthetic
+from cifar_study.pipeline.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 # The real CIFAR-10 JPEG archive for the tests that need it: $CIFAR10_JPG, else the copy beside this

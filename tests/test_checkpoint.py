@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cifar_study.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from cifar_study.errors import CheckpointError
-from cifar_study.model import SimpleCNN
-from cifar_study.params import ModelParams
+from cifar_study.core.model import SimpleCNN
+from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cifar_study.pipeline.errors import CheckpointError
+from cifar_study.pipeline.params import ModelParams
 
 CLASSES = [f"c{i}" for i in range(10)]
 

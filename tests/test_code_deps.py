@@ -5,10 +5,10 @@ import shutil
 
 import yaml
 
-from cifar_study import paths
-from cifar_study.code_deps import code_deps
-from cifar_study.params import Params
-from cifar_study.resume import run_key
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.code_deps import code_deps
+from cifar_study.pipeline.params import Params
+from cifar_study.pipeline.resume import run_key
 from tests.conftest import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -33,7 +33,7 @@ def test_every_stage_declares_exactly_its_paths():
 
 
 def test_the_resume_key_changes_with_the_train_stage_code_only(tmp_path, monkeypatch):
-    for f in [*code_deps("stages/train.py", ROOT), "cifar_study/tracking.py", "cifar_study/plots.py"]:
+    for f in [*code_deps("stages/train.py", ROOT), "cifar_study/observe/wandb_run.py", "cifar_study/analysis/figures.py"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, tmp_path / f)
     (tmp_path / paths.DATA).parent.mkdir(parents=True)
@@ -41,10 +41,10 @@ def test_the_resume_key_changes_with_the_train_stage_code_only(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     params = Params()
     before = run_key(params)
-    with open("cifar_study/tracking.py", "a") as f:  # an observer: no new run
+    with open("cifar_study/observe/wandb_run.py", "a") as f:  # an observer: no new run
         f.write("# logging changed\n")
     assert run_key(params) == before
-    with open("cifar_study/evaluation.py", "a") as f:  # imported by training.py: a new run
+    with open("cifar_study/core/evaluation.py", "a") as f:  # imported by training.py: a new run
         f.write("# evaluation changed\n")
     assert run_key(params) != before
 
@@ -53,9 +53,10 @@ def test_imports_are_followed_through_packages_and_from_imports(tmp_path):
     (tmp_path / "stages").mkdir()
     (tmp_path / "cifar_study").mkdir()
     (tmp_path / "stages/s.py").write_text("from cifar_study import a\nimport numpy\n")
+    (tmp_path / "cifar_study/observe").mkdir()
     (tmp_path / "cifar_study/__init__.py").write_text('"""Only a docstring."""\n')
     (tmp_path / "cifar_study/a.py").write_text("def f():\n    from cifar_study.b import g\n")
-    (tmp_path / "cifar_study/b.py").write_text("from cifar_study.tracking import T\n")
-    (tmp_path / "cifar_study/tracking.py").write_text("from cifar_study.c import x\n")
+    (tmp_path / "cifar_study/b.py").write_text("from cifar_study.observe.wandb_run import T\n")
+    (tmp_path / "cifar_study/observe/wandb_run.py").write_text("from cifar_study.c import x\n")
     (tmp_path / "cifar_study/c.py").write_text("")
     assert code_deps("stages/s.py", tmp_path) == ["cifar_study/a.py", "cifar_study/b.py", "stages/s.py"]

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_study.data import Split
-from cifar_study.device import seed_everything
-from cifar_study.distributed import Dist
-from cifar_study.loader import TensorLoader
-from cifar_study.model import SimpleCNN
-from cifar_study.params import TrainParams
-from cifar_study.resume import ResumeStore
-from cifar_study.evaluation import evaluate
-from cifar_study.training import NullLogger, setup, train, train_epoch
+from cifar_study.core.distributed import Dist
+from cifar_study.core.evaluation import evaluate
+from cifar_study.core.loader import TensorLoader
+from cifar_study.core.model import SimpleCNN
+from cifar_study.core.runtime import seed_everything
+from cifar_study.core.training import NullLogger, setup, train, train_epoch
+from cifar_study.pipeline.dataset import Split
+from cifar_study.pipeline.params import TrainParams
+from cifar_study.pipeline.resume import ResumeStore
 from tests.conftest import ROOT, project, run_stage
 
 pytestmark = [pytest.mark.cuda,

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from cifar_study.data import fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
-from cifar_study.errors import DataError, ParamError
-from cifar_study.params import DataParams, parse_params
+from cifar_study.pipeline.dataset import fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
+from cifar_study.pipeline.errors import DataError, ParamError
+from cifar_study.pipeline.params import DataParams, parse_params
 from tests.conftest import REAL_ARCHIVE, image_folder_files, python_archive, write_files, write_tar
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cifar_study.loader import TensorLoader
+from cifar_study.core.loader import TensorLoader
 from tests.conftest import project, run_stage, snapshot
 
 pytestmark = pytest.mark.slow

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from bench.flow_health_check import CONFIGS, check
-from cifar_study import flow_health
-from cifar_study.data import fetch
-from cifar_study.dynamics import analyse
-from cifar_study.findings import check_claims
-from cifar_study.flow import FlowSnapshot
-from cifar_study.history import EpochRecord
-from cifar_study.params import DataParams, TrainParams
+from cifar_study.analysis import flow_health
+from cifar_study.analysis.claims import check_claims
+from cifar_study.analysis.dynamics import analyse
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline.dataset import fetch
+from cifar_study.pipeline.params import DataParams, TrainParams
 
 CPU = torch.device("cpu")
 

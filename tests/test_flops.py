@@ -1,5 +1,5 @@
-from cifar_study.flops import count_flops, flops_report, torch_flop_count
-from cifar_study.model import SimpleCNN, count_parameters
+from cifar_study.core.flops import count_flops, flops_report, torch_flop_count
+from cifar_study.core.model import SimpleCNN, count_parameters
 
 
 def test_simple_cnn_flops_match_the_seed_exactly():

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar_study.histograms import BINS, model_histograms, tensor_histogram
-from cifar_study.model import SimpleCNN
+from cifar_study.core.model import SimpleCNN
+from cifar_study.observe.histograms import BINS, model_histograms, tensor_histogram
 
 
 def test_64_equal_bins_over_the_finite_range():

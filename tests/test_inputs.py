@@ -35,12 +35,12 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_study import inputs
-from cifar_study.checkpoint import save_checkpoint
-from cifar_study.data import Split, fetch, from_folder, read_python_archive
-from cifar_study.errors import ParamError
-from cifar_study.model import SimpleCNN
-from cifar_study.params import DataParams, load_params
+from cifar_study.core.model import SimpleCNN
+from cifar_study.pipeline import untrusted
+from cifar_study.pipeline.checkpoint import save_checkpoint
+from cifar_study.pipeline.dataset import Split, fetch, from_folder, read_python_archive
+from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.params import DataParams, load_params
 from tests.conftest import image_folder_files, project, python_archive, snapshot, write_files, write_tar
 
 ROW_TIMEOUT_S = 90  # a row that takes longer has hung: the test fails instead of waiting
@@ -86,8 +86,8 @@ class Row:
 def run_process(repo: Path, stage: str, env: dict | None = None, limits: dict | None = None,
                 fsize: int | None = None, unprivileged: bool = False, umask: int | None = None):
     if limits:
-        sets = "; ".join(f"inputs.{k} = {v!r}" for k, v in limits.items())
-        cmd = [sys.executable, "-c", f"import runpy; from cifar_study import inputs; {sets}; "
+        sets = "; ".join(f"untrusted.{k} = {v!r}" for k, v in limits.items())
+        cmd = [sys.executable, "-c", f"import runpy; from cifar_study.pipeline import untrusted; {sets}; "
                                      f"runpy.run_module('stages.{stage}', run_name='__main__')"]
     else:
         cmd = [sys.executable, "-m", f"stages.{stage}"]
@@ -484,12 +484,12 @@ def _rank_error_stage(ctx: Ctx) -> dict:
     It imports no PyTorch in the ranks, so the row takes seconds, not the minute of a real training launch."""
     (ctx.repo / "stages/rank_error.py").write_text(
         "import os, sys\n"
-        "from cifar_study.cli import run_stage\n"
-        "from cifar_study.errors import ParamError\n\n"
+        "from cifar_study.pipeline.stage import run_stage\n"
+        "from cifar_study.pipeline.errors import ParamError\n\n"
         "def main():\n"
         "    if 'RANK' in os.environ:\n"
         "        raise ParamError(f\"train.lr: refused by rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\")\n"
-        "    from cifar_study import distributed\n"
+        "    from cifar_study.core import distributed\n"
         "    sys.exit(distributed.launch(2, 'stages.rank_error'))\n\n"
         "run_stage(main)\n")
     ctx.stack.callback((ctx.repo / "stages/rank_error.py").unlink)
@@ -555,7 +555,7 @@ def test_official_batch_formats_unpickle_without_running_code(tiny, tmp_path):
              "data": tiny.train.images.transpose(0, 3, 1, 2).reshape(200, -1)}
     for data in (pickle.dumps(batch, protocol=2), pickle.dumps(batch, protocol=2).replace(b"numpy._core", b"numpy.core"),
                  pickle.dumps(batch, protocol=5)):
-        loaded = inputs.unpickle_batch(data, "batch")
+        loaded = untrusted.unpickle_batch(data, "batch")
         assert loaded["labels"] == batch["labels"] and loaded["filenames"] == batch["filenames"]
         np.testing.assert_array_equal(loaded["data"], batch["data"])
         assert loaded["data"].dtype == np.uint8
@@ -599,9 +599,9 @@ def test_params_yaml_reads_as_dvc_reads_it(text, tmp_path):
         theirs = load_yaml(str(path))
     except YAMLFileCorruptedError:
         with pytest.raises(ParamError):
-            inputs.load_yaml(path)
+            untrusted.load_yaml(path)
         return
-    ours = inputs.load_yaml(path)
+    ours = untrusted.load_yaml(path)
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert type(ours[key]) is type(theirs[key])

@@ -1,4 +1,4 @@
-"""Live progress (cifar_study/live.py): DVCLive files after every epoch, kept when a run stops, gone when it ends."""
+"""Live progress (cifar_study/observe/live.py): DVCLive files after every epoch, kept when a run stops, gone when it ends."""
 from __future__ import annotations
 
 import csv
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_study.history import EpochRecord
-from cifar_study.live import FanOut, LiveLogger
-from cifar_study.training import NullLogger
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.training import NullLogger
+from cifar_study.observe.live import FanOut, LiveLogger
 from tests.conftest import project, run_stage, stage
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_study.data import Split
-from cifar_study.loader import CustomCIFAR10, TensorLoader, dataloader, random_crop_flip
+from cifar_study.core.loader import CustomCIFAR10, TensorLoader, dataloader, random_crop_flip
+from cifar_study.pipeline.dataset import Split
 
 CHI2_CRIT_8DF = 26.12  # chi-square critical value, 8 degrees of freedom, p = 0.001
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import yaml
 
-from cifar_study.cifar10 import ORIGINAL_MEAN, ORIGINAL_STD
-from cifar_study.data import channel_stats, normalization
-from cifar_study.params import Params
+from cifar_study.core.cifar10 import ORIGINAL_MEAN, ORIGINAL_STD
+from cifar_study.pipeline.dataset import channel_stats, normalization
+from cifar_study.pipeline.params import Params
 from tests.conftest import project, run_stage
 
 

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from cifar_study.errors import ParamError
-from cifar_study.params import Params, load_params, parse_params
+from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.params import Params, load_params, parse_params
 from tests.conftest import workspace_or_committed
 
 
@@ -81,8 +81,8 @@ def test_every_parameter_is_in_params_yaml(tmp_path):
 
 
 def test_data_path_expands_home_and_a_missing_path_names_the_path_checked(tmp_path, monkeypatch):
-    from cifar_study.data import fetch
-    from cifar_study.errors import DataError
+    from cifar_study.pipeline.dataset import fetch
+    from cifar_study.pipeline.errors import DataError
 
     monkeypatch.setenv("HOME", str(tmp_path))
     p = parse_params({"data": {"source": "folder", "path": "~/cifar10-jpg.tar.gz"}}).data

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_study.plots import FIGURES
+from cifar_study.analysis.figures import FIGURES
 from tests.conftest import ROOT, default_params
 from tests.wandb_records import config, run_info
 

@@ -1,9 +1,9 @@
 """Figures readable at the edges: one epoch, one flow snapshot, 100% accuracy, colour-blind readers."""
 import numpy as np
 
-from cifar_study import plots
-from cifar_study.flow import FlowSnapshot
-from cifar_study.history import EpochRecord
+from cifar_study.analysis import figures
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.history import EpochRecord
 
 LAYERS = ["block1.conv", "block1.bn", "fc1"]
 
@@ -17,7 +17,7 @@ def snapshots(n: int) -> list[FlowSnapshot]:
 
 
 def test_one_epoch_curves_have_whole_axes_and_a_legend_beside_the_points():
-    fig = plots.learning_curves(history(1), "test")
+    fig = figures.learning_curves(history(1), "test")
     loss, acc = fig.axes
     assert acc.get_ylim() == (0, 100) and loss.get_ylim()[0] == 0 and loss.get_ylim()[1] >= 2.0
     assert loss.get_xlim() == (0.5, 1.5) and list(loss.get_xticks()) == [1]
@@ -27,24 +27,24 @@ def test_one_epoch_curves_have_whole_axes_and_a_legend_beside_the_points():
 
 
 def test_flow_bar_legend_is_outside_every_axes():
-    fig = plots.flow_bars(snapshots(3), "weight")
+    fig = figures.flow_bars(snapshots(3), "weight")
     assert all(ax.get_legend() is None for ax in fig.axes)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
         "step 0 (epoch 1)", "step 10 (epoch 2)", "step 20 (epoch 3)"]
 
 
 def test_class_accuracy_axis_ends_at_100_percent():
-    fig = plots.class_accuracy_figure(np.array([1.0, 0.5]), ["cat", "dog"])
+    fig = figures.class_accuracy_figure(np.array([1.0, 0.5]), ["cat", "dog"])
     assert fig.axes[0].get_xlim() == (0, 100)
 
 
 def test_prediction_grid_marks_right_and_wrong_without_colour():
     images = np.zeros((2, 32, 32, 3), np.uint8)
-    fig = plots.prediction_grid(images, ["cat", "dog"], ["cat", "cat"])
+    fig = figures.prediction_grid(images, ["cat", "dog"], ["cat", "cat"])
     titles = [ax.get_title() for ax in fig.axes[:2]]
     assert titles[0].startswith("\u2713 pred: cat") and titles[1].startswith("\u2717 pred: cat")
 
 
 def test_one_snapshot_heat_map_says_so():
-    assert "single snapshot" in plots.flow_heatmap(snapshots(1)).axes[0].get_title()
-    assert plots.flow_heatmap(snapshots(2)).axes[0].get_title() == "Gradient flow over the whole run"
+    assert "single snapshot" in figures.flow_heatmap(snapshots(1)).axes[0].get_title()
+    assert figures.flow_heatmap(snapshots(2)).axes[0].get_title() == "Gradient flow over the whole run"

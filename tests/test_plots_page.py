@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_study.live import LiveLogger
+from cifar_study.analysis.figures import FIGURES
+from cifar_study.core.history import EpochRecord
+from cifar_study.observe.live import LiveLogger
 from tests.browser import INSTALL_HINT, Chromium, PageResult, find_chromium
-from cifar_study.history import EpochRecord
-from cifar_study.plots import FIGURES
 from tests.conftest import ROOT
 from tests.test_pipeline import TINY, dvc, git, project_files, set_params
 

@@ -17,13 +17,23 @@ import pytest
 import torch
 import yaml
 
-from cifar_study import io as cio
-from cifar_study.data import Split, fetch, from_folder
-from cifar_study.errors import DataError, UserError
-from cifar_study.model import SimpleCNN
-from cifar_study.params import DataParams, TrainParams
-from cifar_study.training import setup, train
-from tests.conftest import encode, image_folder_files, project, python_archive, run_stage, snapshot, stage, write_files, write_tar
+from cifar_study.core.model import SimpleCNN
+from cifar_study.core.training import setup, train
+from cifar_study.pipeline import outputs as cio
+from cifar_study.pipeline.dataset import Split, fetch, from_folder
+from cifar_study.pipeline.errors import DataError, UserError
+from cifar_study.pipeline.params import DataParams, TrainParams
+from tests.conftest import (
+    encode,
+    image_folder_files,
+    project,
+    python_archive,
+    run_stage,
+    snapshot,
+    stage,
+    write_files,
+    write_tar,
+)
 
 # --- bad data: one line naming the file ------------------------------------------------------
 
@@ -217,7 +227,7 @@ class OutOfMemoryModel(SimpleCNN):
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tiny):
-    from cifar_study.loader import make_loader
+    from cifar_study.core.loader import make_loader
     loader = make_loader("tensor", tiny.train, [0.5] * 3, [0.25] * 3, augment=True, shuffle=True, batch_size=32, seed=0,
                          device=torch.device("cpu"))
     with pytest.raises(UserError, match="out of cpu memory at train.batch_size=32: lower train.batch_size"):

@@ -1,7 +1,7 @@
 """The README's Results section is generated from the committed files, never typed."""
 from pathlib import Path
 
-from cifar_study.report import SECTIONS, render, update
+from cifar_study.results import SECTIONS, render, update
 from tests.conftest import workspace_or_committed
 
 # What the Results section is rendered from, and the README itself.
@@ -15,7 +15,7 @@ def sections_mismatch(root: Path) -> str | None:
         if readme.count(start) != 1 or readme.count(end) != 1:
             return f"{root}/README.md: needs exactly one {start} ... {end}"
         if readme.split(start, 1)[1].split(end, 1)[0].strip() != draw(root).strip():
-            return f"{root}: README.md's {name} section differs from its files (run: python -m cifar_study.report)"
+            return f"{root}: README.md's {name} section differs from its files (run: python -m cifar_study.results)"
     return None if update(root / "README.md", root) == readme else f"{root}: README.md is not up to date"
 
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from cifar_study import spread
-from cifar_study.history import EpochRecord
-from cifar_study.report import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
+from cifar_study.core.history import EpochRecord
+from cifar_study.results import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
 from tests.conftest import ROOT
 
 BASE_PARAMS = {"data": {"source": "download", "path": ""}, "train": {"seed": 42, "epochs": 3, "amp": "none",

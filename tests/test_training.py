@@ -3,16 +3,16 @@ import math
 import pytest
 import torch
 
-from cifar_study.data import Dataset, Split
-from cifar_study.device import resolve_device, seed_everything
-from cifar_study.errors import ParamError
-from cifar_study.loader import make_loader
-from cifar_study.model import SimpleCNN
-from cifar_study.params import TrainParams
-from cifar_study.evaluation import evaluate
-from cifar_study.histograms import model_histograms
-from cifar_study.history import EpochRecord
-from cifar_study.training import NullLogger, TrainingDiverged, setup, train
+from cifar_study.core.evaluation import evaluate
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.loader import make_loader
+from cifar_study.core.model import SimpleCNN
+from cifar_study.core.runtime import resolve_device, seed_everything
+from cifar_study.core.training import NullLogger, TrainingDiverged, setup, train
+from cifar_study.observe.histograms import model_histograms
+from cifar_study.pipeline.dataset import Dataset, Split
+from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.params import TrainParams
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_study.model import SimpleCNN
+from cifar_study.core.model import SimpleCNN
 from tests.conftest import project, run_stage, snapshot
 from tests.wandb_records import artifacts, config, history, run_info, summary
 
@@ -152,8 +152,8 @@ def test_failing_wandb_warns_once_and_changes_nothing(runs, broken, monkeypatch,
 
 
 def test_wandb_mode_param_and_env(monkeypatch):
-    from cifar_study.params import WandbParams
-    from cifar_study.tracking import Tracker, wandb_mode
+    from cifar_study.observe.wandb_run import Tracker, wandb_mode
+    from cifar_study.pipeline.params import WandbParams
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_mode(WandbParams(mode="offline")) == "offline"
@@ -166,8 +166,8 @@ def test_wandb_mode_param_and_env(monkeypatch):
 def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsys):
     """Interrupted (exit 130), the next run of the same stage and group continues the same W&B run id;
     a completed one does not, so a sweep's dashboard shows one run per stage and experiment."""
-    from cifar_study.params import WandbParams
-    from cifar_study.tracking import Tracker, resume_id_file
+    from cifar_study.observe.wandb_run import Tracker, resume_id_file
+    from cifar_study.pipeline.params import WandbParams
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     offline = WandbParams(mode="offline")
@@ -194,8 +194,8 @@ def test_a_run_id_that_cannot_be_resumed_is_dropped(monkeypatch, tmp_path, capsy
     """wandb.init failing on a kept id (a run deleted online, say): one warning, and the next run starts afresh."""
     import wandb
 
-    from cifar_study.params import WandbParams
-    from cifar_study.tracking import Tracker, resume_id_file
+    from cifar_study.observe.wandb_run import Tracker, resume_id_file
+    from cifar_study.pipeline.params import WandbParams
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     kept = resume_id_file("train", "run-y")

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from cifar_study.errors import ParamError
+from cifar_study.pipeline.errors import ParamError
 
 
 def resolve_device(name: str) -> torch.device:

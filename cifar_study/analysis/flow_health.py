@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cifar_study.flow import FlowSnapshot
+from cifar_study.core.flow import FlowSnapshot
 
 # Vanishing: a layer's mean |grad| more than 4 decades below the output layer's at the same snapshot,
 # in more than a quarter of the snapshots. Layers differ by fan-in: in the default run the smallest

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cifar_study.history import EpochRecord
+from cifar_study.core.history import EpochRecord
 
 LAST_EPOCHS = 5  # the window for "the last epochs": stability and the held-out loss trend
 # Overfitting: the held-out loss of the last epoch more than 5% above its best, and still rising

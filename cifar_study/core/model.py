@@ -6,8 +6,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cifar_study.cifar10 import CHANNELS, IMAGE_SIZE
-from cifar_study.params import ModelParams
+from cifar_study.core.cifar10 import CHANNELS, IMAGE_SIZE
+from cifar_study.pipeline.params import ModelParams
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:

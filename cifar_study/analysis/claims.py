@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cifar_study.dynamics import Dynamics
-from cifar_study.flow_health import FlowHealth
+from cifar_study.analysis.dynamics import Dynamics
+from cifar_study.analysis.flow_health import FlowHealth
 
 # "one to two orders of magnitude": the median layer's max/mean |grad| ratio within 10x..100x.
 MAX_TO_MEAN_RANGE = (10.0, 100.0)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from cifar_study.errors import ParamError
-from cifar_study.inputs import load_yaml
+from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.untrusted import load_yaml
 
 # torchvision.datasets.CIFAR10's archive and checksum, repeated here so that the
 # parameters (and DVC's view of them) stay plain data.

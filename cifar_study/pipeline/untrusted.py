@@ -34,8 +34,8 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_study.cifar10 import IMAGE_SIZE
-from cifar_study.errors import DataError, OutputError, ParamError, UserError, first_line
+from cifar_study.core.cifar10 import IMAGE_SIZE
+from cifar_study.pipeline.errors import DataError, OutputError, ParamError, UserError, first_line
 
 # The most any input may hold: a downloaded file, a local archive, and what an archive unpacks
 # to. No copy of CIFAR-10 comes near it: the official archive is 163 MiB (170 MiB unpacked), and

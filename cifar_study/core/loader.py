@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cifar_study.cifar10 import IMAGE_SIZE
-from cifar_study.data import Split
+from cifar_study.core.cifar10 import IMAGE_SIZE
+from cifar_study.pipeline.dataset import Split
 
 PAD = 4  # RandomCrop(32, padding=4): zero padding, crop offset uniform in 0..2*PAD per axis
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cifar_study.errors import OutputError, first_line
+from cifar_study.pipeline.errors import OutputError, first_line
 
 # (temporary, final) pairs written in the current `outputs_together()` block; None outside one.
 _staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)

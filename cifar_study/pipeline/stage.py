@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cifar_study.errors import UserError
-from cifar_study.io import outputs_together
+from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.outputs import outputs_together
 
 # Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
 # error, so the launcher prints it once instead of every rank printing it.

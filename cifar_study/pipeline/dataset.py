@@ -6,7 +6,7 @@ same shapes (`synthetic`). Whatever the source, later stages load `data/cifar10.
 under a second.
 
 Every source is first *listed*: its class names and the label of every image it declares, before
-any image is decoded (files are read under the rules of `inputs`). The listing is checked (two
+any image is decoded (files are read under the rules of `untrusted`). The listing is checked (two
 classes or more, every class in both splits, limits that fit) before any work, then the chosen
 images are decoded; an image that was declared but cannot be read stops the stage: data never
 shrinks or merges silently.
@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from cifar_study import inputs
-from cifar_study.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE, ORIGINAL_MEAN, ORIGINAL_STD
-from cifar_study.errors import DataError, OutputError, ParamError, first_line
-from cifar_study.io import atomic_path
-from cifar_study.params import DataParams
+from cifar_study.core.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE, ORIGINAL_MEAN, ORIGINAL_STD
+from cifar_study.pipeline import untrusted
+from cifar_study.pipeline.errors import DataError, OutputError, ParamError, first_line
+from cifar_study.pipeline.outputs import atomic_path
+from cifar_study.pipeline.params import DataParams
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
@@ -237,12 +237,12 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
     no file behind.
     """
     archive, md5 = raw_dir / ARCHIVE_NAME, md5.lower()
-    if archive.is_file() and inputs.md5_file(archive) == md5:
+    if archive.is_file() and untrusted.md5_file(archive) == md5:
         return read_python_archive(archive)
     part = archive.with_name(archive.name + ".part")
     with _created_dirs(raw_dir):
         try:
-            inputs.download(url, part)
+            untrusted.download(url, part)
         except (DataError, OutputError):
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, timeouts, resets: no archive
@@ -251,7 +251,7 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
                 f"(file:///path/to/cifar-10-python.tar.gz), or data.source: folder with data.path: "
                 f"a directory or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg") from None
         try:
-            if inputs.md5_file(part) != md5:
+            if untrusted.md5_file(part) != md5:
                 raise DataError(f"{url}: the downloaded file's md5 is not data.md5={md5} (corrupt or wrong file; deleted)")
             listing = read_python_archive(part, where=url)
             check_listing(listing)
@@ -281,15 +281,15 @@ def read_python_archive(archive: Path, where: str = "") -> Listing:
     """The official archive's batches, unpickled without running code and checked for their shape."""
     where = where or str(archive)
     batches: dict[str, object] = {}
-    with inputs.open_tar(archive, "data.url", f"{where}: not a readable tar archive") as tar:
-        for m in inputs.tar_members(tar, where):
+    with untrusted.open_tar(archive, "data.url", f"{where}: not a readable tar archive") as tar:
+        for m in untrusted.tar_members(tar, where):
             name = PurePosixPath(m.name).name
             if name.startswith(("data_batch_", "test_batch")) or name == "batches.meta":
                 if not m.isreg():
                     raise DataError(f"{where}:{m.name} is not a regular file in the archive")
                 if name in batches:
                     raise DataError(f"{where} holds {name} twice (two copies of the dataset?)")
-                batches[name] = inputs.unpickle_batch(inputs.read_member(tar, m, where, inputs.MAX_INPUT_BYTES),
+                batches[name] = untrusted.unpickle_batch(untrusted.read_member(tar, m, where, untrusted.MAX_INPUT_BYTES),
                                                       f"{where}:{m.name}")
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if "test_batch" not in batches or "batches.meta" not in batches or not train_names:
@@ -338,10 +338,10 @@ def folder_listing(path: Path) -> Iterator[Listing]:
         raise DataError(f"data.path: {path.absolute()} does not exist")  # the path checked, where the stage ran
     if path.is_dir():
         files = _directory_images(path)
-        yield _layout(files, where, lambda name: inputs.read_bounded(files[name], inputs.MAX_IMAGE_FILE_BYTES,
+        yield _layout(files, where, lambda name: untrusted.read_bounded(files[name], untrusted.MAX_IMAGE_FILE_BYTES,
                                                                      "data.path"))
         return
-    with inputs.open_tar(path, "data.path", f"{where} is neither a directory nor a readable tar archive "
+    with untrusted.open_tar(path, "data.path", f"{where} is neither a directory nor a readable tar archive "
                                             f"(.tar, .tar.gz, .tar.bz2, .tar.xz)") as tar:
         yield _tar_layout(tar, where)
 
@@ -378,7 +378,7 @@ def _directory_images(path: Path) -> dict[str, Path]:
 
 def _tar_layout(tar: tarfile.TarFile, where: str) -> Listing:
     """The layout of an archive; images stored as hard links are read through their targets."""
-    members = inputs.tar_members(tar, where)
+    members = untrusted.tar_members(tar, where)
     regular: dict[str, tarfile.TarInfo] = {}
     source: dict[str, tarfile.TarInfo] = {}  # layout name -> the member that holds its bytes
     for m in members:
@@ -395,8 +395,8 @@ def _tar_layout(tar: tarfile.TarFile, where: str) -> Listing:
         else:
             raise DataError(f"{where}:{m.name} is a {'symbolic link' if m.issym() else 'special'} member, not an "
                             f"image file (store the file itself)")
-    return _layout(source, where, lambda name: inputs.read_member(tar, source[name], where,
-                                                                  inputs.MAX_IMAGE_FILE_BYTES),
+    return _layout(source, where, lambda name: untrusted.read_member(tar, source[name], where,
+                                                                  untrusted.MAX_IMAGE_FILE_BYTES),
                    order=lambda name: source[name].offset_data)
 
 
@@ -434,7 +434,7 @@ def _layout(files: dict, where: str, read: Callable[[str], bytes], order: Callab
         for i in sorted(range(len(idx)), key=lambda i: position(names[split][idx[i]][0])):
             name = names[split][idx[i]][0]
             if last is None or last[0] != position(name):
-                last = position(name), inputs.decode_image(read(name), f"{where.removeprefix('data.path: ')}:{name}")
+                last = position(name), untrusted.decode_image(read(name), f"{where.removeprefix('data.path: ')}:{name}")
             images[i] = last[1]
         return images
 

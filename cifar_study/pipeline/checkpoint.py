@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar_study.errors import CheckpointError, ParamError, first_line
-from cifar_study.history import EpochRecord
-from cifar_study.io import write_bytes
-from cifar_study.model import build_model
-from cifar_study.params import ModelParams, parse_section
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.model import build_model
+from cifar_study.pipeline.errors import CheckpointError, ParamError, first_line
+from cifar_study.pipeline.outputs import write_bytes
+from cifar_study.pipeline.params import ModelParams, parse_section
 
 REQUIRED = ("model_state", "model", "classes", "mean", "std", "epoch")
 

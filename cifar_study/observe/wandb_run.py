@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar_study.errors import first_line
-from cifar_study.flow import STATS, FlowSnapshot
-from cifar_study.histograms import model_histograms
-from cifar_study.history import EpochRecord
-from cifar_study.flops import flops_report
-from cifar_study.model import build_model
-from cifar_study.params import ModelParams, WandbParams, parse_section
+from cifar_study.core.flops import flops_report
+from cifar_study.core.flow import STATS, FlowSnapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.model import build_model
+from cifar_study.observe.histograms import model_histograms
+from cifar_study.pipeline.errors import first_line
+from cifar_study.pipeline.params import ModelParams, WandbParams, parse_section
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
 
@@ -118,12 +118,12 @@ def model_metadata(path: str, checkpoint: dict[str, Any], test_metrics: dict[str
             "dvc_path": path, "dvc_md5": md5.hexdigest()}
 
 
-def _plots() -> Any:
-    """cifar_study.plots, imported on first use: matplotlib adds about 0.5 s to every stage process
+def _figures() -> Any:
+    """cifar_study.analysis.figures, imported on first use: matplotlib adds about 0.5 s to every stage process
     on a laptop CPU, and only the images logged to W&B need it."""
-    from cifar_study import plots
+    from cifar_study.analysis import figures
 
-    return plots
+    return figures
 
 
 def figure_image(fig: Any) -> Any:
@@ -247,8 +247,8 @@ class Tracker:
 
         def log() -> None:
             values: dict[str, Any] = {
-                "gradients": self.wandb.Image(figure_image(_plots().flow_bars([snapshot], "grad"))),
-                "weights": self.wandb.Image(figure_image(_plots().flow_bars([snapshot], "weight"))),
+                "gradients": self.wandb.Image(figure_image(_figures().flow_bars([snapshot], "grad"))),
+                "weights": self.wandb.Image(figure_image(_figures().flow_bars([snapshot], "weight"))),
             }
             for layer, row in zip(snapshot.layers, snapshot.values):
                 values.update({f"flow/{stat}/{layer}": v for stat, v in zip(STATS, row)})
@@ -285,7 +285,7 @@ class Tracker:
             for i in sample:
                 table.add_data(wandb.Image(images[i]), classes[predicted[i]], classes[actual[i]],
                                bool(predicted[i] == actual[i]))
-            grid = _plots().prediction_grid(images[sample[:32]], [classes[i] for i in actual[sample[:32]]],
+            grid = _figures().prediction_grid(images[sample[:32]], [classes[i] for i in actual[sample[:32]]],
                                          [classes[i] for i in predicted[sample[:32]]])
             self.run.log({
                 "confusion_matrix": wandb.plot.confusion_matrix(y_true=actual.tolist(), preds=predicted.tolist(),

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cifar_study.distributed import Dist, all_reduce_sum
-from cifar_study.errors import UserError
-from cifar_study.evaluation import autocast, evaluate, prepare_input
-from cifar_study.flow import FlowSnapshot, add_update_ratio, flow_parameters, flow_snapshot
-from cifar_study.history import EpochRecord
-from cifar_study.params import TrainParams
+from cifar_study.core.distributed import Dist, all_reduce_sum
+from cifar_study.core.evaluation import autocast, evaluate, prepare_input
+from cifar_study.core.flow import FlowSnapshot, add_update_ratio, flow_parameters, flow_snapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.params import TrainParams
 
 SYNC_EVERY = 20  # batches between host reads (progress bar, non-finite-loss check)
 

@@ -13,11 +13,11 @@ PACKAGES = ("cifar_study", "stages")
 # Modules that only observe a run and decide none of its outputs: following them would re-run a
 # 30-epoch training for a change in how it is logged. tests/test_wandb.py checks that the outputs are
 # identical with W&B on and off.
-OBSERVERS = frozenset({"cifar_study/tracking.py", "cifar_study/live.py"})
+OBSERVERS = frozenset({"cifar_study/observe/wandb_run.py", "cifar_study/observe/live.py"})
 
 
 def _module_file(module: str, root: Path) -> Path | None:
-    """`cifar_study.data` -> cifar_study/data.py (None for modules outside the project)."""
+    """`cifar_study.pipeline.dataset` -> cifar_study/pipeline/dataset.py (None for modules outside the project)."""
     if module.split(".")[0] not in PACKAGES:
         return None
     path = root / Path(*module.split("."))
@@ -30,7 +30,7 @@ def _imports(path: Path, root: Path) -> set[Path]:
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from cifar_study import paths` imports the module cifar_study.paths, not a name in __init__.
+            # `from cifar_study import paths` imports the module cifar_study.pipeline.paths, not a name in __init__.
             modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue

@@ -18,7 +18,7 @@ FINDINGS_METRICS = "metrics/findings.json"  # the few numbers dvc metrics diff c
 FINDINGS = "reports/findings.json"  # per-layer flow health, training dynamics, the original study's claims
 FIGURES = "plots/figures"
 RESUME = ".train_state/train.pt"  # not a DVC output: it must survive `dvc repro` removing outputs
-LIVE = "dvclive"  # per-epoch progress while train runs (cifar_study/live.py); not a DVC output either
+LIVE = "dvclive"  # per-epoch progress while train runs (cifar_study/observe/live.py); not a DVC output either
 
 # Per stage: (data it reads, outputs and metrics it writes), as dvc.yaml declares them.
 STAGE_FILES = {

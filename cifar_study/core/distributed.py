@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cifar_study.errors import ParamError, UserError
+from cifar_study.pipeline.errors import ParamError, UserError
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def launch(nproc: int, module: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    from cifar_study.cli import ERRORS_ENV
+    from cifar_study.pipeline.stage import ERRORS_ENV
 
     # torchrun's own log lines (thread settings, "failed (exitcode: 2)") would bury the one line that matters.
     for name in list(logging.root.manager.loggerDict):

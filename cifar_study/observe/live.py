@@ -23,12 +23,12 @@ from typing import Any, Callable
 import yaml
 from torch import nn
 
-from cifar_study import paths
-from cifar_study.errors import first_line
-from cifar_study.flow import FlowSnapshot
-from cifar_study.history import EpochRecord
-from cifar_study.io import atomic_path
-from cifar_study.training import TrainLogger
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.training import TrainLogger
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.errors import first_line
+from cifar_study.pipeline.outputs import atomic_path
 
 
 def live_dvcyaml(heldout_name: str) -> dict[str, Any]:

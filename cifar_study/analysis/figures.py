@@ -10,10 +10,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
 from matplotlib.ticker import MaxNLocator
 
-from cifar_study.flow import FlowSnapshot
-from cifar_study.history import EpochRecord
-from cifar_study.io import atomic_path
-from cifar_study.scores import class_accuracy
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.scores import class_accuracy
+from cifar_study.pipeline.outputs import atomic_path
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
 MARK = {True: "\u2713", False: "\u2717"}  # ✓ / ✗: right and wrong are told apart without colour too

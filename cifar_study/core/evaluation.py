@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_study.errors import ParamError
+from cifar_study.pipeline.errors import ParamError
 
 
 @dataclass

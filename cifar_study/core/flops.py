@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar_study.cifar10 import CHANNELS, IMAGE_SIZE
-from cifar_study.model import count_parameters
+from cifar_study.core.cifar10 import CHANNELS, IMAGE_SIZE
+from cifar_study.core.model import count_parameters
 
 INPUT_SHAPE = (1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # one image
 

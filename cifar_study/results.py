@@ -1,7 +1,7 @@
 """The README's Results, Findings and Spread sections, generated from the committed metrics/, plots/, reports/ and dvc.lock.
 
-    python -m cifar_study.report           # rewrite the sections in README.md
-    python -m cifar_study.report --check   # exit 1 if README.md is out of date
+    python -m cifar_study.results           # rewrite the sections in README.md
+    python -m cifar_study.results --check   # exit 1 if README.md is out of date
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from cifar_study import paths
-from cifar_study.history import EpochRecord
-from cifar_study.plots import FIGURES
+from cifar_study.analysis.figures import FIGURES
+from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline import paths
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -178,7 +178,7 @@ def main() -> None:
     new = update(readme)
     if args.check:
         if new != readme.read_text():
-            sys.exit("README.md's Results, Findings or Spread section is out of date: run python -m cifar_study.report")
+            sys.exit("README.md's Results, Findings or Spread section is out of date: run python -m cifar_study.results")
         return
     readme.write_text(new)
 

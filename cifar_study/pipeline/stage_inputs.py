@@ -15,10 +15,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from cifar_study import paths
-from cifar_study.errors import UserError, first_line
-from cifar_study.inputs import md5_file
-from cifar_study.io import read_csv
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.errors import UserError, first_line
+from cifar_study.pipeline.outputs import read_csv
+from cifar_study.pipeline.untrusted import md5_file
 
 PRODUCERS = {out: stage for stage, (_, outs) in paths.STAGE_FILES.items() for out in outs}  # which stage writes what
 

@@ -17,15 +17,15 @@ from typing import Any, Callable
 
 import torch
 
-from cifar_study import paths
-from cifar_study.checkpoint import training_payload
-from cifar_study.code_deps import code_deps
-from cifar_study.errors import first_line
-from cifar_study.flow import FlowSnapshot
-from cifar_study.history import EpochRecord
-from cifar_study.io import write_bytes
-from cifar_study.params import Params
-from cifar_study.training import TrainResult, TrainState
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.history import EpochRecord
+from cifar_study.core.training import TrainResult, TrainState
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.checkpoint import training_payload
+from cifar_study.pipeline.code_deps import code_deps
+from cifar_study.pipeline.errors import first_line
+from cifar_study.pipeline.outputs import write_bytes
+from cifar_study.pipeline.params import Params
 
 
 def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:

@@ -1,0 +1,1 @@
+"""The ML core: model, data loader, training loop, evaluation and what they measure."""
