@@ -23,7 +23,6 @@ import io
 import json
 import math
 import re
-import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_study.analysis.figures import save_figure
+from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.errors import UserError
@@ -44,7 +44,6 @@ from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
 
-CONFIDENCE = 0.95
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
 # The baseline may differ from the runs in these and still be the same protocol: the seed (the check
 # pairs it with the run of its seed), and the device and options that change speed, not the method.
@@ -85,33 +84,6 @@ def _seed(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"train.seed {value!r} is not an integer")
     return value
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile (bisection on the CDF, the density integrated by Simpson's rule): no SciPy needed."""
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float, steps: int = 4000) -> float:
-        h = x / steps
-        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
-    lo, hi = 0.0, 1000.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def interval(values: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation, the 95% confidence interval of the mean and the 95%
-    prediction interval of one more run (where a single run such as the original study's should fall)."""
-    n = len(values)
-    mean, sd = statistics.fmean(values), statistics.stdev(values)
-    t = t_quantile(0.5 + CONFIDENCE / 2, n - 1)
-    half_ci, half_pi = t * sd / math.sqrt(n), t * sd * math.sqrt(1 + 1 / n)
-    return {"n": n, "mean": mean, "sd": sd, "min": min(values), "max": max(values), "t": t,
-            "ci_low": mean - half_ci, "ci_high": mean + half_ci, "pi_low": mean - half_pi, "pi_high": mean + half_pi}
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

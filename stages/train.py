@@ -2,17 +2,19 @@
 import sys
 from pathlib import Path
 
+from cifar_study.analysis.stats import replica_spread
 from cifar_study.core import distributed
 from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.loader import make_loader
 from cifar_study.core.model import build_model
+from cifar_study.core.replicas import ReplicaLoader, build_replicas
 from cifar_study.core.runtime import resolve_device, seed_everything
 from cifar_study.core.training import setup, train
 from cifar_study.observe.live import FanOut, LiveLogger
 from cifar_study.observe.wandb_run import Tracker, wandb_group
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.checkpoint import save_checkpoint, training_payload
+from cifar_study.pipeline.checkpoint import replica_payload, save_checkpoint, training_payload
 from cifar_study.pipeline.dataset import heldout_split, load_dataset, normalization
 from cifar_study.pipeline.outputs import write_csv, write_json
 from cifar_study.pipeline.params import load_params
@@ -37,11 +39,16 @@ def main() -> None:
               f"{heldout_name} split ({len(heldout.labels)} images)", flush=True)
 
     seed_everything(p.seed + d.rank)  # dropout differs per rank; data order and augmentation come from the loader's seed
-    train_loader = make_loader(p.loader, train_split, mean, std, augment=True, shuffle=True, batch_size=p.batch_size,
-                               seed=p.seed, device=device, num_workers=p.num_workers, rank=d.rank, world=d.world)
+    seeds = [p.seed + j for j in range(p.replicas)]  # replica j is the run seeded with train.seed + j
+    loaders = [make_loader(p.loader, train_split, mean, std, augment=True, shuffle=True, batch_size=p.batch_size,
+                           seed=seed, device=device, num_workers=p.num_workers, rank=d.rank, world=d.world)
+               for seed in seeds]
+    train_loader = loaders[0] if p.replicas == 1 else ReplicaLoader(loaders)
     heldout_loader = make_loader(p.loader, heldout, mean, std, augment=False, shuffle=False, batch_size=1000,
                                  seed=p.seed, device=device, num_workers=p.num_workers)
-    model = build_model(params.model, len(classes))
+    # The CPU has no kernel-launch latency to amortise: its replicas run one after another (bench/replicas.py).
+    model = build_model(params.model, len(classes)) if p.replicas == 1 else \
+        build_replicas(params.model, len(classes), p.seed, p.replicas, batched=device.type != "cpu")
     key = run_key(params)  # keys the resume state and names the W&B group
     resume = ResumeStore(Path(paths.RESUME), key)
     state = setup(model, p, device, d)
@@ -63,13 +70,20 @@ def main() -> None:
         if not d.main:
             return  # rank 0 alone writes the outputs
 
-        save_checkpoint(paths.CHECKPOINT, **training_payload(model, state.optimizer, result.history),
-                        model=params.section("model"), train=params.section("train"), classes=classes, mean=mean,
-                        std=std, run_key=key, data_md5=md5_file(paths.DATA))
+        payload = training_payload(model, state.optimizer, result.history)
+        if p.replicas > 1:  # model.pt's weights are replica 0's; Adam's stacked state stays in the resume state
+            payload.update(model_state=model.replica_state(0), optimizer_state={},
+                           replicas=replica_payload(model, seeds, result.replicas))
+        save_checkpoint(paths.CHECKPOINT, **payload, model=params.section("model"), train=params.section("train"),
+                        classes=classes, mean=mean, std=std, run_key=key, data_md5=md5_file(paths.DATA))
         write_csv(paths.HISTORY, [r.row() for r in result.history], EpochRecord.columns())
         write_csv(paths.FLOW, [row for snap in result.flow for row in snap.rows()], FLOW_COLUMNS)
         metrics = {"heldout_split": heldout_name, **result.history[-1].final_metrics(),
                    "best_heldout_acc": round(max(r.heldout_acc for r in result.history), 6)}
+        if p.replicas > 1:
+            metrics.update(replicas=p.replicas, **replica_spread({"heldout_acc": [h[-1].heldout_acc for h in result.replicas],
+                                                                  "heldout_loss": [h[-1].heldout_loss for h in result.replicas]}))
+            tracker.log_replicas(seeds, result.replicas, heldout_name)
         write_json(paths.TRAIN_METRICS, metrics)
         resume.clear()  # every output is written: nothing left to resume
         live.finish()

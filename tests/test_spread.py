@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cifar_study import spread
+from cifar_study.analysis import stats
 from cifar_study.core.history import EpochRecord
 from cifar_study.results import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
 from tests.conftest import ROOT
@@ -74,7 +75,7 @@ def repo(tmp_path):
 
 def test_t_quantiles_match_the_tables():
     for df, value in ((1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042)):
-        assert spread.t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+        assert stats.t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
 
 
 def test_collects_the_seed_experiments_and_aggregates_them(repo):

@@ -42,8 +42,9 @@ def prepare_input(x: torch.Tensor, device: torch.device, channels_last: bool) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "none",
-             channels_last: bool = False) -> Evaluation:
+def evaluate_replicas(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "none",
+                      channels_last: bool = False) -> list[Evaluation]:
+    """One pass over `loader`: one Evaluation for a model, one per replica for stacked replicas."""
     model.eval()
     logits, labels = [], []
     for x, y in loader:
@@ -51,6 +52,15 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str 
             # A copy even in fp32: a CUDA-graph replay (compile_mode reduce-overhead) overwrites its outputs.
             logits.append(model(prepare_input(x, device, channels_last)).to(torch.float32, copy=True))
         labels.append(y.to(device))
-    logits_t, labels_t = torch.cat(logits), torch.cat(labels)
-    loss = F.cross_entropy(logits_t, labels_t).item()
-    return Evaluation(loss, (logits_t.argmax(1) == labels_t).float().mean().item(), logits_t, labels_t)
+    logits_t, labels_t = torch.cat(logits, dim=-2), torch.cat(labels)  # replicas' logits are (k, N, classes)
+    return [_scored(each, labels_t) for each in (logits_t if logits_t.dim() == 3 else [logits_t])]
+
+
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "none",
+             channels_last: bool = False) -> Evaluation:
+    return evaluate_replicas(model, loader, device, amp, channels_last)[0]
+
+
+def _scored(logits: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    loss = F.cross_entropy(logits, labels).item()
+    return Evaluation(loss, (logits.argmax(1) == labels).float().mean().item(), logits, labels)

@@ -5,6 +5,7 @@ only at progress-bar updates and at the end of an epoch, so a GPU never waits on
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -15,9 +16,10 @@ from torch import nn
 from tqdm import tqdm
 
 from cifar_study.core.distributed import Dist, all_reduce_sum
-from cifar_study.core.evaluation import autocast, evaluate, prepare_input
+from cifar_study.core.evaluation import autocast, evaluate_replicas, prepare_input
 from cifar_study.core.flow import FlowSnapshot, add_update_ratio, flow_parameters, flow_snapshot
 from cifar_study.core.history import EpochRecord
+from cifar_study.core.replicas import Replicas, replica_losses
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.params import TrainParams
 
@@ -58,8 +60,9 @@ class NullLogger:
 @dataclass
 class TrainResult:
     """What training has produced so far; a resumed run starts from a saved one."""
-    history: list[EpochRecord] = field(default_factory=list)  # one record per completed epoch
-    flow: list[FlowSnapshot] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)  # one record per completed epoch (replica 0's)
+    flow: list[FlowSnapshot] = field(default_factory=list)  # replica 0's
+    replicas: list[list[EpochRecord]] = field(default_factory=list)  # train.replicas > 1: each replica's history
 
 
 @dataclass
@@ -75,6 +78,17 @@ class TrainState:
     dist: Dist = Dist()
     step: int = 0  # global batch index
 
+    @property
+    def replicas(self) -> int:
+        return self.model.k if isinstance(self.model, Replicas) else 1
+
+    def flow_watched(self) -> list:
+        """What the flow statistics and histograms read: the model, or replica 0 of stacked replicas."""
+        return flow_parameters(self.model.replica(0)) if isinstance(self.model, Replicas) else self.watched
+
+    def histogram_source(self) -> Any:
+        return self.model.replica(0) if isinstance(self.model, Replicas) else self.model
+
 
 def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist()) -> TrainState:
     model.to(device)
@@ -89,14 +103,15 @@ def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist
 
 
 def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLogger,
-                flow: list[FlowSnapshot]) -> tuple[float, float]:
-    """One pass over `loader`; returns the epoch's mean train loss and accuracy."""
+                flow: list[FlowSnapshot]) -> tuple[list[float], list[float]]:
+    """One pass over `loader`; returns the epoch's mean train loss and accuracy, one per replica."""
     p, device = state.p, state.device
     state.forward.train()
     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    shape = (state.replicas,) if state.replicas > 1 else ()
+    loss_sum = torch.zeros(shape, device=device)
+    correct = torch.zeros(shape, device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True,
@@ -105,7 +120,9 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
         x, y = prepare_input(x, device, p.channels_last), y.to(device, non_blocking=True)
         with autocast(device, p.amp):
             logits = state.forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            # Stacked replicas: the sum of their mean losses, so each replica's gradient is its own.
+            losses = replica_losses(logits, y) if logits.dim() == 3 else F.cross_entropy(logits.float(), y)
+            loss = losses.sum() if losses.dim() else losses
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         flow_due = state.step % p.flow_every == 0 and state.dist.main  # gradients are all-reduced: rank 0 suffices
@@ -115,30 +132,33 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
             # arithmetic on the same gradients, so the update is identical (and a no-op without fp16).
             state.scaler.unscale_(state.optimizer)
         if flow_due:
-            snapshot, weights_before = flow_snapshot(state.watched, state.step, epoch)
+            watched = state.flow_watched()
+            snapshot, weights_before = flow_snapshot(watched, state.step, epoch)
         if histograms_due:
-            logger.log_histograms(state.model, state.step)
+            logger.log_histograms(state.histogram_source(), state.step)
         state.scaler.step(state.optimizer)
         state.scaler.update()
         if flow_due:
-            add_update_ratio(snapshot, state.watched, weights_before)
+            add_update_ratio(snapshot, watched, weights_before)
             flow.append(snapshot)
             logger.log_flow(snapshot)
         loss = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
-        loss_sum += loss * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+        loss_sum += losses.detach() * y.shape[-1]
+        correct += (logits.argmax(-1) == y).sum(-1)
+        seen += y.shape[-1]
         state.step += 1
         if batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1:
             if first_bad.item() >= 0:
                 raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad.item() + 1}: "
                                        f"lower train.lr (now {p.lr}) or check the data")
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+            bar.set_postfix(loss=f"{loss_sum.mean().item() / seen:.4f}", acc=f"{correct.float().mean().item() / seen:.4f}")
     bar.close()
+    if state.replicas > 1:  # one process (replicas with nproc > 1 are refused): nothing to reduce
+        return (loss_sum / seen).tolist(), (correct / seen).tolist()
     totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                          torch.tensor(float(seen), device=device)]), state.dist)
-    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+    return [(totals[0] / totals[2]).item()], [(totals[1] / totals[2]).item()]
 
 
 def train(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldout_name: str,
@@ -159,15 +179,24 @@ def train(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldou
             raise UserError(f"out of {device.type} memory at train.batch_size={p.batch_size}: "
                             f"lower train.batch_size (or use train.amp: bf16)") from None
         # Every rank evaluates the whole held-out set with the same weights: no collectives needed.
-        heldout = evaluate(state.model if state.dist.active else state.forward, heldout_loader, device, p.amp,
-                           p.channels_last)
-        record = EpochRecord(epoch, train_loss, train_acc, heldout.loss, heldout.acc,
-                             state.optimizer.param_groups[0]["lr"], time.perf_counter() - started)
+        heldout = evaluate_replicas(state.model if state.dist.active else state.forward, heldout_loader, device,
+                                    p.amp, p.channels_last)
+        seconds = time.perf_counter() - started
+        records = [EpochRecord(epoch, loss, acc, h.loss, h.acc, state.optimizer.param_groups[0]["lr"], seconds)
+                   for loss, acc, h in zip(train_loss, train_acc, heldout)]
+        record = records[0]
         result.history.append(record)
+        if state.replicas > 1:
+            result.replicas = result.replicas or [[] for _ in records]
+            for history, r in zip(result.replicas, records):
+                history.append(r)
         if on_epoch_end:
             on_epoch_end(result)
         logger.log_epoch(record, state.step, heldout_name)
         if state.dist.main:
-            print(f"epoch {epoch}/{p.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                  f"{heldout_name} loss {heldout.loss:.4f} acc {heldout.acc:.4f} | {record.seconds:.1f}s", flush=True)
+            spread = (f" | {len(records)} replicas: {heldout_name} acc mean "
+                      f"{statistics.fmean(r.heldout_acc for r in records):.4f}") if len(records) > 1 else ""
+            print(f"epoch {epoch}/{p.epochs}: train loss {record.train_loss:.4f} acc {record.train_acc:.4f} | "
+                  f"{heldout_name} loss {record.heldout_loss:.4f} acc {record.heldout_acc:.4f} | {seconds:.1f}s{spread}",
+                  flush=True)
     return result

@@ -270,6 +270,26 @@ class Tracker:
             self._submit("log", lambda: self.run.log(
                 {key: self.wandb.Histogram(np_histogram=h) for key, h in found.items()}, step=step))
 
+    def log_replicas(self, seeds: list[int], histories: list[list[EpochRecord]], heldout_name: str) -> None:
+        """Every replica's per-epoch history as one table with a `replica` column (one dashboard, not k),
+        and its held-out accuracy per replica as one chart."""
+        if self.run is None:
+            return
+        wandb = self.wandb
+        columns = ["replica", "seed", *EpochRecord.columns()]
+
+        def log() -> None:
+            table = wandb.Table(columns=columns, data=[[j, seed, *r.row().values()]
+                                                       for j, (seed, history) in enumerate(zip(seeds, histories))
+                                                       for r in history])
+            chart = wandb.plot.line_series(xs=[r.epoch for r in histories[0]],
+                                           ys=[[r.heldout_acc for r in h] for h in histories],
+                                           keys=[f"replica {j} (seed {s})" for j, s in enumerate(seeds)],
+                                           title=f"{heldout_name} accuracy per replica", xname="epoch")
+            self.run.log({"replicas/history": table, f"replicas/{heldout_name}_acc": chart})
+
+        self._submit("log", log)
+
     # --- evaluation ---
 
     def log_evaluation(self, actual: np.ndarray, predicted: np.ndarray, classes: list[str], per_class: np.ndarray,

@@ -1,5 +1,9 @@
 """Checkpoints: weights, optimizer, epoch, params and class names in one file.
 
+With `train.replicas` > 1 the top-level weights are replica 0's (the study's seed), so everything
+that reads one model reads that one; the `replicas` list adds every replica's seed, weights and
+history for the evaluate stage.
+
 Loaded with `weights_only=True`, so a checkpoint file can hold tensors and plain data only,
 never code.
 """
@@ -14,6 +18,7 @@ from torch import nn
 
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import build_model
+from cifar_study.core.replicas import Replicas
 from cifar_study.pipeline.errors import CheckpointError, ParamError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, parse_section
@@ -64,3 +69,21 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
         raise CheckpointError(f"checkpoint does not fit {model_params.name} with {len(state['classes'])} classes: "
                               f"{lines[1].strip() if len(lines) > 1 else first_line(exc)}") from None
     return model.to(device).eval()
+
+
+def replica_payload(model: Replicas, seeds: list[int], histories: list[list[EpochRecord]]) -> list[dict[str, Any]]:
+    """The checkpoint's `replicas` list: per replica its seed, weights (single-model names) and history."""
+    return [{"seed": seed, "model_state": model.replica_state(j), "history": [r.row() for r in history]}
+            for j, (seed, history) in enumerate(zip(seeds, histories, strict=True))]
+
+
+def replicas_from_checkpoint(state: dict[str, Any], device: torch.device | str, batched: bool
+                             ) -> tuple[list[int], Replicas]:
+    """The seeds and stacked models of a checkpoint's `replicas` list, checked as the top-level weights are."""
+    records = state.get("replicas")
+    if not isinstance(records, list) or len(records) < 2 or not all(
+            isinstance(r, dict) and type(r.get("seed")) is int and isinstance(r.get("model_state"), dict) for r in records):
+        raise CheckpointError("checkpoint's replicas: expected a list of at least 2 {seed, model_state, history} "
+                              "records (run dvc repro train)")
+    models = [model_from_checkpoint({**state, "model_state": r["model_state"]}, device) for r in records]
+    return [r["seed"] for r in records], Replicas(models, batched).to(device)

@@ -24,6 +24,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) accepts 0..2**32-1
 SEED_RANGE = f"a seed is in 0..{SEED_MAX}, the range the random-number generators accept"
+REPLICAS_MAX = 64  # each replica holds its own weights and Adam state on the device (53 MB each)
 
 
 def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float | None = None,
@@ -84,6 +85,8 @@ class TrainParams:
     nproc: int = _rule(default=1, ge=1, means="a number of processes")  # ranks the train stage launches with torchrun
     # Input normalisation after 0-1 scaling: the original study's constants, or the training split's statistics.
     normalize: str = _rule(default="original", choices=("original", "computed"))
+    # Seed replicas trained side by side: seeds seed, seed+1, ..., seed+replicas-1 (cifar_study/core/replicas.py).
+    replicas: int = _rule(default=1, ge=1, le=REPLICAS_MAX, means="a number of seed replicas")
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,14 @@ def _check_together(params: Params) -> None:
     if params.train.compile_mode != "default" and not params.train.compile:
         raise ParamError(f"train.compile_mode: {params.train.compile_mode!r} needs train.compile: true")
     t = params.train
-    if t.seed + t.nproc - 1 > SEED_MAX:
-        raise ParamError(f"train.seed: {t.seed} + train.nproc - 1 must be <= {SEED_MAX} "
-                         f"(rank r seeds with train.seed + r; {SEED_RANGE})")
+    if t.seed + max(t.nproc, t.replicas) - 1 > SEED_MAX:
+        raise ParamError(f"train.seed: {t.seed} + train.{'nproc' if t.nproc > t.replicas else 'replicas'} - 1 must be "
+                         f"<= {SEED_MAX} (rank or replica r seeds with train.seed + r; {SEED_RANGE})")
+    if t.replicas > 1:
+        for key, value, alone in (("nproc", t.nproc, 1), ("loader", t.loader, "tensor"), ("compile", t.compile, False)):
+            if value != alone:
+                raise ParamError(f"train.replicas: {t.replicas} replicas need train.{key}: {str(alone).lower()} "
+                                 f"(got {str(value).lower()}); replicas already share one process's kernels")
     if params.train.batch_size % params.train.nproc:
         raise ParamError(f"train.batch_size: {params.train.batch_size} must be divisible by train.nproc="
                          f"{params.train.nproc} (it is the global batch, split evenly across ranks)")

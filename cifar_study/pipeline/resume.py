@@ -44,15 +44,21 @@ def run_key(params: Params) -> str:
                        files=(paths.DATA, *code_deps("stages/train.py")))
 
 
+def _generators(loader: Any) -> list[torch.Generator]:
+    """The loader's data-order and augmentation streams: one, or one per replica (ReplicaLoader)."""
+    return getattr(loader, "generators", None) or [loader.generator]
+
+
 def rng_state(state: TrainState, loader: Any) -> dict[str, Any]:
     """Every random stream training draws from: dropout (torch), data order and augmentation (loader)."""
-    return {"torch": torch.get_rng_state(), "loader": loader.generator.get_state(),
+    return {"torch": torch.get_rng_state(), "loader": [g.get_state() for g in _generators(loader)],
             "cuda": torch.cuda.get_rng_state_all() if state.device.type == "cuda" else []}
 
 
 def set_rng_state(loader: Any, rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
-    loader.generator.set_state(rng["loader"])
+    for generator, saved in zip(_generators(loader), rng["loader"], strict=True):
+        generator.set_state(saved)
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
@@ -76,7 +82,8 @@ class ResumeStore:
         self.saved_epoch = saved["epoch"]
         print(f"resuming: {self.progress(state.p.epochs)}; continuing with epoch {saved['epoch'] + 1}", flush=True)
         return TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
-                           [FlowSnapshot(**f) for f in saved["flow"]])
+                           [FlowSnapshot(**f) for f in saved["flow"]],
+                           [[EpochRecord.from_row(r) for r in history] for history in saved["replicas"]])
 
     def saver(self, state: TrainState, loader: Any) -> Callable[[TrainResult], None]:
         """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
@@ -85,6 +92,7 @@ class ResumeStore:
             torch.save({**training_payload(state.model, state.optimizer, result.history),
                         "step": state.step, "scaler_state": state.scaler.state_dict(),
                         "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
+                        "replicas": [[r.row() for r in history] for history in result.replicas],
                         "key": self.key}, buffer)
             write_bytes(self.path, buffer.getbuffer(), now=True)  # at once: it must survive a crash of this run
             self.saved_epoch = len(result.history)
