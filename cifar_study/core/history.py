@@ -38,3 +38,16 @@ class EpochRecord:
         return {"epoch": self.epoch, "train/loss": self.train_loss, "train/acc": self.train_acc,
                 f"{heldout_name}/loss": self.heldout_loss, f"{heldout_name}/acc": self.heldout_acc,
                 "lr": self.lr, "epoch_seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class ReplicaScore:
+    """One seed replica in reports/replicas.json: its seed, test accuracy and loss, and per-epoch history."""
+    seed: int
+    test_acc: float
+    test_loss: float
+    history: list[dict[str, Any]]  # EpochRecord rows
+
+    def record(self) -> dict[str, Any]:
+        return {"seed": self.seed, "test_acc": round(self.test_acc, 6), "test_loss": round(self.test_loss, 6),
+                "history": self.history}

@@ -10,6 +10,7 @@ never code.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,31 @@ def replica_payload(model: Replicas, seeds: list[int], histories: list[list[Epoc
             for j, (seed, history) in enumerate(zip(seeds, histories, strict=True))]
 
 
-def replicas_from_checkpoint(state: dict[str, Any], device: torch.device | str, batched: bool
-                             ) -> tuple[list[int], Replicas]:
-    """The seeds and stacked models of a checkpoint's `replicas` list, checked as the top-level weights are."""
+def history_of(raw: Any, where: str) -> list[EpochRecord]:
+    """A checkpoint's per-epoch history, checked: a list of EpochRecord rows with finite numbers."""
+    try:
+        records = [EpochRecord.from_row(r) for r in raw]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint's {where}: not a list of epoch records ({first_line(exc)})") from None
+    if not all(math.isfinite(v) for r in records for v in r.row().values()):
+        raise CheckpointError(f"checkpoint's {where}: holds a value that is not a finite number")
+    return records
+
+
+def trained_replicas(state: dict[str, Any], device: torch.device | str, batched: bool
+                     ) -> tuple[list[int], nn.Module, list[list[EpochRecord]]]:
+    """Seeds, the model to evaluate (one model, or every replica stacked) and each replica's history."""
+    try:
+        seed = parse_section("train", state["train"]).seed
+    except (ParamError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint's train params: {first_line(exc)}") from None
     records = state.get("replicas")
+    if records is None:
+        return [seed], model_from_checkpoint(state, device), [history_of(state["history"], "history")]
     if not isinstance(records, list) or len(records) < 2 or not all(
             isinstance(r, dict) and type(r.get("seed")) is int and isinstance(r.get("model_state"), dict) for r in records):
         raise CheckpointError("checkpoint's replicas: expected a list of at least 2 {seed, model_state, history} "
                               "records (run dvc repro train)")
     models = [model_from_checkpoint({**state, "model_state": r["model_state"]}, device) for r in records]
-    return [r["seed"] for r in records], Replicas(models, batched).to(device)
+    histories = [history_of(r.get("history"), f"replica {j} history") for j, r in enumerate(records)]
+    return [r["seed"] for r in records], Replicas(models, batched).to(device), histories
