@@ -1,0 +1,151 @@
+"""Is a difference in test accuracy beyond run-to-run noise? A verdict beside `dvc metrics diff`.
+
+    python -m cifar_study.compare [A [B]]
+
+A and B are what `dvc metrics diff` takes: git revisions or experiment names (none: HEAD against
+the workspace; one: A against the workspace). With `train.replicas` >= 2 on both sides, it prints the
+difference of the mean test accuracies, its 95% interval (Welch's t) and `beyond noise` or
+`within noise`. With a single replica on either side the difference cannot be judged: it says how
+many replicas per side would resolve a difference of that size, given the committed spread
+(reports/spread/spread.json). Exit 0 on a verdict; 2 with one line on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from cifar_study.analysis.stats import Sample, replicas_needed, welch
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.errors import UserError, first_line
+from cifar_study.pipeline.untrusted import read_bounded
+
+SPREAD = "reports/spread/spread.json"
+DVC_TIMEOUT_S = 300
+
+
+class CompareError(UserError):
+    """Bad input to the comparison: an unknown revision, a side without metrics, stale metrics."""
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    test_acc: Sample  # n = 1: a single run (sd 0)
+
+
+def dvc_json(*args: str) -> dict[str, Any]:
+    """`dvc <args> --json`, parsed; DVC's own error as one line."""
+    try:
+        done = subprocess.run(["dvc", *args[:2], "--json", *args[2:]], capture_output=True, text=True, timeout=DVC_TIMEOUT_S)
+    except FileNotFoundError:
+        raise CompareError("dvc: command not found (activate the project's environment: make install)") from None
+    except subprocess.TimeoutExpired:
+        raise CompareError(f"dvc {args[0]} {args[1]}: no answer within {DVC_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        message = next((line for line in done.stderr.splitlines() if line.startswith("ERROR")), first_line(done.stderr))
+        raise CompareError(f"dvc {args[0]} {args[1]}: {message.removeprefix('ERROR: ') or 'failed'}")
+    try:
+        return json.loads(done.stdout or "{}")
+    except json.JSONDecodeError:
+        raise CompareError(f"dvc {args[0]} {args[1]}: printed something that is not JSON") from None
+
+
+def _number(values: dict[str, Any], key: str, where: str) -> float:
+    value = values.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise CompareError(f"{paths.EVAL_METRICS} at {where}: {key} is {value!r}, not a finite number "
+                           f"(run dvc repro there)")
+    return float(value)
+
+
+def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
+    """One side's test accuracy: the replicas' mean and sd, or a single run's value."""
+    if not metrics or all(v is None for v in metrics.values()):
+        raise CompareError(f"{name}: no {paths.EVAL_METRICS} (run dvc repro, or name a revision that has one)")
+    replicas = 1 if metrics.get("replicas") is None else metrics["replicas"]  # a single run writes no count
+    if type(replicas) is not int or replicas < 1:
+        raise CompareError(f"{paths.EVAL_METRICS} at {name}: replicas is {replicas!r}, not a count")
+    declared = 1 if params.get("train.replicas") is None else params["train.replicas"]
+    if replicas != declared:
+        raise CompareError(f"{name}: {paths.EVAL_METRICS} comes from {replicas} replica(s) but its params.yaml "
+                           f"says train.replicas: {declared} (stale metrics: run dvc repro there)")
+    if replicas == 1:
+        acc = _number(metrics, "test_acc", name)
+        sample = Sample(acc, 0.0, 1)
+    else:
+        sample = Sample(_number(metrics, "test_acc_mean", name), _number(metrics, "test_acc_sd", name), replicas)
+        if sample.sd < 0:
+            raise CompareError(f"{paths.EVAL_METRICS} at {name}: test_acc_sd is negative")
+    if not 0 <= sample.mean <= 1:
+        raise CompareError(f"{paths.EVAL_METRICS} at {name}: test accuracy {sample.mean!r} is not a fraction in 0..1")
+    return Side(name, sample)
+
+
+def spread_sd() -> float | None:
+    """The committed run-to-run sd of the final test accuracy, if a readable spread is committed."""
+    try:
+        sd = json.loads(read_bounded(SPREAD, 1 << 22, error=CompareError))["final_test_acc"]["sd"]
+    except (CompareError, ValueError, KeyError, TypeError):
+        return None
+    return float(sd) if isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0 else None
+
+
+def describe(s: Side) -> str:
+    t = s.test_acc
+    return f"{t.mean:.2%} ± {t.sd:.2%} ({t.n} replicas)" if t.n > 1 else f"{t.mean:.2%} (1 run)"
+
+
+def compare(revs: list[str]) -> list[str]:
+    """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them)."""
+    names = (revs + ["workspace"])[:2] if revs else ["HEAD", "workspace"]
+    metrics = dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs).get(paths.EVAL_METRICS, {})
+    params = dvc_json("params", "diff", "--all", "--", *revs).get("params.yaml", {})
+    old = {k: v.get("old") for k, v in metrics.items() if isinstance(v, dict)}
+    new = {k: v.get("new") for k, v in metrics.items() if isinstance(v, dict)}
+    param_old = {k: v.get("old") for k, v in params.items() if isinstance(v, dict)}
+    param_new = {k: v.get("new") for k, v in params.items() if isinstance(v, dict)}
+    a, b = side(names[0], old, param_old), side(names[1], new, param_new)
+    changed = [f"{k} {param_old[k]!r} -> {param_new[k]!r}" for k in params if param_old.get(k) != param_new.get(k)]
+    lines = [f"changed params: {', '.join(changed) if changed else 'none'}",
+             f"test accuracy: {a.name} {describe(a)}; {b.name} {describe(b)}"]
+    diff = b.test_acc.mean - a.test_acc.mean
+    if a.test_acc.n > 1 and b.test_acc.n > 1:
+        d = welch(a.test_acc, b.test_acc)
+        lines.append(f"difference {d.diff:+.2%}, 95% interval {d.low:+.2%} to {d.high:+.2%} (Welch): "
+                     f"{'beyond noise' if d.beyond_noise else 'within noise'}")
+        return lines
+    single = " and ".join(s.name for s in (a, b) if s.test_acc.n == 1)
+    sd = spread_sd()
+    need = replicas_needed(diff, sd) if sd else None
+    size = (f"given the committed spread (sd {sd:.2%} for one run), about {need} replicas per side would resolve a "
+            f"difference of {abs(diff):.2%}: dvc exp run -S train.replicas={need}" if need else
+            f"no number of replicas would resolve a difference of {abs(diff):.2%} given the committed spread "
+            f"(sd {sd:.2%})" if sd else f"no committed spread ({SPREAD}) to size it; train both sides with "
+            f"train.replicas >= 3")
+    lines.append(f"difference {diff:+.2%}: cannot be judged (a single run on {single}); {size}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cifar_study.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("revs", nargs="*", metavar="REV", help="as for dvc metrics diff: none, A, or A B")
+    args = ap.parse_args(argv)
+    if len(args.revs) > 2:
+        print("error: at most two revisions (A B), as dvc metrics diff takes", file=sys.stderr)
+        return 2
+    try:
+        lines = compare(args.revs)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
