@@ -1,7 +1,7 @@
 """Stage evaluate: the trained model on the test split: accuracy, loss, confusion, per-class accuracy."""
 import numpy as np
 
-from cifar_study.analysis.stats import replica_spread
+from cifar_study.analysis.stats import BAND_COLUMNS, replica_band, replica_spread
 from cifar_study.core.evaluation import evaluate_replicas
 from cifar_study.core.history import ReplicaScore
 from cifar_study.core.loader import make_loader
@@ -42,6 +42,7 @@ def main() -> None:
                                                                  "test_loss": [r.test_loss for r in replicas]}))
     write_json(paths.EVAL_METRICS, metrics)
     write_json(paths.REPLICAS, [r.record() for r in replicas])
+    write_csv(paths.REPLICA_BAND, replica_band(histories), BAND_COLUMNS)
     confidence = result.confidence().numpy()
     write_csv(paths.PREDICTIONS, [
         {"index": i, "actual": classes[a], "predicted": classes[p], "confidence": round(float(c), 4)}

@@ -28,6 +28,8 @@ def main() -> None:
         snapshots = snapshots_from_rows(stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"]))
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
+    with stage_inputs.reading(paths.REPLICAS):
+        replicas = [[EpochRecord.from_row(r) for r in replica["history"]] for replica in read_json(paths.REPLICAS)]
     predictions = stage_inputs.read_table(paths.PREDICTIONS, ("index", "confidence"))
     with stage_inputs.reading(paths.PREDICTIONS):
         actual = np.array([index[r["actual"]] for r in predictions], dtype=np.int64)
@@ -44,7 +46,8 @@ def main() -> None:
         sample_images=dataset.test.images[sample],
         sample_actual=[classes[i] for i in actual[sample]],
         sample_predicted=[classes[i] for i in predicted[sample]],
-        flow_flags=flow_flags)
+        flow_flags=flow_flags,
+        replicas=replicas)
     drawn = figures.study_figures(data)
     for name, fig in drawn.items():
         figures.save_figure(fig, f"{paths.FIGURES}/{name}.png", p.dpi)

@@ -1,7 +1,7 @@
 """The study's figures, each a function from plain data to a matplotlib Figure."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def learning_curves(history: list[EpochRecord], heldout_name: str) -> Figure:
+def learning_curves(history: list[EpochRecord], heldout_name: str, replicas: list[list[EpochRecord]] = ()) -> Figure:
+    """Replica 0's curves (the study's seed); with several replicas, their held-out mean and a ±sd band."""
     epochs = [r.epoch for r in history]
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -32,8 +33,15 @@ def learning_curves(history: list[EpochRecord], heldout_name: str) -> Figure:
         scale = 100 if metric == "acc" else 1
         train = [getattr(r, f"train_{metric}") * scale for r in history]
         heldout = [getattr(r, f"heldout_{metric}") * scale for r in history]
-        ax.plot(epochs, train, "o-", label="train (augmented)")
-        ax.plot(epochs, heldout, "s-", label=f"{heldout_name} (held-out)")
+        which = ", replica 0" if len(replicas) > 1 else ""  # the study's seed
+        ax.plot(epochs, train, "o-", label=f"train (augmented{which})")
+        ax.plot(epochs, heldout, "s-", label=f"{heldout_name} (held-out{which})")
+        if len(replicas) > 1:
+            values = np.array([[getattr(r, f"heldout_{metric}") * scale for r in h] for h in replicas])
+            mean, sd = values.mean(0), values.std(0, ddof=1)
+            ax.plot(epochs, mean, "--", color="C2", label=f"{heldout_name}, mean of {len(replicas)} seed replicas")
+            ax.fill_between(epochs, mean - sd, mean + sd, color="C2", alpha=0.2, label="± 1 sd across replicas")
+            heldout = heldout + list(mean + sd)
         # Fixed, meaningful ranges: accuracy 0-100%, loss from 0; whole epochs with half an epoch of margin,
         # so a one-epoch run shows two points on a readable scale, not on a 0.96-1.04 axis.
         top = 100 if metric == "acc" else max(train + heldout) * 1.1
@@ -45,7 +53,7 @@ def learning_curves(history: list[EpochRecord], heldout_name: str) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2)  # below the axes: never over a point
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))  # below the axes: never over a point
     one = " (one epoch: one point per curve)" if len(epochs) == 1 else ""
     fig.suptitle(f"Training curves{one}")
     return fig
@@ -189,11 +197,12 @@ class StudyData:
     sample_actual: list[str]
     sample_predicted: list[str]
     flow_flags: dict[str, list[str]]  # layer -> flow-health flags (reports/findings.json)
+    replicas: list[list[EpochRecord]] = field(default_factory=list)  # each seed replica's history (reports/replicas.json)
 
 
 # The study's figures in reading order: plots/figures/<name>.png. The README and the tests read the names here.
 _DRAW: dict[str, Callable[[StudyData], Figure]] = {
-    "learning_curves": lambda d: learning_curves(d.history, d.heldout_name),
+    "learning_curves": lambda d: learning_curves(d.history, d.heldout_name, d.replicas),
     "confusion_matrix": lambda d: confusion_figure(d.confusion, d.classes),
     "class_accuracy": lambda d: class_accuracy_figure(class_accuracy(d.confusion), d.classes),
     "sample_predictions": lambda d: prediction_grid(d.sample_images, d.sample_actual, d.sample_predicted),

@@ -9,6 +9,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from cifar_study.core.history import EpochRecord
+
 CONFIDENCE = 0.95
 
 
@@ -40,6 +42,22 @@ def replica_spread(metrics: dict[str, list[float]]) -> dict[str, float]:
         mean, sd = mean_sd(values)
         out.update({f"{name}_mean": round(mean, 6), f"{name}_sd": round(sd, 6)})
     return out
+
+
+BAND_COLUMNS = ("epoch", *(f"heldout_{m}_{s}" for m in ("acc", "loss") for s in ("mean", "low", "high")))
+
+
+def replica_band(histories: list[list[EpochRecord]]) -> list[dict[str, float]]:
+    """Per epoch, the replicas' held-out accuracy and loss: mean, mean - sd and mean + sd (plots/data/replicas.csv)."""
+    rows = []
+    for records in zip(*histories, strict=True):
+        row: dict[str, float] = {"epoch": records[0].epoch}
+        for metric in ("acc", "loss"):
+            mean, sd = mean_sd([getattr(r, f"heldout_{metric}") for r in records])
+            row.update({f"heldout_{metric}_mean": round(mean, 6), f"heldout_{metric}_low": round(mean - sd, 6),
+                        f"heldout_{metric}_high": round(mean + sd, 6)})
+        rows.append(row)
+    return rows
 
 
 def interval(values: list[float]) -> dict[str, float]:

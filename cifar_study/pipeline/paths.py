@@ -15,6 +15,7 @@ EVAL_METRICS = "metrics/eval.json"
 PREDICTIONS = "plots/data/predictions.csv"
 CLASS_ACCURACY = "plots/data/class_accuracy.csv"
 REPLICAS = "reports/replicas.json"  # per seed replica: seed, test accuracy and loss, per-epoch history
+REPLICA_BAND = "plots/data/replicas.csv"  # per epoch: the replicas' held-out mean and mean ± sd
 FINDINGS_METRICS = "metrics/findings.json"  # the few numbers dvc metrics diff compares
 FINDINGS = "reports/findings.json"  # per-layer flow health, training dynamics, the original study's claims
 FIGURES = "plots/figures"
@@ -27,7 +28,7 @@ STAGE_FILES = {
     "fetch_data": ((), (DATA, DATA_METRICS, DATA_REPORT)),
     "flops": ((), (FLOPS_METRICS, FLOPS_REPORT)),
     "train": ((DATA,), (CHECKPOINT, HISTORY, FLOW, TRAIN_METRICS)),
-    "evaluate": ((CHECKPOINT, DATA), (PREDICTIONS, CLASS_ACCURACY, EVAL_METRICS, REPLICAS)),
+    "evaluate": ((CHECKPOINT, DATA), (PREDICTIONS, CLASS_ACCURACY, EVAL_METRICS, REPLICAS, REPLICA_BAND)),
     "findings": ((HISTORY, FLOW, CHECKPOINT), (FINDINGS_METRICS, FINDINGS)),
-    "visualize": ((HISTORY, FLOW, PREDICTIONS, TRAIN_METRICS, FINDINGS, DATA), (FIGURES,)),
+    "visualize": ((HISTORY, FLOW, PREDICTIONS, TRAIN_METRICS, FINDINGS, REPLICAS, DATA), (FIGURES,)),
 }
