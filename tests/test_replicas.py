@@ -10,7 +10,9 @@ from cifar_study.core.replicas import ReplicaLoader, Replicas, build_replicas
 from cifar_study.core.runtime import seed_everything
 from cifar_study.core.training import setup, train
 from cifar_study.pipeline.dataset import Dataset, Split
-from cifar_study.pipeline.params import ModelParams, TrainParams
+from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.params import ModelParams, TrainParams, parse_params
+from cifar_study.pipeline.resume import ResumeStore
 
 CPU = torch.device("cpu")
 MEAN, STD = [0.5] * 3, [0.25] * 3
@@ -141,3 +143,43 @@ def test_replicas_of_the_same_seed_are_identical_and_a_stack_unstacks(small):
     for name, tensor in models[0].state_dict().items():
         assert torch.equal(stacked.replica_state(1)[name], tensor)
     assert isinstance(stacked, torch.nn.Module) and not any(p.is_meta for p in stacked.parameters())
+
+
+def test_a_resumed_stacked_run_continues_every_replica_exactly(small, tmp_path):
+    """Interrupted after epoch 1 and resumed from the saved state: the same histories as an uninterrupted run."""
+    def fresh(k=2, seed=3):
+        p = TrainParams(epochs=2, batch_size=32, seed=seed, flow_every=2, replicas=k, lr=LR)
+        seed_everything(seed)
+        loader = ReplicaLoader([loaders(small, seed + j)[0] for j in range(k)])
+        state = setup(build_replicas(ModelParams(), 10, seed, k, batched=False), p, CPU)
+        return state, loader, loaders(small, seed)[1]
+
+    strip = lambda hs: [[{k: v for k, v in r.row().items() if k != "seconds"} for r in h] for h in hs]  # noqa: E731
+    state, loader, heldout = fresh()
+    whole = train(state, loader, heldout, "test")
+
+    store = ResumeStore(tmp_path / "train.pt", "key")
+    state, loader, heldout = fresh()
+    save = store.saver(state, loader)
+
+    def stop_after_first(result):
+        save(result)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(state, loader, heldout, "test", on_epoch_end=stop_after_first)
+    state, loader, heldout = fresh()
+    resumed = train(state, loader, heldout, "test", result=store.restore(state, loader))
+    assert strip(resumed.replicas) == strip(whole.replicas) and len(whole.replicas) == 2
+    assert [s.step for s in resumed.flow] == [s.step for s in whole.flow]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("nproc", 2, "train.replicas: 3 replicas need train.nproc: 1 (got 2)"),
+    ("loader", "dataloader", "train.replicas: 3 replicas need train.loader: tensor (got dataloader)"),
+    ("compile", True, "train.replicas: 3 replicas need train.compile: false (got true)"),
+])
+def test_replicas_refuse_what_they_cannot_combine_with(key, value, message):
+    with pytest.raises(ParamError) as err:
+        parse_params({"train": {"replicas": 3, key: value}})
+    assert str(err.value).startswith(message)
