@@ -1,19 +1,19 @@
-"""Run-to-run spread: the same study over several `train.seed` values, aggregated.
+"""Run-to-run spread: the same study over several seeds, aggregated.
 
-The runs are DVC experiments named <prefix>-seed-<N> (README, "Run-to-run spread"). This module
-reads each one's params, per-epoch history and test accuracy from its git ref, checks that they
-differ in `train.seed` alone, and writes
+The seeds are the replicas of one experiment (`dvc exp run -S train.replicas=5`, which trains seeds
+train.seed .. train.seed + 4 side by side): this module reads the workspace's reports/replicas.json
+and params.yaml, compares the committed baseline (the last commit of dvc.lock) with the replica of its
+seed, and writes
 
-    reports/spread/runs.json    what was collected: every run, and the committed fp32 baseline
+    reports/spread/runs.json    what was collected: every run, and the committed baseline
     reports/spread/spread.json  mean, standard deviation and 95% intervals, final and per epoch
     reports/spread/spread.png   the per-epoch band and the final accuracies
 
-    python -m cifar_study.spread                # collect the experiments, then summarise
-    python -m cifar_study.spread --from-gpu-check bench/gpu-runs/<run>/summary.json   # or a GPU check's seeds
+    python -m cifar_study.spread                # the workspace's replicas, then summarise
+    python -m cifar_study.spread --from-gpu-check notes/gpu-runs/<run>/summary.json   # a GPU check's seeds
     python -m cifar_study.spread --from-runs    # summarise the committed runs.json again
 
-On a GPU, bench/gpu_check.sh runs the default study and then more seeds (no DVC there); the spread
-then reads its summary.json, and compares the CPU baseline committed here with the run of its seed.
+The statistics live in cifar_study/analysis/stats.py, shared with the replicas' metrics and compare.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import math
-import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -47,8 +46,8 @@ from cifar_study.results import SPREAD_RUNS as RUNS
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
 # The baseline may differ from the runs in these and still be the same protocol: the seed (the check
 # pairs it with the run of its seed), and the device and options that change speed, not the method.
-SAME_PROTOCOL = ("train.seed", "train.amp", "train.channels_last", "train.compile", "train.compile_mode",
-                 "train.fused_adam", "train.device")
+SAME_PROTOCOL = ("train.seed", "train.replicas", "train.amp", "train.channels_last", "train.compile",
+                 "train.compile_mode", "train.fused_adam", "train.device")
 
 
 MAX_RECORD_BYTES = 64 << 20  # runs.json or a GPU check's summary.json: tens of KiB for a handful of runs
@@ -103,17 +102,6 @@ def _git(repo: Path, *args: str) -> str:
     return done.stdout
 
 
-def _experiments(repo: Path, prefix: str) -> list[tuple[str, str, str]]:
-    """(name, commit, baseline commit) of every experiment named <prefix>-seed-<N>."""
-    found = []
-    for line in _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines():
-        ref, commit = line.split()
-        parts = ref.split("/")  # refs/exps/<baseline[:2]>/<baseline[2:]>/<name>
-        if len(parts) == 5 and re.fullmatch(rf"{re.escape(prefix)}-seed-\d+", parts[4]):
-            found.append((parts[4], commit, parts[2] + parts[3]))
-    return sorted(found)
-
-
 def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
     """The per-epoch history and test accuracy a commit holds (an experiment's, or the baseline's)."""
     history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
@@ -121,9 +109,12 @@ def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
     return SeedRun(name, seed, test["test_acc"], [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
 
 
-def _read_run(repo: Path, name: str, commit: str) -> tuple[SeedRun, dict[str, Any]]:
-    params = _flat(yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml")))
-    return _run_at(repo, commit, name, _seed(params["train.seed"])), params
+def _baseline_commit(repo: Path) -> str:
+    """The last commit of dvc.lock: where the committed baseline's results were recorded."""
+    base = _git(repo, "log", "-1", "--format=%H", "--", "dvc.lock").strip()
+    if not base:
+        raise SpreadError("no commit holds dvc.lock: commit a baseline (dvc repro) first")
+    return base
 
 
 def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
@@ -136,19 +127,24 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     return {**asdict(run), "params": params}
 
 
-def collect(repo: Path, prefix: str) -> dict[str, Any]:
-    """Every <prefix>-seed-N experiment, checked to share one baseline commit and all params but train.seed."""
-    experiments = _experiments(repo, prefix)
-    if len(experiments) < 2:
-        raise SpreadError(f"found {len(experiments)} experiment(s) named {prefix}-seed-<N> (dvc exp list); "
-                          "the spread needs at least 2")
-    baselines = {b for _, _, b in experiments}
-    if len(baselines) > 1:
-        raise SpreadError(f"the {prefix}-seed-* experiments come from {len(baselines)} commits "
-                          f"({', '.join(sorted(b[:7] for b in baselines))}): remove the old ones (dvc exp remove)")
-    runs = [_read_run(repo, name, commit) for name, commit, _ in experiments]
-    base = baselines.pop()
-    return _collected(repo, prefix, runs, base, _baseline_run(repo, base))
+def collect_replicas(repo: Path) -> dict[str, Any]:
+    """The workspace's seed replicas (reports/replicas.json, params.yaml), with the committed baseline."""
+    params = _flat(yaml.safe_load(read_bounded(repo / "params.yaml", MAX_RECORD_BYTES, error=SpreadError)))
+    replicas = json.loads(read_bounded(repo / paths.REPLICAS, MAX_RECORD_BYTES, error=SpreadError))
+    if not isinstance(replicas, list) or len(replicas) < 2:
+        raise SpreadError(f"{paths.REPLICAS}: {len(replicas) if isinstance(replicas, list) else 'no'} replica(s); "
+                          "the spread needs at least 2 (dvc exp run -S train.replicas=5)")
+    if params.get("train.replicas") != len(replicas):
+        raise SpreadError(f"{paths.REPLICAS} holds {len(replicas)} replicas but params.yaml says train.replicas: "
+                          f"{params.get('train.replicas')} (stale: run dvc repro)")
+    runs = []
+    for j, r in enumerate(replicas):
+        history = [EpochRecord.from_row(row) for row in r["history"]]
+        seed = _seed(r["seed"])
+        runs.append((SeedRun(f"replica-{j}", seed, r["test_acc"], [h.heldout_acc for h in history],
+                             round(sum(h.seconds for h in history), 1)), {**params, "train.seed": seed}))
+    base = _baseline_commit(repo)
+    return _collected(repo, "replicas", runs, base, _baseline_run(repo, base))
 
 
 def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]]], base: str,
@@ -162,7 +158,7 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
             raise SpreadError(f"run {run.name} differs from {runs[0][0].name} in {key}, not only in train.seed")
         common = kept
     if len({run.seed for run, _ in runs}) < len(runs):
-        raise SpreadError(f"two {prefix}-seed-* runs share a train.seed")
+        raise SpreadError(f"two {prefix} runs share a train.seed")
     defaults = _flat(yaml.safe_load(_git(repo, "show", f"{base}:params.yaml")))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
     return {"prefix": prefix, "changed_params": changed, "runs": [asdict(run) for run, _ in runs],
@@ -187,9 +183,7 @@ def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
                              [h["heldout_acc"] for h in r["history"]], round(r["training_seconds"], 1)), params))
     if len(runs) < 2:
         raise SpreadError(f"{summary_path}: {len(runs)} finished run(s); the spread needs at least 2")
-    base = _git(repo, "log", "-1", "--format=%H", "--", "dvc.lock").strip()
-    if not base:
-        raise SpreadError("no commit holds dvc.lock: commit a baseline (dvc repro) first")
+    base = _baseline_commit(repo)
     baseline = _baseline_run(repo, base)
     # The same archive under another path is the same data: compare the bytes, not the path.
     archive = repo / str(baseline["params"].get("data.path", ""))
@@ -295,11 +289,10 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prefix", default="spread", help="experiment names: <prefix>-seed-<N> (default: spread)")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
     source.add_argument("--from-gpu-check", metavar="SUMMARY", type=Path,
-                        help="the runs of a bench/gpu_check.sh summary.json instead of DVC experiments")
+                        help="the runs of a bench/gpu_check.sh summary.json instead of the workspace's replicas")
     args = ap.parse_args()
     root = Path(".")
     try:
@@ -308,14 +301,14 @@ def main() -> None:
         elif args.from_gpu_check:
             collected = collect_gpu_check(root, args.from_gpu_check)
         else:
-            collected = collect(root, args.prefix)
+            collected = collect_replicas(root)
         spread = write(root, collected)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     # A hand-edited file, or a commit that is no study run; RecursionError: JSON nested deeper than Python parses.
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
-        source = RUNS if args.from_runs else args.from_gpu_check or f"the {args.prefix}-seed-* experiments"
+        source = RUNS if args.from_runs else args.from_gpu_check or paths.REPLICAS
         print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)
     final = spread["final_test_acc"]

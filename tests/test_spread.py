@@ -1,4 +1,4 @@
-"""Run-to-run spread (cifar_study/spread.py): collected from DVC experiment refs, aggregated, and committed."""
+"""Run-to-run spread (cifar_study/spread.py): the seed replicas of one experiment, aggregated, and committed."""
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 BASE_PARAMS = {"data": {"source": "download", "path": ""}, "train": {"seed": 42, "epochs": 3, "amp": "none",
                "channels_last": False, "lr": 0.001}, "wandb": {"mode": "offline"}}
-FINALS = {42: 0.81, 1: 0.83, 2: 0.80}
+FINALS = {42: 0.81, 43: 0.83, 44: 0.80}
 
 
 def git(repo: Path, *args: str) -> str:
@@ -39,13 +39,17 @@ def write_run(repo: Path, params: dict, final: float) -> None:
     (repo / "metrics/eval.json").write_text(json.dumps({"test_acc": final, "test_loss": 0.5}))
 
 
-def experiment(repo: Path, base: str, name: str, params: dict, final: float) -> None:
-    """What `dvc exp run -n NAME` leaves: a commit on top of the baseline under refs/exps/<base[:2]>/<base[2:]>/NAME."""
-    write_run(repo, params, final)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", name)
-    git(repo, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{name}", "HEAD")
-    git(repo, "reset", "-q", "--hard", base)
+def replicas_run(repo: Path, finals: dict[int, float], **train) -> None:
+    """What `dvc exp run -S train.replicas=N` leaves in the workspace: params.yaml and reports/replicas.json."""
+    params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
+    params["train"].update({"seed": min(finals), "amp": "bf16", "channels_last": True, "replicas": len(finals), **train})
+    params["data"].update(source="folder", path="cifar10-jpg.tar.gz")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "reports").mkdir(exist_ok=True)
+    replicas = [{"seed": seed, "test_acc": final, "test_loss": 0.5,
+                 "history": [EpochRecord(e, 1.0, 0.5, 1.0, final - 0.1 * (3 - e), 0.001, 60.0 + e).row() for e in (1, 2, 3)]}
+                for seed, final in finals.items()]
+    (repo / "reports/replicas.json").write_text(json.dumps(replicas))
 
 
 @pytest.fixture
@@ -63,13 +67,7 @@ def repo(tmp_path):
                                                        "epochs": 3}}}}}}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
-    base = git(repo, "rev-parse", "HEAD")
-    for seed, final in FINALS.items():
-        params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
-        params["train"].update(seed=seed, amp="bf16", channels_last=True)
-        params["data"].update(source="folder", path="cifar10-jpg.tar.gz")
-        experiment(repo, base, f"spread-seed-{seed}", params, final)
-    experiment(repo, base, "other-exp", BASE_PARAMS, 0.5)  # not part of the spread: ignored
+    replicas_run(repo, FINALS)
     return repo
 
 
@@ -78,11 +76,11 @@ def test_t_quantiles_match_the_tables():
         assert stats.t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
 
 
-def test_collects_the_seed_experiments_and_aggregates_them(repo):
-    collected = spread.collect(repo, "spread")
-    assert [r["seed"] for r in collected["runs"]] == [1, 2, 42]  # sorted by name
+def test_collects_the_seed_replicas_and_aggregates_them(repo):
+    collected = spread.collect_replicas(repo)
+    assert [r["seed"] for r in collected["runs"]] == [42, 43, 44]
     assert collected["changed_params"] == {"data.source": "folder", "data.path": "cifar10-jpg.tar.gz",
-                                           "train.amp": "bf16", "train.channels_last": True}
+                                           "train.amp": "bf16", "train.channels_last": True, "train.replicas": 3}
     assert collected["runs"][0]["seconds"] == 186.0 and collected["baseline"]["test_acc"] == 0.82
     result = spread.write(repo, collected)
     final, values = result["final_test_acc"], list(FINALS.values())
@@ -95,40 +93,29 @@ def test_collects_the_seed_experiments_and_aggregates_them(repo):
     assert result["heldout_acc_per_epoch"][0]["mean"] == pytest.approx(statistics.fmean(values) - 0.2)
     check = result["baseline_check"]
     assert check["seed"] == 42 and check["difference"] == pytest.approx(0.01) and check["within_prediction_interval"]
-    assert check["differs_in"] == {"train.amp": ["none", "bf16"], "train.channels_last": [False, True]}
+    assert check["differs_in"] == {"train.replicas": [None, 3], "train.amp": ["none", "bf16"],
+                                   "train.channels_last": [False, True]}
     assert check["baseline"].startswith("baseline at ")
     for rel in (SPREAD_RUNS, SPREAD, SPREAD_FIGURE):
         assert (repo / rel).is_file()
     text = render_spread(repo)
-    assert "3 runs of the study that differ only in `train.seed` (1, 2, 42)" in text
-    assert "`train.amp=bf16`" in text and "| spread-seed-42 | 42 | 81.00% | 3.1 min |" in text
+    assert "3 runs of the study that differ only in `train.seed` (42, 43, 44)" in text
+    assert "`train.amp=bf16`" in text and "| replica-0 | 42 | 81.00% | 3.1 min |" in text
     assert "| the original study (official archive) | 84.54% | inside | inside |" in text
     assert "| plain implementation on the JPEG copy | 81.62% | inside | inside |" in text
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda p: p["train"].update(lr=0.002), "run spread-seed-7 differs from spread-seed-1 in train.lr, not only in train.seed"),
-    (lambda p: p["train"].update(seed=1), "two spread-seed-* runs share a train.seed"),
+    (lambda repo: replicas_run(repo, {42: 0.8}), "reports/replicas.json: 1 replica(s); the spread needs at least 2"),
+    (lambda repo: replicas_run(repo, FINALS, replicas=5), "reports/replicas.json holds 3 replicas but params.yaml "
+                                                          "says train.replicas: 5 (stale: run dvc repro)"),
+    (lambda repo: (repo / "reports/replicas.json").write_text(json.dumps(
+        [{"seed": 42, "test_acc": 0.8, "history": []}] * 3)), "two replicas runs share a train.seed"),
 ])
-def test_runs_that_differ_in_more_than_the_seed_are_refused(repo, change, message):
-    params = yaml.safe_load(yaml.safe_dump(BASE_PARAMS))
-    params["train"].update(seed=7, amp="bf16", channels_last=True)
-    params["data"].update(source="folder", path="cifar10-jpg.tar.gz")
-    change(params)
-    experiment(repo, git(repo, "rev-parse", "HEAD"), "spread-seed-7", params, 0.8)
+def test_too_few_stale_or_duplicated_replicas_are_refused(repo, change, message):
+    change(repo)
     with pytest.raises(spread.SpreadError, match=re.escape(message)):
-        spread.collect(repo, "spread")
-
-
-def test_fewer_than_two_runs_or_two_baselines_are_refused(repo):
-    with pytest.raises(spread.SpreadError, match=r"found 0 experiment\(s\) named none-seed-<N>"):
-        spread.collect(repo, "none")
-    (repo / "README.md").write_text("a later commit\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "later")
-    experiment(repo, git(repo, "rev-parse", "HEAD"), "spread-seed-9", yaml.safe_load(yaml.safe_dump(BASE_PARAMS)), 0.8)
-    with pytest.raises(spread.SpreadError, match="come from 2 commits"):
-        spread.collect(repo, "spread")
+        spread.collect_replicas(repo)
 
 
 def test_command_line_collects_then_resummarises_the_same(repo):
@@ -141,15 +128,16 @@ def test_command_line_collects_then_resummarises_the_same(repo):
     written = (repo / SPREAD).read_bytes()
     again = run("--from-runs")
     assert again.returncode == 0 and (repo / SPREAD).read_bytes() == written
-    bad = run("--prefix", "none")
+    (repo / "reports/replicas.json").write_text('[{"seed": 42}, {"seed": 43}, {"seed": 44}]')
+    bad = run()
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: found 0 experiment(s) named none-seed-<N> (dvc exp list); the spread needs at least 2"]
+        "error: reports/replicas.json: not what a study run writes (KeyError: 'history')"]
 
 
 
 def test_a_baseline_of_another_protocol_is_not_compared(repo):
     """The same-seed check compares precision options only: a baseline with other params is left out."""
-    collected = spread.collect(repo, "spread")
+    collected = spread.collect_replicas(repo)
     collected["baseline"]["params"]["train.lr"] = 0.01
     assert spread.summarize(collected)["baseline_check"] is None
     with pytest.raises(spread.SpreadError, match="the spread needs at least 2"):
