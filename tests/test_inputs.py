@@ -446,7 +446,8 @@ ROWS = [
     Row("entry", "nproc-2-bad-val-size", "train",
         r"^error: data.val_size: 400 must be smaller than the 400 training images$",
         lambda c: {"train": {"nproc": 2}, "data": {"val_size": 400}}),
-    Row("entry", "rank-errors-reported-once", "rank_error", r"^error: train.lr: refused by rank 0 of 2$",
+    # Either rank may stop first on a loaded machine: what matters is one line, once.
+    Row("entry", "rank-errors-reported-once", "rank_error", r"^error: train.lr: refused by rank [01] of 2$",
         lambda c: _rank_error_stage(c)),
 ]
 
