@@ -4,20 +4,25 @@ import dataclasses
 from cifar_study.analysis.claims import check_claims
 from cifar_study.analysis.dynamics import analyse
 from cifar_study.analysis.flow_health import assess
+from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.core.flow import snapshots_from_rows
 from cifar_study.core.history import EpochRecord
 from cifar_study.observe.wandb_run import Tracker, wandb_group
-from cifar_study.pipeline import paths
+from cifar_study.pipeline import paths, stage_inputs
 from cifar_study.pipeline.checkpoint import load_checkpoint
-from cifar_study.pipeline.outputs import read_csv, write_json
+from cifar_study.pipeline.outputs import write_json
 from cifar_study.pipeline.params import load_params
 from cifar_study.pipeline.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
-    health = assess(snapshots_from_rows(read_csv(paths.FLOW)))
-    dynamics = analyse([EpochRecord.from_row(r) for r in read_csv(paths.HISTORY)])
+    # Parsed like visualize's inputs: a missing, cut, non-numeric or special file is one line naming it.
+    flow = stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"], finite=False)
+    with stage_inputs.reading(paths.FLOW):
+        health = assess(snapshots_from_rows(flow))
+    history = [EpochRecord.from_row(r) for r in stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())]
+    dynamics = analyse(history)
     claims = check_claims(health, dynamics)
     metrics = {**health.metrics(), **dynamics.metrics()}
     write_json(paths.FINDINGS_METRICS, metrics)

@@ -25,7 +25,8 @@ def main() -> None:
     with stage_inputs.reading(paths.TRAIN_METRICS):
         heldout_name = str(read_json(paths.TRAIN_METRICS)["heldout_split"])
     with stage_inputs.reading(paths.FLOW):
-        snapshots = snapshots_from_rows(stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"]))
+        snapshots = snapshots_from_rows(stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"],
+                                                                finite=False))
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
     with stage_inputs.reading(paths.REPLICAS):

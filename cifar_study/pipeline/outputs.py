@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
+import errno
+import io
 import json
 import os
 import tempfile
@@ -17,6 +19,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from cifar_study.pipeline.errors import OutputError, first_line
+from cifar_study.pipeline.untrusted import read_bounded
+
+MAX_READ_BYTES = 256 << 20  # the largest output read back (predictions.csv of the full test split: 0.3 MB)
 
 # (temporary, final) pairs written in the current `outputs_together()` block; None outside one.
 _staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
@@ -100,8 +105,15 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def read_text(path: str | Path) -> str:
+    """A file this pipeline wrote, as text: a FIFO, device or huge file in its place is refused, never read."""
+    if not os.path.lexists(path):  # callers name the stage that writes it
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    return read_bounded(path, MAX_READ_BYTES).decode()
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path))
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -112,5 +124,4 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequenc
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -45,8 +46,9 @@ def reading(path: str | Path) -> Iterator[None]:
                             f"{first_line(exc)}): {rerun(path)}") from None
 
 
-def read_table(path: str, numeric: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of a CSV an earlier stage wrote: at least one, each complete, `numeric` columns numbers."""
+def read_table(path: str, numeric: Sequence[str], finite: bool = True) -> list[dict[str, str]]:
+    """The rows of a CSV an earlier stage wrote: at least one, each complete, `numeric` columns numbers
+    (finite ones unless `finite` is False: flow statistics record a NaN gradient as it was)."""
     with reading(path):
         rows = read_csv(path)
         if not rows:
@@ -55,7 +57,8 @@ def read_table(path: str, numeric: Sequence[str]) -> list[dict[str, str]]:
             if None in r.values() or None in r:  # a short or long row: the file was cut or mixed
                 raise ValueError(f"line {line} has the wrong number of fields")
             for key in numeric:
-                float(r[key])
+                if not math.isfinite(float(r[key])) and finite:
+                    raise ValueError(f"line {line}: {key} is {r[key]}, not a finite number")
         return rows
 
 
