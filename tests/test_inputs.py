@@ -264,7 +264,17 @@ def visualize_inputs(ctx: Ctx, predictions: str) -> None:
                                b"0,1,fc1,0.1,0.2,0.3,0.4,0.001\n",
         "metrics/train.json": b'{"heldout_split": "test"}\n',
         "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": []}]}}\n',
+        "reports/replicas.json": b'[{"seed": 42, "test_acc": 0.2, "test_loss": 2.0, "history": []}]\n',
         "plots/data/predictions.csv": predictions.encode()})
+
+
+def replaced_by_fifo(ctx: Ctx, path: str) -> dict:
+    """A FIFO where an earlier stage's output should be: opening it would wait for a writer forever."""
+    visualize_inputs(ctx, "index,actual,predicted,confidence\n")
+    (ctx.repo / path).unlink()
+    fifo(ctx.repo / path)
+    ctx.stack.callback((ctx.repo / path).unlink)
+    return {}
 
 
 def checkpoint(ctx: Ctx, classes: list[str], data_md5: str | None = None) -> dict:
@@ -334,6 +344,17 @@ ROWS = [
         lambda c: folder(Path("/dev/zero")), max_seconds=10),
     Row("hang", "path-fifo", "fetch_data", r"data.path: .*/pipe.tar is a FIFO",
         lambda c: folder(fifo(c.tmp / "pipe.tar")), max_seconds=10),
+    Row("hang", "findings-flow-csv-fifo", "findings",
+        r"^error: plots/data/flow.csv is a FIFO \(named pipe\), not a regular file$",
+        lambda c: replaced_by_fifo(c, "plots/data/flow.csv"), max_seconds=30),
+    Row("hang", "visualize-train-metrics-fifo", "visualize",
+        r"^error: metrics/train.json is a FIFO \(named pipe\), not a regular file$",
+        lambda c: replaced_by_fifo(c, "metrics/train.json"), max_seconds=30),
+    Row("numbers", "findings-nan-accuracy", "findings",
+        r"^error: plots/data/history.csv: unreadable or not written by this pipeline \(ValueError: line 2: "
+        r"heldout_acc is nan, not a finite number\): run dvc repro train$",
+        lambda c: visualize_inputs(c, "") or write_files(c.repo, {"plots/data/history.csv": (
+            b"epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,2.0,0.2,2.1,nan,0.001,1.0\n")}) and {}),
     Row("hang", "server-declares-a-terabyte", "fetch_data",
         r"the server declares 953,674 MiB, more than the 1,024 MiB any copy of CIFAR-10 needs",
         lambda c: {"data": {"source": "download", "url": serve(c, lambda h: stream(h, 10**12, b"\0" * 65536, 0.01))}},
