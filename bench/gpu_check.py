@@ -5,8 +5,9 @@ data and FLOPs, which no option changes), each stage timed, and the run-to-run s
 study's train and evaluate again for more `train.seed` values, side by side on the one GPU
 (`python -m cifar_study.spread --from-gpu-check summary.json` aggregates them).
 
-Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. Everything goes
-to one results folder (at most 8 files, none in subfolders: what the device tool brings back):
+Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. The data is the
+CIFAR-10 image-folder archive at data/raw/cifar10-jpg.tar.gz (git-ignored), or wherever --data or
+GPU_CHECK_DATA points. Everything goes to one flat results folder ($OUT, or bench/results/gpu-<date>/):
 
     summary.json, summary.md   every number below, and each step's status and time
     log.txt                    every step's output
@@ -51,7 +52,7 @@ from cifar_study.pipeline import paths  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
 
-DATA = "data/jpg/cifar10-jpg.tar.gz"  # the caller copies ../shared/data/cifar10-jpg.tar.gz here (git-ignored)
+DATA = "data/raw/cifar10-jpg.tar.gz"  # the conventional place of a local copy (git-ignored); --data or GPU_CHECK_DATA
 BUDGET_S = 480
 MIN_STEP_S = 5  # a step with less time left than this is not started
 STAGES = tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # dvc.yaml lists them in run order
@@ -125,13 +126,24 @@ class Check:
     budget_s: float
     python: str
     data: Path
+    work: Path | None = None  # the scratch folder holding each study's copy of the project
     started: float = field(default_factory=time.monotonic)
     steps: list[Step] = field(default_factory=list)
     summary: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.summary = {"mode": "cpu-smoke" if self.smoke else "cuda", "budget_s": self.budget_s,
-                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": str(self.data)}
+                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "data": portable_path(self.data)}
+
+    def portable(self, text: str) -> str:
+        """`text` without this machine's paths (the results are meant to be committed): the results folder
+        as $OUT, the scratch copies as $WORK, the project as `.`, the Python executable as `python`."""
+        for path, name in ((self.out.resolve(), "$OUT"), (self.out, "$OUT"), (self.work, "$WORK"),
+                           (self.python, "python"), (ROOT, ".")):
+            if path is not None and str(path) not in ("", "."):
+                text = text.replace(str(path), name)
+        return text
 
     @property
     def left(self) -> float:
@@ -146,8 +158,8 @@ class Check:
         timeout = min(cap_s, self.left)
         if timeout < MIN_STEP_S:
             return self.record(Step(name, "not run", note="time budget spent"))
-        header = f"\n===== {name}: {' '.join(cmd)} (in {cwd}, limit {timeout:.0f} s)\n"
-        self.log(header)
+        self.log(f"\n===== {name}: {self.portable(' '.join(cmd))} (in {self.portable(str(cwd))}, "
+                 f"limit {timeout:.0f} s)\n")
         offset = (self.out / "log.txt").stat().st_size
         started = time.monotonic()
         with open(self.out / "log.txt", "a") as logf:
@@ -166,7 +178,8 @@ class Check:
             f.seek(offset)
             output = f.read().decode(errors="replace")
         self.log(f"===== {name}: {status} after {seconds:.1f} s\n")
-        return self.record(Step(name, status, seconds, rc, tail="" if status == "ok" else output[-3000:]))
+        tail = "" if status == "ok" else self.portable(output[-3000:])
+        return self.record(Step(name, status, seconds, rc, tail=tail))
 
     def record(self, step: Step) -> Step:
         self.steps.append(step)
@@ -262,8 +275,8 @@ def study(check: Check, scratch: Path, options: dict[str, Any], seeds: tuple[int
     check.summary.setdefault("studies", {})[name] = record
     if not check.data.is_file():
         for stage in STAGES:
-            check.record(Step(f"{name}:{stage}", "failed", note=f"{check.data} not found: copy "
-                              "../shared/data/cifar10-jpg.tar.gz there and carry data/jpg"))
+            check.record(Step(f"{name}:{stage}", "failed", note=f"{portable_path(check.data)} not found: put the "
+                              f"archive there, or name it with --data"))
             record["stages"][stage] = {"status": "failed", "seconds": 0.0}
         return record
     record["params"] = write_project(scratch, check, options)
@@ -326,7 +339,8 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                            env={**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled",
                                                 "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(seeds)))})
-        check.log(f"\n===== spread: seeds {', '.join(map(str, seeds))} side by side: {chain} (limit {timeout:.0f} s)\n")
+        check.log(f"\n===== spread: seeds {', '.join(map(str, seeds))} side by side: {check.portable(chain)} "
+                  f"(limit {timeout:.0f} s)\n")
         done: dict[int, float] = {}  # seed: seconds until its process ended
         while len(done) < len(procs) and time.monotonic() - started < timeout:
             done.update({seed: time.monotonic() - started for seed, proc in procs.items()
@@ -340,13 +354,13 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
                 rc, status = None, "timeout"
             logs[seed].close()
             output = (scratches[seed] / "log.txt").read_text(errors="replace")
-            check.log(f"----- seed {seed}\n{output}===== spread:seed-{seed}: {status}\n")
+            check.log(f"----- seed {seed}\n{check.portable(output)}===== spread:seed-{seed}: {status}\n")
             problem = read_results(scratches[seed], runs[str(seed)]) if status == "ok" else None
             if problem:  # one seed's bad outputs fail that seed, not the whole check
                 status, output = "failed", f"{output}\n{problem}\n"
             check.record(Step(f"spread:seed-{seed}", status, done.get(seed, time.monotonic() - started), rc,
                               note="side by side with the other seeds",
-                              tail="" if status == "ok" else output[-3000:]))
+                              tail="" if status == "ok" else check.portable(output[-3000:])))
     finally:
         for seed, proc in procs.items():
             if proc.poll() is None:
@@ -355,9 +369,18 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
             f.close()
 
 
+def portable_path(path: Path) -> str:
+    """`path` as the summary records it: relative to the project when inside it, else its file name alone
+    (the archive's md5 in the summary identifies the data); never this machine's absolute path."""
+    try:
+        return path.resolve().relative_to(ROOT.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[str, Any]:
     """The package, the stages and params.yaml with this study's settings (the stages read ./params.yaml);
-    returns those params."""
+    returns those params, with the data's path as `portable_path` records it."""
     for part in ("cifar_study", "stages"):
         shutil.copytree(ROOT / part, scratch / part, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -368,7 +391,7 @@ def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[
         for section, values in changed.items():
             params[section].update(values)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return params
+    return {**params, "data": {**params["data"], "path": portable_path(check.data)}}
 
 
 def read_results(scratch: Path, record: dict[str, Any]) -> str | None:
@@ -482,23 +505,25 @@ def main() -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny (checks the script)")
     ap.add_argument("--out", default=os.environ.get("OUT") or
                     f"bench/results/gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--data", help=f"the CIFAR-10 image-folder archive (default: GPU_CHECK_DATA, else {DATA})")
     args = ap.parse_args()
     missing = [m for m in MODULES if not module_found(m)]
     if missing:
-        print(f"gpu_check: {sys.executable} lacks {', '.join(missing)} (requirements.txt): install them, or carry "
-              "their wheels to the device (README, 'On a GPU'); nothing done", flush=True)
+        print(f"gpu_check: {sys.executable} lacks {', '.join(missing)}: install them "
+              "(pip install -r requirements.txt); nothing done", flush=True)
         return 2
     budget = budget_s(os.environ.get("GPU_CHECK_BUDGET_S", str(BUDGET_S)))
     if budget is None:
         print(f"gpu_check: GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds "
               f"above 0 (default {BUDGET_S}); nothing done", flush=True)
         return 2
-    data = Path(os.environ.get("GPU_CHECK_DATA", DATA))
+    data_from = "--data" if args.data else "GPU_CHECK_DATA"
+    data = Path(args.data or os.environ.get("GPU_CHECK_DATA") or DATA).expanduser()
     data = data if data.is_absolute() else ROOT / data
     try:  # the spread compares runs on the same bytes as the committed baseline
         data_md5 = md5_file(data) if data.is_file() else None
     except UserError as exc:  # larger than any CIFAR-10 archive, or unreadable
-        print(f"gpu_check: GPU_CHECK_DATA: {exc}; nothing done", flush=True)
+        print(f"gpu_check: {data_from}: {exc}; nothing done", flush=True)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -506,12 +531,12 @@ def main() -> int:
     check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data)
     print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
     if data_md5 is None:
-        print(f"gpu_check: {data} not found, or not a regular file: the studies will fail (copy "
-              "../shared/data/cifar10-jpg.tar.gz to data/jpg/ and carry data/jpg)", flush=True)
+        print(f"gpu_check: {data} not found, or not a regular file: the studies will fail (put the "
+              f"archive at {DATA}, or name it with --data)", flush=True)
     else:
         check.summary["data_md5"] = data_md5
     environment(check)
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's and seed's copy of the project, named for it
+    work = check.work = Path(tempfile.mkdtemp(prefix="gpu-check-"))  # each study's and seed's copy, named for it
     try:
         default = study(check, work / "default", DEFAULTS, SMOKE_SPREAD_SEEDS if check.smoke else SPREAD_SEEDS)
         upstream = work / "default" if all(finished(default, s) for s in UPSTREAM) else None
@@ -523,6 +548,8 @@ def main() -> int:
     cuda_tests(check)
     benchmark(check, compile_=False)
     benchmark(check, compile_=True)
+    log = out / "log.txt"  # the steps' own output may name this machine's paths too
+    log.write_text(check.portable(log.read_text(errors="replace")))
     check.write()
     print("\n" + (out / "summary.md").read_text(), flush=True)
     bad = [s for s in check.steps if s.status not in ("ok", "reused")

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU path, proven in one command: on a CUDA machine, within 8 minutes, writes to $OUT (or
+# The GPU path, proven in one command on your own CUDA machine: within 8 minutes, writes to $OUT (or
 # bench/results/gpu-<date>/) the device and versions, the CUDA tests (pytest -m cuda), the benchmark
 # with and without torch.compile, and the whole study through the stage modules (no DVC, no W&B) on
-# data/jpg/cifar10-jpg.tar.gz, with the defaults and with the fastest options. See bench/gpu_check.py.
+# data/raw/cifar10-jpg.tar.gz, with the defaults and with the fastest options. See bench/gpu_check.py.
 #
 #   bash bench/gpu_check.sh               # needs CUDA; without it, says so and does nothing
 #   bash bench/gpu_check.sh --cpu-smoke   # the same steps on the CPU, tiny: checks the script itself
+#   bash bench/gpu_check.sh --data /path/to/cifar10-jpg.tar.gz   # the data elsewhere
 #
-# Environment: PYTHON (default python3), OUT, GPU_CHECK_DATA (default data/jpg/cifar10-jpg.tar.gz),
+# Environment: PYTHON (default python3), OUT, GPU_CHECK_DATA (default data/raw/cifar10-jpg.tar.gz),
 # GPU_CHECK_BUDGET_S (default 480).
 set -euo pipefail
 cd "$(dirname "$0")/.."

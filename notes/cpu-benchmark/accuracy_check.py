@@ -1,7 +1,7 @@
 """Does a speed option change what the model learns? One epoch per configuration on the same data,
 same seed, test accuracy side by side (fp32 reference first).
 
-    python bench/accuracy_check.py --data ../shared/data/cifar10-jpg.tar.gz [--epochs 1] [--device cpu]
+    python notes/cpu-benchmark/accuracy_check.py --data data/raw/cifar10-jpg.tar.gz [--epochs 1] [--device cpu]
 
 --data is an image folder / tar (data.source: folder), or 'synthetic'.
 """
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cifar_study.core.evaluation import evaluate  # noqa: E402
 from cifar_study.core.loader import make_loader  # noqa: E402
 from cifar_study.core.model import SimpleCNN  # noqa: E402

@@ -2,7 +2,7 @@
 parameter (train.epochs: 0), for this tree and for another commit, run alternately; medians and the
 ratio. Every bad-input message, and every test that spawns a stage, pays this start-up.
 
-    python bench/stage_startup.py --base 1db9651 --repeats 7
+    python notes/suite-timings/stage_startup.py --base 1db9651 --repeats 7
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("train", "evaluate", "findings")
 
 

@@ -10,7 +10,7 @@ cost that is a fraction of a train step stands out of the noise only so. Each ar
 over rounds). The tracker's background thread is waited for inside the timing, so its work counts
 too. Also timed apart: computing the histograms alone, the part the training thread waits for.
 
-    python bench/histogram_cost.py [--device cpu|cuda|mps|auto] [--quick] [--out bench/results/histograms.json]
+    python notes/wandb-histogram-cost/histogram_cost.py [--device cpu|cuda|mps|auto] [--quick] [--out bench/results/histograms.json]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cifar_study.core.loader import TensorLoader  # noqa: E402
 from cifar_study.core.model import SimpleCNN  # noqa: E402
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
