@@ -277,7 +277,25 @@ def _options(check: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.')[-1]} {b}" for k, (b, _) in check["differs_in"].items()) or "same options"
 
 
+def _project_relative(value: Any, root: Path) -> Any:
+    """`value` with every data.path and the source inside the project made relative to it (committed files
+    name no machine's absolute path); a path outside the project stays as given."""
+    if isinstance(value, list):
+        return [_project_relative(v, root) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _project_relative(v, root) for k, v in value.items()}
+    for key in ("data.path", "source"):
+        if isinstance(out.get(key), str) and Path(out[key]).is_absolute():
+            try:
+                out[key] = Path(out[key]).resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                pass
+    return out
+
+
 def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
+    collected = _project_relative(collected, root)
     spread = summarize(collected)
     (root / SPREAD).parent.mkdir(parents=True, exist_ok=True)
     with outputs_together():

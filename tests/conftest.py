@@ -20,9 +20,9 @@ from cifar_study.pipeline.dataset import Dataset, Split, synthetic
 from cifar_study.pipeline.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-# The real CIFAR-10 JPEG archive for the tests that need it: $CIFAR10_JPG, else the copy beside this
-# checkout (../shared/data/); those tests skip, saying where they looked, when it is absent.
-REAL_ARCHIVE = Path(os.environ.get("CIFAR10_JPG") or ROOT.parent / "shared/data/cifar10-jpg.tar.gz").expanduser()
+# The real CIFAR-10 JPEG archive for the tests that need it: $CIFAR10_JPG, else the conventional local copy
+# in the git-ignored data/raw/; those tests skip, saying where they looked, when it is absent.
+REAL_ARCHIVE = Path(os.environ.get("CIFAR10_JPG") or ROOT / "data/raw/cifar10-jpg.tar.gz").expanduser()
 
 
 def workspace_or_committed(paths: list[str], tmp: Path) -> list[Path]:
