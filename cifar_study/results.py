@@ -1,13 +1,19 @@
-"""The README's Results, Findings and Spread sections, generated from the committed metrics/, plots/, reports/ and dvc.lock.
+"""reports/RESULTS.md, the study's results, generated whole from the committed metrics/, plots/, reports/ and dvc.lock.
 
-    python -m cifar_study.results           # rewrite the sections in README.md
-    python -m cifar_study.results --check   # exit 1 if README.md is out of date
+    python -m cifar_study.results           # write reports/RESULTS.md
+    python -m cifar_study.results --check   # exit 1 if reports/RESULTS.md is out of date
+
+A re-run of the baseline changes that file, never the README. Missing, unreadable or non-UTF-8 inputs, and a
+target that is a symbolic link or not a regular file, are one line and exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -16,6 +22,8 @@ import yaml
 from cifar_study.analysis.figures import FIGURES
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
+from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.outputs import atomic_path, read_text
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -25,26 +33,44 @@ ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, 
 JPEG_REFERENCE = 0.8162
 # Written by cifar_study.spread (not a stage: it aggregates several experiments).
 SPREAD_RUNS, SPREAD, SPREAD_FIGURE = "reports/spread/runs.json", "reports/spread/spread.json", "reports/spread/spread.png"
+RESULTS = "reports/RESULTS.md"  # this module's one output; links in it are relative to its folder
+
+
+class ResultsError(UserError):
+    """An input that cannot be read, or a target that must not be written; the message is one line."""
+
+
+def _link(path: str) -> str:
+    """`path` (from the project root) as a link from RESULTS.md's folder."""
+    return Path(os.path.relpath(path, Path(RESULTS).parent)).as_posix()
+
+
+def _json(root: Path, name: str) -> dict:
+    return json.loads(read_text(root / name))
+
+
+def _csv(root: Path, name: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(read_text(root / name), newline="")))
 
 
 def _fetch_params(root: Path) -> dict:
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lock = yaml.safe_load(read_text(root / "dvc.lock"))
     return lock["stages"]["fetch_data"]["params"]["params.yaml"]
 
 
 def render(root: Path = Path(".")) -> str:
     if not (root / paths.EVAL_METRICS).is_file():
         return "No baseline run is committed yet: `make repro` produces one."
-    history = [EpochRecord.from_row(r) for r in csv.DictReader(open(root / paths.HISTORY))]
-    train = json.loads((root / paths.TRAIN_METRICS).read_text())
-    evaluation = json.loads((root / paths.EVAL_METRICS).read_text())
-    flops = json.loads((root / paths.FLOPS_METRICS).read_text())
-    data = json.loads((root / paths.DATA_METRICS).read_text())
-    per_class = list(csv.DictReader(open(root / paths.CLASS_ACCURACY)))
+    history = [EpochRecord.from_row(r) for r in _csv(root, paths.HISTORY)]
+    train, evaluation = _json(root, paths.TRAIN_METRICS), _json(root, paths.EVAL_METRICS)
+    flops, data = _json(root, paths.FLOPS_METRICS), _json(root, paths.DATA_METRICS)
+    per_class = _csv(root, paths.CLASS_ACCURACY)
     fetch = _fetch_params(root)
     split = train["heldout_split"]
     hours = sum(r.seconds for r in history) / 3600
-    source = f"`{fetch['data.source']}`" + (f" from `{fetch['data.path']}`" if fetch["data.source"] == "folder" else "")
+    # The archive by its name: where it lay is one machine's business (reports/data.json and dvc.lock identify it).
+    source = f"`{fetch['data.source']}`" + (f", the archive `{Path(str(fetch['data.path'])).name}`"
+                                            if fetch["data.source"] == "folder" else "")
     lines = [
         f"Made by `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
         f"({data['train_count']:,} training / {data['test_count']:,} test images); the {len(history)} epochs took "
@@ -69,7 +95,7 @@ def render(root: Path = Path(".")) -> str:
     lines += ["", "| class | test accuracy |", "|---|---:|"]
     lines += [f"| {r['class']} | {float(r['accuracy']):.2%} |" for r in per_class]
     lines.append("")
-    lines += [f"![{name}]({paths.FIGURES}/{name}.png)" for name in FIGURES]
+    lines += [f"![{name}]({_link(f'{paths.FIGURES}/{name}.png')})" for name in FIGURES]
     return "\n".join(lines)
 
 
@@ -77,7 +103,7 @@ def render_findings(root: Path = Path(".")) -> str:
     """The original study's claims, the number behind each in this run, and whether it holds."""
     if not (root / paths.FINDINGS).is_file():
         return "No findings are committed yet: `make repro` produces them."
-    findings = json.loads((root / paths.FINDINGS).read_text())
+    findings = _json(root, paths.FINDINGS)
     health = findings["flow_health"]
     flagged = [f"{h['layer']} ({', '.join(h['flags'])})" for h in health["layers"] if h["flags"]]
     lines = [
@@ -101,8 +127,8 @@ def render_findings(root: Path = Path(".")) -> str:
 def render_spread(root: Path = Path(".")) -> str:
     """The run-to-run spread over seeds, and where the published single runs fall in it."""
     if not (root / SPREAD).is_file():
-        return "No spread is committed yet: see the commands above."
-    spread = json.loads((root / SPREAD).read_text())
+        return "No spread is committed yet: `python -m cifar_study.spread` makes one."
+    spread = _json(root, SPREAD)
     final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
     options = ", ".join(f"`{k}={v}`" for k, v in spread["changed_params"].items()) or "the defaults"
     device = f", on {spread['device']}" if spread.get("device") else ""
@@ -134,7 +160,7 @@ def render_spread(root: Path = Path(".")) -> str:
     lines += ["", "| epoch | mean held-out accuracy | sd | " + f"{level} CI of the mean |", "|---:|---:|---:|---|"]
     lines += [f"| {r['epoch']} | {r['mean']:.2%} | {r['sd']:.2%} | {r['ci_low']:.2%}–{r['ci_high']:.2%} |"
               for r in spread["heldout_acc_per_epoch"]]
-    lines += ["", f"![spread]({SPREAD_FIGURE})"]
+    lines += ["", f"![spread]({_link(SPREAD_FIGURE)})"]
     return "\n".join(lines)
 
 
@@ -155,32 +181,63 @@ def _num(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-SECTIONS = {"results": render, "findings": render_findings, "spread": render_spread}  # README markers <!-- NAME:start --> ... <!-- NAME:end -->
+SECTIONS = {  # RESULTS.md's sections: heading, what they are drawn from
+    "The baseline run": render,
+    "Findings: the original study's claims, measured": render_findings,
+    "Run-to-run spread": render_spread,
+}
 
 
-def update(readme: Path, root: Path = Path(".")) -> str:
-    text = readme.read_text()
-    for name, draw in SECTIONS.items():
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        if start not in text or end not in text:
-            raise SystemExit(f"{readme}: missing the {start} ... {end} markers")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{draw(root)}\n{end}{tail}"
-    return text
+def document(root: Path = Path(".")) -> str:
+    """The whole of reports/RESULTS.md."""
+    parts = ["# Results", "",
+             "Generated by `python -m cifar_study.results` from the committed `metrics/`, `plots/data/`, `reports/` "
+             "and `dvc.lock`; do not edit it by hand (`tests/test_report.py` checks that it matches them). "
+             f"How the committed runs were made, and what they mean: [the dated notes]({_link('notes/README.md')})."]
+    for heading, draw in SECTIONS.items():
+        parts += ["", f"## {heading}", "", draw(root)]
+    return "\n".join(parts) + "\n"
+
+
+def _check_target(path: Path) -> None:
+    """Refuse to write through a symbolic link (the file or its folder) or over anything but a regular file."""
+    for p in (path.parent, path):
+        try:
+            mode = os.lstat(p).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise ResultsError(f"{p} is a symbolic link: not written through (replace it with a regular "
+                               f"{'folder' if p == path.parent else 'file'})")
+        if p == path and not stat.S_ISREG(mode):
+            raise ResultsError(f"{p} is not a regular file: not overwritten")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    ap.add_argument("--check", action="store_true", help=f"only check that {RESULTS} is up to date")
     args = ap.parse_args()
-    readme = Path("README.md")
-    new = update(readme)
-    if args.check:
-        if new != readme.read_text():
-            sys.exit("README.md's Results, Findings or Spread section is out of date: run python -m cifar_study.results")
-        return
-    readme.write_text(new)
+    target = Path(RESULTS)
+    try:
+        _check_target(target)
+        new = document()
+        if args.check:
+            if not target.is_file() or read_text(target) != new:
+                sys.exit(f"{RESULTS} is out of date: run python -m cifar_study.results")
+            return
+        with atomic_path(target) as tmp:
+            tmp.write_text(new, encoding="utf-8")
+    except (UserError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except UnicodeDecodeError as exc:
+        print(f"error: an input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        sys.exit(2)
+    # A hand-edited or truncated input: a missing key, a wrong type, a malformed number or JSON document.
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        print(f"error: the committed results cannot be read ({type(exc).__name__}: {exc})", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

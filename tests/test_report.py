@@ -1,46 +1,95 @@
-"""The README's Results section is generated from the committed files, never typed."""
+"""reports/RESULTS.md is generated from the committed files, never typed; the results command refuses bad input in one line."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from cifar_study.results import SECTIONS, render, update
-from tests.conftest import workspace_or_committed
+import pytest
 
-# What the Results section is rendered from, and the README itself.
-SOURCES = ["README.md", "dvc.lock", "metrics", "plots/data", "reports"]
+from cifar_study.results import RESULTS, document, render
+from tests.conftest import ROOT, workspace_or_committed
 
-
-def sections_mismatch(root: Path) -> str | None:
-    readme = (root / "README.md").read_text()
-    for name, draw in SECTIONS.items():
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        if readme.count(start) != 1 or readme.count(end) != 1:
-            return f"{root}/README.md: needs exactly one {start} ... {end}"
-        if readme.split(start, 1)[1].split(end, 1)[0].strip() != draw(root).strip():
-            return f"{root}: README.md's {name} section differs from its files (run: python -m cifar_study.results)"
-    return None if update(root / "README.md", root) == readme else f"{root}: README.md is not up to date"
+# What reports/RESULTS.md is rendered from, and the file itself.
+SOURCES = [RESULTS, "dvc.lock", "metrics", "plots/data", "reports"]
 
 
-def test_readme_results_and_findings_match_the_committed_files(tmp_path):
+def results_mismatch(root: Path) -> str | None:
+    if not (root / RESULTS).is_file():
+        return f"{root}: {RESULTS} is missing (run: python -m cifar_study.results)"
+    if (root / RESULTS).read_text() != document(root):
+        return f"{root}: {RESULTS} differs from the files it is made from (run: python -m cifar_study.results)"
+    return None
+
+
+def test_the_results_file_matches_the_committed_files(tmp_path):
     # A user's experiments rewrite metrics/ and plots/ in the workspace: then HEAD's copies are checked.
-    problems = [sections_mismatch(root) for root in workspace_or_committed(SOURCES, tmp_path)]
+    problems = [results_mismatch(root) for root in workspace_or_committed(SOURCES, tmp_path)]
     assert None in problems, problems
 
 
-def test_render_reports_every_epoch_and_the_seed(tmp_path):
+def test_the_readme_holds_no_generated_section():
+    readme = (ROOT / "README.md").read_text()
+    assert "<!--" not in readme and RESULTS in readme  # it links to the results instead
+
+
+def baseline(root: Path) -> Path:
     for rel in ("metrics", "plots/data"):
-        (tmp_path / rel).mkdir(parents=True)
-    (tmp_path / "plots/data/history.csv").write_text(
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    (root / "plots/data/history.csv").write_text(
         "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n"
         "1,1.8,0.35,1.4,0.49,0.001,200\n2,1.5,0.45,1.2,0.57,0.001,210\n")
-    (tmp_path / "metrics/train.json").write_text('{"heldout_split": "test"}')
-    (tmp_path / "metrics/eval.json").write_text('{"test_acc": 0.57, "test_loss": 1.2}')
-    (tmp_path / "plots/data/class_accuracy.csv").write_text("class,accuracy\ncat,0.4\ndog,0.6\n")
-    (tmp_path / "metrics/flops.json").write_text('{"flops": 161163264, "gflops": 0.1612}')
-    (tmp_path / "metrics/data.json").write_text('{"train_count": 50000, "test_count": 10000}')
-    (tmp_path / "dvc.lock").write_text(
+    (root / "metrics/train.json").write_text('{"heldout_split": "test"}')
+    (root / "metrics/eval.json").write_text('{"test_acc": 0.57, "test_loss": 1.2}')
+    (root / "plots/data/class_accuracy.csv").write_text("class,accuracy\ncat,0.4\ndog,0.6\n")
+    (root / "metrics/flops.json").write_text('{"flops": 161163264, "gflops": 0.1612}')
+    (root / "metrics/data.json").write_text('{"train_count": 50000, "test_count": 10000}')
+    (root / "dvc.lock").write_text(
         "stages:\n  fetch_data:\n    params:\n      params.yaml:\n        data.source: folder\n"
-        "        data.path: ../shared/data/cifar10-jpg.tar.gz\n")
-    text = render(tmp_path)
+        "        data.path: data/raw/cifar10-jpg.tar.gz\n")
+    return root
+
+
+def test_render_reports_every_epoch_and_names_the_archive_not_its_path(tmp_path):
+    text = render(baseline(tmp_path))
     assert "| 2 | 1.5000 | 45.00% | 1.2000 | 57.00% | 210 |" in text
     assert "**57.00%** | 84.54%" in text and "49.00% | 47.23%" in text
-    assert "from `../shared/data/cifar10-jpg.tar.gz`" in text and "0.11 h" in text
+    assert "the archive `cifar10-jpg.tar.gz`" in text and "data/raw" not in text and "0.11 h" in text
     assert "| dog | 60.00% |" in text
+    assert "![learning_curves](../plots/figures/learning_curves.png)" in text  # relative to reports/
+
+
+def results(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifar_study.results", *args], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_the_command_writes_the_file_and_checks_it(tmp_path):
+    baseline(tmp_path)
+    assert results(tmp_path, "--check").returncode == 1  # not written yet
+    done = results(tmp_path)
+    assert done.returncode == 0 and done.stdout == f"wrote {RESULTS}\n", done.stderr
+    assert (tmp_path / RESULTS).read_text() == document(tmp_path)
+    assert results(tmp_path, "--check").returncode == 0
+    (tmp_path / "metrics/eval.json").write_text('{"test_acc": 0.58, "test_loss": 1.2}')
+    stale = results(tmp_path, "--check")
+    assert stale.returncode == 1 and stale.stderr.strip() == f"{RESULTS} is out of date: run python -m cifar_study.results"
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda root: (root / "plots/data/history.csv").unlink(), "history.csv"),
+    (lambda root: (root / "metrics/train.json").write_bytes(b'{"heldout_split": "t\xe9st"}'), "not UTF-8"),
+    (lambda root: (root / "metrics/flops.json").write_text("{"), "cannot be read"),
+    (lambda root: (root / "reports").symlink_to(root / "elsewhere", target_is_directory=True), "symbolic link"),
+    (lambda root: ((root / "reports").mkdir(), (root / RESULTS).symlink_to(root / "victim.md")), "symbolic link"),
+    (lambda root: ((root / "reports").mkdir(), os.mkfifo(root / RESULTS)), "not a regular file"),
+])
+def test_bad_input_or_target_is_one_line_and_exit_2(tmp_path, spoil, message):
+    baseline(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "victim.md").write_text("untouched\n")
+    spoil(tmp_path)
+    proc = results(tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert (tmp_path / "victim.md").read_text() == "untouched\n" and not any((tmp_path / "elsewhere").iterdir())
