@@ -25,6 +25,8 @@ from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
 
 SPREAD = "reports/spread/spread.json"
+# Params that cannot cause a difference in test accuracy: W&B settings, and the replica count (the noise's sample size).
+NOT_CAUSES = ("wandb.", "train.replicas")
 DVC_TIMEOUT_S = 300
 
 
@@ -100,8 +102,9 @@ def describe(s: Side) -> str:
     return f"{t.mean:.2%} ± {t.sd:.2%} ({t.n} replicas)" if t.n > 1 else f"{t.mean:.2%} (1 run)"
 
 
-def compare(revs: list[str]) -> list[str]:
-    """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them)."""
+def compare(revs: list[str], several: bool = False) -> list[str]:
+    """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them); `several`:
+    judge sides that differ in more than one param (the verdict is then about all the changes together)."""
     names = (revs + ["workspace"])[:2] if revs else ["HEAD", "workspace"]
     metrics = dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs).get(paths.EVAL_METRICS, {})
     params = dvc_json("params", "diff", "--all", "--", *revs).get("params.yaml", {})
@@ -110,7 +113,12 @@ def compare(revs: list[str]) -> list[str]:
     param_old = {k: v.get("old") for k, v in params.items() if isinstance(v, dict)}
     param_new = {k: v.get("new") for k, v in params.items() if isinstance(v, dict)}
     a, b = side(names[0], old, param_old), side(names[1], new, param_new)
-    changed = [f"{k} {param_old[k]!r} -> {param_new[k]!r}" for k in params if param_old.get(k) != param_new.get(k)]
+    differ = [k for k in params if param_old.get(k) != param_new.get(k)]
+    changed = [f"{k} {param_old[k]!r} -> {param_new[k]!r}" for k in differ]
+    causes = [k for k in differ if not k.startswith(NOT_CAUSES)]
+    if len(causes) > 1 and not several:
+        raise CompareError(f"{a.name} and {b.name} differ in {len(causes)} params ({', '.join(causes)}): a verdict "
+                           f"is about one change; compare runs that differ in one, or pass --several")
     lines = [f"changed params: {', '.join(changed) if changed else 'none'}",
              f"test accuracy: {a.name} {describe(a)}; {b.name} {describe(b)}"]
     diff = b.test_acc.mean - a.test_acc.mean
@@ -134,12 +142,13 @@ def compare(revs: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cifar_study.compare", description=__doc__.splitlines()[0])
     ap.add_argument("revs", nargs="*", metavar="REV", help="as for dvc metrics diff: none, A, or A B")
+    ap.add_argument("--several", action="store_true", help="judge sides that differ in more than one param")
     args = ap.parse_args(argv)
     if len(args.revs) > 2:
         print("error: at most two revisions (A B), as dvc metrics diff takes", file=sys.stderr)
         return 2
     try:
-        lines = compare(args.revs)
+        lines = compare(args.revs, args.several)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,9 @@ def compare(repo: Path, *revs: str) -> subprocess.CompletedProcess:
     ('{"test_acc": NaN}', {}, 2, "error: metrics/eval.json at workspace: test_acc is nan, not a finite number"),
     ('{"test_acc": 5.0}', {}, 2, "error: metrics/eval.json at workspace: test accuracy 5.0 is not a fraction"),
     (eval_json(0.6, -0.1, 3), {"replicas": 3}, 2, "error: metrics/eval.json at workspace: test_acc_sd is negative"),
-], ids=["lr-beyond", "seed-within", "single-run", "stale-replicas", "nan", "percentage", "negative-sd"])
+    (eval_json(0.6, 0.01, 3), {"replicas": 3, "lr": 0.1, "seed": 7}, 2,
+     "error: HEAD and workspace differ in 2 params (train.lr, train.seed): a verdict is about one change"),
+], ids=["lr-beyond", "seed-within", "single-run", "stale-replicas", "nan", "percentage", "negative-sd", "two-changes"])
 def test_verdicts_and_refusals(repo, workspace, params, code, expected):
     write(repo, workspace, **params)
     done = compare(repo)
@@ -99,3 +101,9 @@ def test_replicas_needed_shrinks_with_the_difference():
     assert replicas_needed(0.05, 0.01) == 2
     many = replicas_needed(0.01, 0.0096)
     assert many is not None and many > replicas_needed(0.03, 0.0096)
+
+
+def test_several_changes_are_judged_together_when_asked(repo):
+    write(repo, eval_json(0.6, 0.01, 3), replicas=3, lr=0.1, seed=7)
+    done = compare(repo, "--several")
+    assert done.returncode == 0 and done.stdout.endswith(": beyond noise\n"), done.stderr
