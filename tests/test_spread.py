@@ -145,8 +145,8 @@ def test_a_baseline_of_another_protocol_is_not_compared(repo):
 
 
 def test_the_committed_spread_is_what_its_runs_give():
-    """reports/spread/spread.json is the summary of the committed runs.json (the README section is checked in
-    tests/test_report.py)."""
+    """reports/spread/spread.json is the summary of the committed runs.json (reports/RESULTS.md, which shows it,
+    is checked in tests/test_report.py)."""
     collected = json.loads((ROOT / SPREAD_RUNS).read_text())
     assert spread.summarize(collected) == json.loads((ROOT / SPREAD).read_text())
     assert len(collected["runs"]) >= 3 and (ROOT / SPREAD_FIGURE).is_file()
