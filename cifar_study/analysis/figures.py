@@ -200,7 +200,7 @@ class StudyData:
     replicas: list[list[EpochRecord]] = field(default_factory=list)  # each seed replica's history (reports/replicas.json)
 
 
-# The study's figures in reading order: plots/figures/<name>.png. The README and the tests read the names here.
+# The study's figures in reading order: plots/figures/<name>.png. reports/RESULTS.md and the tests read the names here.
 _DRAW: dict[str, Callable[[StudyData], Figure]] = {
     "learning_curves": lambda d: learning_curves(d.history, d.heldout_name, d.replicas),
     "confusion_matrix": lambda d: confusion_figure(d.confusion, d.classes),

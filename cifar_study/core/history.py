@@ -1,4 +1,4 @@
-"""The per-epoch record: one definition for history.csv, the checkpoint, W&B, the figures and the README."""
+"""The per-epoch record: one definition for history.csv, the checkpoint, W&B, the figures and reports/RESULTS.md."""
 from __future__ import annotations
 
 import dataclasses

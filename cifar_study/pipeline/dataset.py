@@ -81,7 +81,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def normalization(mode: str, train_images: np.ndarray) -> tuple[list[float], list[float]]:
     """The per-channel mean and std that `train.normalize` names: `original` (the original study's
-    constants) or `computed` (the statistics of `train_images`, as metrics/data.json reports them)."""
+    constants) or `computed` (the statistics of `train_images`, as reports/data.json reports them)."""
     if mode == "original":
         return list(ORIGINAL_MEAN), list(ORIGINAL_STD)
     return channel_stats(train_images)
