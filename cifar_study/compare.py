@@ -59,7 +59,11 @@ def dvc_json(*args: str) -> dict[str, Any]:
 
 def _number(values: dict[str, Any], key: str, where: str) -> float:
     value = values.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    try:  # an integer too large for a float is not an accuracy either
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
         raise CompareError(f"{paths.EVAL_METRICS} at {where}: {key} is {value!r}, not a finite number "
                            f"(run dvc repro there)")
     return float(value)
@@ -81,8 +85,8 @@ def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
         sample = Sample(acc, 0.0, 1)
     else:
         sample = Sample(_number(metrics, "test_acc_mean", name), _number(metrics, "test_acc_sd", name), replicas)
-        if sample.sd < 0:
-            raise CompareError(f"{paths.EVAL_METRICS} at {name}: test_acc_sd is negative")
+        if not 0 <= sample.sd <= 1:
+            raise CompareError(f"{paths.EVAL_METRICS} at {name}: test_acc_sd {sample.sd!r} is not an sd of accuracies (0..1)")
     if not 0 <= sample.mean <= 1:
         raise CompareError(f"{paths.EVAL_METRICS} at {name}: test accuracy {sample.mean!r} is not a fraction in 0..1")
     return Side(name, sample)
@@ -113,7 +117,7 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     param_old = {k: v.get("old") for k, v in params.items() if isinstance(v, dict)}
     param_new = {k: v.get("new") for k, v in params.items() if isinstance(v, dict)}
     a, b = side(names[0], old, param_old), side(names[1], new, param_new)
-    differ = [k for k in params if param_old.get(k) != param_new.get(k)]
+    differ = sorted(k for k in params if param_old.get(k) != param_new.get(k))
     changed = [f"{k} {param_old[k]!r} -> {param_new[k]!r}" for k in differ]
     causes = [k for k in differ if not k.startswith(NOT_CAUSES)]
     if len(causes) > 1 and not several:
@@ -132,8 +136,9 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     need = replicas_needed(diff, sd) if sd else None
     size = (f"given the committed spread (sd {sd:.2%} for one run), about {need} replicas per side would resolve a "
             f"difference of {abs(diff):.2%}: dvc exp run -S train.replicas={need}" if need else
-            f"no number of replicas would resolve a difference of {abs(diff):.2%} given the committed spread "
-            f"(sd {sd:.2%})" if sd else f"no committed spread ({SPREAD}) to size it; train both sides with "
+            f"more than 1000 replicas per side would be needed to resolve a difference of {abs(diff):.2%} given "
+            f"the committed spread (sd {sd:.2%})" if sd and diff else
+            "a difference of zero cannot be resolved by replicas" if sd else f"no committed spread ({SPREAD}) to size it; train both sides with "
             f"train.replicas >= 3")
     lines.append(f"difference {diff:+.2%}: cannot be judged (a single run on {single}); {size}")
     return lines

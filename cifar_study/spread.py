@@ -141,8 +141,9 @@ def collect_replicas(repo: Path) -> dict[str, Any]:
     for j, r in enumerate(replicas):
         history = [EpochRecord.from_row(row) for row in r["history"]]
         seed = _seed(r["seed"])
+        # Epoch times are the stacked run's: a replica's share is 1/k of them.
         runs.append((SeedRun(f"replica-{j}", seed, r["test_acc"], [h.heldout_acc for h in history],
-                             round(sum(h.seconds for h in history), 1)), {**params, "train.seed": seed}))
+                             round(sum(h.seconds for h in history) / len(replicas), 1)), {**params, "train.seed": seed}))
     base = _baseline_commit(repo)
     return _collected(repo, "replicas", runs, base, _baseline_run(repo, base))
 

@@ -1,4 +1,6 @@
 """Stage visualize: the study's figures as PNGs in plots/figures/."""
+import math
+
 import numpy as np
 
 from cifar_study.analysis import figures
@@ -31,6 +33,9 @@ def main() -> None:
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
     with stage_inputs.reading(paths.REPLICAS):
         replicas = [[EpochRecord.from_row(r) for r in replica["history"]] for replica in read_json(paths.REPLICAS)]
+        if any([r.epoch for r in h] != [int(r["epoch"]) for r in history] for h in replicas) or not all(
+                math.isfinite(v) for h in replicas for r in h for v in r.row().values()):
+            raise ValueError("the replicas' histories are not history.csv's epochs, or hold a value that is not finite")
     predictions = stage_inputs.read_table(paths.PREDICTIONS, ("index", "confidence"))
     with stage_inputs.reading(paths.PREDICTIONS):
         actual = np.array([index[r["actual"]] for r in predictions], dtype=np.int64)

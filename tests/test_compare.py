@@ -59,7 +59,7 @@ def compare(repo: Path, *revs: str) -> subprocess.CompletedProcess:
                                                    "but its params.yaml says train.replicas: 1"),
     ('{"test_acc": NaN}', {}, 2, "error: metrics/eval.json at workspace: test_acc is nan, not a finite number"),
     ('{"test_acc": 5.0}', {}, 2, "error: metrics/eval.json at workspace: test accuracy 5.0 is not a fraction"),
-    (eval_json(0.6, -0.1, 3), {"replicas": 3}, 2, "error: metrics/eval.json at workspace: test_acc_sd is negative"),
+    (eval_json(0.6, -0.1, 3), {"replicas": 3}, 2, "error: metrics/eval.json at workspace: test_acc_sd -0.1 is not an sd of accuracies (0..1)"),
     (eval_json(0.6, 0.01, 3), {"replicas": 3, "lr": 0.1, "seed": 7}, 2,
      "error: HEAD and workspace differ in 2 params (train.lr, train.seed): a verdict is about one change"),
 ], ids=["lr-beyond", "seed-within", "single-run", "stale-replicas", "nan", "percentage", "negative-sd", "two-changes"])

@@ -407,6 +407,16 @@ ROWS = [
         lambda c: download_of(write_tar(c.tmp / "c.tar.gz", official_batches(type(c.tiny)(
             c.tiny.train, Split(c.tiny.test.images[c.tiny.test.labels < 9], c.tiny.test.labels[c.tiny.test.labels < 9]),
             c.tiny.classes))))),
+    # Class names end up in plots, the `dvc plots` page (inside a <script> block), Markdown and W&B tables:
+    # a name that could close a tag or a cell is refused where the data comes in.
+    Row("breach", "class-folder-named-like-html", "fetch_data",
+        r"class name '<img src=x onerror=alert\(1\)>' is not allowed \(letters, digits, space and _ \. \+ -",
+        lambda c: folder(folder_of(c, {k.replace("/cat/", "/<img src=x onerror=alert(1)>/"): v
+                                       for k, v in tiny_files(c).items()}))),
+    Row("breach", "official-label-closes-a-script", "fetch_data",
+        r"class name '</script><script>alert\(1\)</script>' is not allowed",
+        lambda c: download_of(write_tar(c.tmp / "c.tar.gz", official_batches(type(c.tiny)(
+            c.tiny.train, c.tiny.test, ["</script><script>alert(1)</script>", *c.tiny.classes[1:]]))))),
     Row("shrink", "test-limit-below-class-count", "fetch_data",
         r"^error: data.test_limit: 5 is fewer than the 10 classes \(every class needs an image\)$",
         lambda c: folder(folder_of(c, tiny_files(c)), test_limit=5)),

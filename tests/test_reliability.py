@@ -131,7 +131,7 @@ def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, cha
 @pytest.mark.parametrize("section, key, value, message", [
     ("train", "epoch", 3, "error: train.epoch: unknown key (allowed in train: epochs, batch_size, lr, seed, device, "
                           "loader, num_workers, flow_every, channels_last, amp, compile, compile_mode, "
-                          "fused_adam, nproc, normalize)"),
+                          "fused_adam, nproc, normalize, replicas)"),
     ("wandb", "mode", "ofline", "error: wandb.mode: 'ofline' is not one of offline, online, disabled"),
 ])
 def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, key, value, message):

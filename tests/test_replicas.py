@@ -1,5 +1,6 @@
 """Seed replicas trained together are the same experiments as separate runs, and never mix."""
 import copy
+import re
 
 import pytest
 import torch
@@ -183,3 +184,12 @@ def test_replicas_refuse_what_they_cannot_combine_with(key, value, message):
     with pytest.raises(ParamError) as err:
         parse_params({"train": {"replicas": 3, key: value}})
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("amp", "fp16", "train.replicas: 2 replicas need train.amp: none or bf16 (got fp16"),
+    ("channels_last", True, "train.replicas: 2 replicas need train.channels_last: false (got true)"),
+])
+def test_replicas_refuse_a_shared_loss_scale_and_channels_last(key, value, message):
+    with pytest.raises(ParamError, match=re.escape(message)):
+        parse_params({"train": {"replicas": 2, key: value}})

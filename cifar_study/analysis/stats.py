@@ -97,7 +97,7 @@ def welch(a: Sample, b: Sample) -> Difference:
     va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
     se = math.sqrt(va + vb)
     diff = b.mean - a.mean
-    if se == 0:  # identical replicas on both sides: the interval is the point
+    if va ** 2 + vb ** 2 == 0:  # identical replicas on both sides (or sds too small to square): the point
         return Difference(diff, diff, diff, float("inf"))
     df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
     half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
@@ -109,7 +109,10 @@ def replicas_needed(diff: float, sd: float, limit: int = 1000) -> int | None:
     to be resolved: the smallest n whose 95% interval (t with 2n - 2 df) excludes zero. None past `limit`."""
     if diff == 0:
         return None
-    for n in range(2, limit + 1):
+    # t > z, so the normal approximation's n is a lower bound: a few steps up from it find n.
+    n = max(2, math.ceil(2 * (1.959964 * sd / abs(diff)) ** 2))
+    while n <= limit:
         if t_quantile(0.5 + CONFIDENCE / 2, 2 * n - 2) * sd * math.sqrt(2 / n) < abs(diff):
             return n
+        n += 1
     return None

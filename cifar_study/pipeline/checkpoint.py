@@ -82,7 +82,7 @@ def history_of(raw: Any, where: str) -> list[EpochRecord]:
     """A checkpoint's per-epoch history, checked: a list of EpochRecord rows with finite numbers."""
     try:
         records = [EpochRecord.from_row(r) for r in raw]
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, IndexError, OverflowError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint's {where}: not a list of epoch records ({first_line(exc)})") from None
     if not all(math.isfinite(v) for r in records for v in r.row().values()):
         raise CheckpointError(f"checkpoint's {where}: holds a value that is not a finite number")
@@ -92,17 +92,17 @@ def history_of(raw: Any, where: str) -> list[EpochRecord]:
 def trained_replicas(state: dict[str, Any], device: torch.device | str, batched: bool
                      ) -> tuple[list[int], nn.Module, list[list[EpochRecord]]]:
     """Seeds, the model to evaluate (one model, or every replica stacked) and each replica's history."""
-    try:
-        seed = parse_section("train", state["train"]).seed
-    except (ParamError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint's train params: {first_line(exc)}") from None
     records = state.get("replicas")
-    if records is None:
-        return [seed], model_from_checkpoint(state, device), [history_of(state["history"], "history")]
+    if records is None:  # one run: its seed is a label only, so an older or odd train section is no reason to stop
+        train = state.get("train")
+        seed = train.get("seed") if isinstance(train, dict) and type(train.get("seed")) is int else None
+        return [seed], model_from_checkpoint(state, device), [history_of(state.get("history"), "history")]
     if not isinstance(records, list) or len(records) < 2 or not all(
             isinstance(r, dict) and type(r.get("seed")) is int and isinstance(r.get("model_state"), dict) for r in records):
         raise CheckpointError("checkpoint's replicas: expected a list of at least 2 {seed, model_state, history} "
                               "records (run dvc repro train)")
     models = [model_from_checkpoint({**state, "model_state": r["model_state"]}, device) for r in records]
     histories = [history_of(r.get("history"), f"replica {j} history") for j, r in enumerate(records)]
+    if len({tuple(r.epoch for r in h) for h in histories}) != 1 or len({r["seed"] for r in records}) != len(records):
+        raise CheckpointError("checkpoint's replicas: their histories cover different epochs or their seeds repeat")
     return [r["seed"] for r in records], Replicas(models, batched).to(device), histories

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -156,8 +157,21 @@ def _in_memory(where: str, ds: Dataset) -> Listing:
                    lambda split, idx: images[split][idx])
 
 
+# Class names are written into plots, the `dvc plots` page (inside a <script> block), Markdown tables and W&B:
+# a name that could close a tag, a string or a table cell is refused where the data comes in.
+CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,39}")
+CLASS_RULE = "letters, digits, space and _ . + -, starting with a letter or digit, at most 40 characters"
+
+
+def check_class_names(classes: list[str], where: str) -> None:
+    for name in classes:
+        if not isinstance(name, str) or not CLASS_NAME.fullmatch(name):
+            raise DataError(f"{where}: class name {str(name)[:60]!r} is not allowed ({CLASS_RULE})")
+
+
 def check_listing(ls: Listing) -> None:
-    """At least two classes, every label in range, and every class in both splits."""
+    """Allowed class names, at least two classes, every label in range, and every class in both splits."""
+    check_class_names(ls.classes, ls.where)
     n = len(ls.classes)
     if len(set(ls.classes)) != n:
         raise DataError(f"{ls.where}: class names repeat ({', '.join(ls.classes)})")
@@ -178,6 +192,7 @@ def check_listing(ls: Listing) -> None:
 
 
 def validate(ds: Dataset) -> None:
+    check_class_names(ds.classes, "classes")
     for name, split in ds.splits():
         if split.images.dtype != np.uint8 or split.images.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{name} images: expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, {CHANNELS}), "

@@ -148,7 +148,12 @@ def _check_together(params: Params) -> None:
         raise ParamError(f"train.seed: {t.seed} + train.{'nproc' if t.nproc > t.replicas else 'replicas'} - 1 must be "
                          f"<= {SEED_MAX} (rank or replica r seeds with train.seed + r; {SEED_RANGE})")
     if t.replicas > 1:
-        for key, value, alone in (("nproc", t.nproc, 1), ("loader", t.loader, "tensor"), ("compile", t.compile, False)):
+        if t.amp == "fp16":  # one loss scaler for all: an overflow in one replica would skip every replica's step
+            raise ParamError(f"train.replicas: {t.replicas} replicas need train.amp: none or bf16 (got fp16, whose "
+                             f"loss scaler they would share)")
+        # channels_last has no layout for the stacked (k, B, C, H, W) batches.
+        for key, value, alone in (("nproc", t.nproc, 1), ("loader", t.loader, "tensor"), ("compile", t.compile, False),
+                                  ("channels_last", t.channels_last, False)):
             if value != alone:
                 raise ParamError(f"train.replicas: {t.replicas} replicas need train.{key}: {str(alone).lower()} "
                                  f"(got {str(value).lower()}); replicas already share one process's kernels")
