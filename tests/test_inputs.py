@@ -264,7 +264,9 @@ def visualize_inputs(ctx: Ctx, predictions: str) -> None:
                                b"0,1,fc1,0.1,0.2,0.3,0.4,0.001\n",
         "metrics/train.json": b'{"heldout_split": "test"}\n',
         "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": []}]}}\n',
-        "reports/replicas.json": b'[{"seed": 42, "test_acc": 0.2, "test_loss": 2.0, "history": []}]\n',
+        "reports/replicas.json": b'[{"seed": 42, "test_acc": 0.2, "test_loss": 2.0, "history": [{"epoch": 1, '
+                                 b'"train_loss": 2.0, "train_acc": 0.2, "heldout_loss": 2.1, "heldout_acc": 0.2, '
+                                 b'"lr": 0.001, "seconds": 1.0}]}]\n',
         "plots/data/predictions.csv": predictions.encode()})
 
 
@@ -575,7 +577,7 @@ def test_every_class_has_at_least_two_rows():
     counts = {}
     for row in ROWS:
         counts[row.cls] = counts.get(row.cls, 0) + 1
-    assert set(counts) == {"code", "hang", "numbers", "shrink", "hostile", "outputs", "together", "entry"}
+    assert set(counts) == {"code", "hang", "numbers", "shrink", "hostile", "outputs", "together", "entry", "breach"}
     assert min(counts.values()) >= 2, counts
 
 
