@@ -5,6 +5,7 @@ from cifar_study.analysis.stats import BAND_COLUMNS, replica_band, replica_sprea
 from cifar_study.core.evaluation import evaluate_replicas
 from cifar_study.core.history import ReplicaScore
 from cifar_study.core.loader import make_loader
+from cifar_study.core.replicas import batched_on
 from cifar_study.core.runtime import resolve_device
 from cifar_study.core.scores import class_accuracy, confusion_matrix
 from cifar_study.observe.wandb_run import Tracker, wandb_group
@@ -22,7 +23,7 @@ def main() -> None:
     params = load_params()
     device = resolve_device(params.train.device)
     state = load_checkpoint(paths.CHECKPOINT, device)
-    seeds, model, histories = trained_replicas(state, device, batched=device.type != "cpu")
+    seeds, model, histories = trained_replicas(state, device, batched=batched_on(device))
     dataset = load_dataset(paths.DATA)
     stage_inputs.check_checkpoint_data(state, dataset.classes)
     classes = state["classes"]

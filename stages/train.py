@@ -8,7 +8,7 @@ from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.loader import make_loader
 from cifar_study.core.model import build_model
-from cifar_study.core.replicas import ReplicaLoader, build_replicas
+from cifar_study.core.replicas import ReplicaLoader, batched_on, build_replicas
 from cifar_study.core.runtime import resolve_device, seed_everything
 from cifar_study.core.training import setup, train
 from cifar_study.observe.live import FanOut, LiveLogger
@@ -46,9 +46,8 @@ def main() -> None:
     train_loader = loaders[0] if p.replicas == 1 else ReplicaLoader(loaders)
     heldout_loader = make_loader(p.loader, heldout, mean, std, augment=False, shuffle=False, batch_size=1000,
                                  seed=p.seed, device=device, num_workers=p.num_workers)
-    # The CPU has no kernel-launch latency to amortise: its replicas run one after another (bench/replicas.py).
     model = build_model(params.model, len(classes)) if p.replicas == 1 else \
-        build_replicas(params.model, len(classes), p.seed, p.replicas, batched=device.type != "cpu")
+        build_replicas(params.model, len(classes), p.seed, p.replicas, batched=batched_on(device))
     key = run_key(params)  # keys the resume state and names the W&B group
     resume = ResumeStore(Path(paths.RESUME), key)
     state = setup(model, p, device, d)

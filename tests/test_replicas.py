@@ -7,7 +7,7 @@ import torch
 
 from cifar_study.core.loader import make_loader
 from cifar_study.core.model import build_model
-from cifar_study.core.replicas import ReplicaLoader, Replicas, build_replicas
+from cifar_study.core.replicas import ReplicaLoader, Replicas, build_replicas, replica_losses
 from cifar_study.core.runtime import seed_everything
 from cifar_study.core.training import setup, train
 from cifar_study.pipeline.dataset import Dataset, Split
@@ -92,7 +92,7 @@ def test_per_step_losses_match_separate_runs(small):
         m.train()
     for x, y in list(stream) * 2:  # 6 steps
         logits = model(x)
-        losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+        losses = replica_losses(logits, y)
         opt.zero_grad()
         losses.sum().backward()
         opt.step()
@@ -113,7 +113,7 @@ def test_no_statistic_crosses_replicas(small):
         m = copy.deepcopy(model)
         m.train()
         logits = m(images)
-        losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(2, -1).mean(1)
+        losses = replica_losses(logits, y)
         losses.sum().backward()
         grads = [p.grad[0].clone() for p in m.stacked]
         return losses[0].item(), grads, m.replica_state(0)

@@ -86,6 +86,11 @@ class Replicas(nn.Module):
         return {n: state[n] for n in self.base.state_dict()}
 
 
+def batched_on(device: torch.device) -> bool:
+    """One vmap pass where kernel launches cost (CUDA, MPS); a loop on the CPU, where it is faster."""
+    return device.type != "cpu"
+
+
 def build_replicas(p: ModelParams, num_classes: int, seed: int, k: int, batched: bool) -> Replicas:
     """Replica j initialised as `build_model` initialises a single run seeded with `seed + j`."""
     models = []
