@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -110,6 +111,10 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them); `several`:
     judge sides that differ in more than one param (the verdict is then about all the changes together)."""
     names = (revs + ["workspace"])[:2] if revs else ["HEAD", "workspace"]
+    if len(revs) < 2:  # DVC reads the workspace's files as they are: a FIFO there would block it
+        for path in (paths.EVAL_METRICS, "params.yaml"):
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise CompareError(f"{path} in the workspace is not a regular file")
     metrics = dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs).get(paths.EVAL_METRICS, {})
     params = dvc_json("params", "diff", "--all", "--", *revs).get("params.yaml", {})
     old = {k: v.get("old") for k, v in metrics.items() if isinstance(v, dict)}

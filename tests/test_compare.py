@@ -107,3 +107,14 @@ def test_several_changes_are_judged_together_when_asked(repo):
     write(repo, eval_json(0.6, 0.01, 3), replicas=3, lr=0.1, seed=7)
     done = compare(repo, "--several")
     assert done.returncode == 0 and done.stdout.endswith(": beyond noise\n"), done.stderr
+
+
+def test_a_fifo_in_the_workspace_is_refused_not_waited_on(repo):
+    write(repo, eval_json(0.6, 0.01, 3), replicas=3)
+    (repo / "metrics/eval.json").unlink()
+    os.mkfifo(repo / "metrics/eval.json")
+    try:
+        done = compare(repo)
+    finally:
+        (repo / "metrics/eval.json").unlink()
+    assert done.returncode == 2 and done.stderr == "error: metrics/eval.json in the workspace is not a regular file\n"
