@@ -14,7 +14,7 @@ from cifar_study.core.training import setup, train
 from cifar_study.observe.live import FanOut, LiveLogger
 from cifar_study.observe.wandb_run import Tracker, wandb_group
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.checkpoint import replica_payload, save_checkpoint, training_payload
+from cifar_study.pipeline.checkpoint import model_payload, replica_payload, save_checkpoint
 from cifar_study.pipeline.dataset import heldout_split, load_dataset, normalization
 from cifar_study.pipeline.outputs import write_csv, write_json
 from cifar_study.pipeline.params import load_params
@@ -69,10 +69,10 @@ def main() -> None:
         if not d.main:
             return  # rank 0 alone writes the outputs
 
-        payload = training_payload(model, state.optimizer, result.history)
-        if p.replicas > 1:  # model.pt's weights are replica 0's; Adam's stacked state stays in the resume state
-            payload.update(model_state=model.replica_state(0), optimizer_state={},
-                           replicas=replica_payload(model, seeds, result.replicas))
+        # model.pt's weights are replica 0's (the study's seed); Adam's state stays in the resume state
+        payload = model_payload(model.state_dict() if p.replicas == 1 else model.replica_state(0), result.history)
+        if p.replicas > 1:
+            payload.update(replicas=replica_payload(model, seeds, result.replicas))
         save_checkpoint(paths.CHECKPOINT, **payload, model=params.section("model"), train=params.section("train"),
                         classes=classes, mean=mean, std=std, run_key=key, data_md5=md5_file(paths.DATA))
         write_csv(paths.HISTORY, [r.row() for r in result.history], EpochRecord.columns())

@@ -279,12 +279,16 @@ def replaced_by_fifo(ctx: Ctx, path: str) -> dict:
     return {}
 
 
-def checkpoint(ctx: Ctx, classes: list[str], data_md5: str | None = None) -> dict:
+def checkpoint(ctx: Ctx, classes: list[str], data_md5: str | None = None, nan_weight: bool = False, **fields) -> dict:
     torch.manual_seed(0)
     model = SimpleCNN(num_classes=len(classes))
-    save_checkpoint(ctx.repo / "models/model.pt", model_state=model.state_dict(), model={"name": "simple_cnn", "dropout": 0.5},
-                    train={}, classes=classes, mean=[0.5] * 3, std=[0.25] * 3, epoch=1, history=[],
-                    **({"data_md5": data_md5} if data_md5 else {}))
+    if nan_weight:
+        with torch.no_grad():
+            model.fc1.bias[3] = float("nan")
+    state = dict(model_state=model.state_dict(), model={"name": "simple_cnn", "dropout": 0.5}, train={},
+                 classes=classes, mean=[0.5] * 3, std=[0.25] * 3, epoch=1, history=[],
+                 **({"data_md5": data_md5} if data_md5 else {}))
+    save_checkpoint(ctx.repo / "models/model.pt", **{**state, **fields})
     return {}
 
 
@@ -470,6 +474,26 @@ ROWS = [
     Row("together", "checkpoint-of-other-data", "evaluate",
         r"^error: models/model.pt does not belong with data/cifar10.npz \(trained on another version of the data\): "
         r"run dvc repro train$", lambda c: checkpoint(c, c.tiny.classes, data_md5="0" * 32)),
+    # --- a checkpoint is input too: every field checked before it is used ---
+    Row("checkpoint", "nan-weight", "evaluate",
+        r"^error: checkpoint's fc1.bias: holds values that are not finite numbers: run dvc repro train$",
+        lambda c: checkpoint(c, c.tiny.classes, nan_weight=True)),
+    Row("checkpoint", "zero-std", "evaluate", r"^error: models/model.pt: std: expected 3 finite numbers above 0$",
+        lambda c: checkpoint(c, c.tiny.classes, std=[0.25, 0.0, 0.25])),
+    Row("checkpoint", "mean-too-short", "evaluate", r"^error: models/model.pt: mean: expected 3 finite numbers$",
+        lambda c: checkpoint(c, c.tiny.classes, mean=[0.5, 0.5])),
+    Row("checkpoint", "classes-not-a-list", "evaluate",
+        r"^error: models/model.pt: classes: expected a list of at least 2 class names$",
+        lambda c: checkpoint(c, "airplane")),
+    Row("checkpoint", "class-name-with-markup", "evaluate",
+        r"^error: models/model.pt: classes: class name '</script>' is not allowed \(.*\)$",
+        lambda c: checkpoint(c, ["</script>", *c.tiny.classes[1:]])),
+    Row("checkpoint", "weights-not-tensors", "evaluate",
+        r"^error: checkpoint's model_state: holds something other than tensors: run dvc repro train$",
+        lambda c: checkpoint(c, c.tiny.classes, model_state={"fc1.weight": [1.0]})),
+    Row("checkpoint", "checkpoint-is-a-fifo", "evaluate",
+        r"^error: checkpoint: models/model.pt is a FIFO \(named pipe\), not a regular file$",
+        lambda c: _fifo_checkpoint(c), max_seconds=30),
     Row("together", "truncated-predictions", "visualize",
         r"^error: plots/data/predictions.csv: unreadable or not written by this pipeline \(ValueError: line 3 has the "
         r"wrong number of fields\): run dvc repro evaluate$",
@@ -483,6 +507,14 @@ ROWS = [
     Row("entry", "rank-errors-reported-once", "rank_error", r"^error: train.lr: refused by rank [01] of 2$",
         lambda c: _rank_error_stage(c)),
 ]
+
+
+def _fifo_checkpoint(ctx: Ctx) -> dict:
+    path = ctx.repo / "models/model.pt"
+    path.unlink(missing_ok=True)
+    fifo(path)
+    ctx.stack.callback(path.unlink)
+    return {}
 
 
 def _symlink_tar(ctx: Ctx) -> Path:

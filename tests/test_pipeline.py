@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from cifar_study.analysis.figures import FIGURES
 from tests.conftest import ROOT, default_params
@@ -107,6 +110,8 @@ def test_repro_builds_every_declared_output(repo):
     assert 0 <= evaluation["test_acc"] <= 1
     assert len((repo / "plots/data/class_accuracy.csv").read_text().splitlines()) == 1 + 10
     assert len((repo / "plots/data/history.csv").read_text().splitlines()) == 1 + 2
+    checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
+    assert "optimizer_state" not in checkpoint and (repo / "models/model.pt").stat().st_size <= 25 << 20
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "tiny results")
 
@@ -190,10 +195,28 @@ def test_remote_push_then_fresh_clone_pull_reruns_nothing_and_gets_the_registry_
     # The clone has no DVC cache: the registry's model comes from the remote, byte for byte.
     dvc(tmp_path, "artifacts", "get", str(clone), "model", "-o", str(tmp_path / "registry_model.pt"))
     assert (tmp_path / "registry_model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
+    # A user's model: the registry's file classifies images as the evaluate stage did.
+    assert predicted_classes(repo, tmp_path / "registry_model.pt", tmp_path) == evaluated_classes(repo)
     dvc(clone, "pull")
     assert (clone / "models/model.pt").is_file() and (clone / "data/cifar10.npz").is_file()
     assert "up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
+
+
+def evaluated_classes(repo: Path, n: int = 5) -> list[str]:
+    return [line.split(",")[2] for line in (repo / "plots/data/predictions.csv").read_text().splitlines()[1:n + 1]]
+
+
+def predicted_classes(repo: Path, model: Path, tmp: Path, n: int = 5) -> list[str]:
+    """`python -m cifar_study.predict` on the first `n` test images, saved as PNG files."""
+    images = np.load(repo / "data/cifar10.npz")["x_test"][:n]
+    files = [tmp / f"test{i}.png" for i in range(n)]
+    for image, file in zip(images, files):
+        Image.fromarray(image).save(file)
+    proc = subprocess.run([sys.executable, "-m", "cifar_study.predict", *map(str, files), "--model", str(model)],
+                          cwd=repo, capture_output=True, text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    return [line.split(": ")[1].split()[0] for line in proc.stdout.splitlines()]
 
 
 def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):

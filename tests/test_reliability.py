@@ -158,13 +158,16 @@ def without_seconds(history_csv: bytes) -> list[list[str]]:
 def test_interrupted_training_resumes_to_the_same_result(trained, sig):
     repo, outputs = trained
     state = repo / ".train_state/train.pt"
-    proc = stage(repo, "train", start_new_session=True)
+    # W&B offline, as shipped: closing its run is part of what Ctrl-C waits for.
+    proc = stage(repo, "train", env={"WANDB_MODE": "offline"}, start_new_session=True)
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:  # wait for the first complete epoch
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be interrupted"
     os.kill(proc.pid, sig)
+    sent = time.monotonic()
     _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent <= 5, f"the stage took {time.monotonic() - sent:.1f} s to stop"
     saved = torch.load(state, weights_only=True)["epoch"]
     progress = f"{saved} of {SHORT['train']['epochs']} epochs saved in .train_state/train.pt"
     if sig == signal.SIGINT:

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from cifar_study.pipeline.errors import first_line
 from cifar_study.pipeline.params import ModelParams, WandbParams, parse_section
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
+INTERRUPT_WAIT_S = 2  # Ctrl-C: how long queued logs may still take before they are dropped
 
 
 def wandb_mode(p: WandbParams) -> str:
@@ -351,7 +353,14 @@ class Tracker:
         self._submit("summary", lambda: self.run.summary.update(values))
 
     def finish(self, exit_code: int = 0) -> None:
-        """Wait for queued logs, then close the run."""
+        """Wait for queued logs, then close the run. Interrupted (exit code 130), wait INTERRUPT_WAIT_S at
+        most: Ctrl-C must end the stage in seconds, and the epochs after the resume state are re-run anyway."""
+        if exit_code == 130:
+            try:
+                self._worker.submit(lambda: None).result(timeout=INTERRUPT_WAIT_S)
+            except (FutureTimeout, RuntimeError):  # RuntimeError: the worker was already shut down
+                print("warning: W&B: logs still queued at the interrupt were dropped", file=sys.stderr, flush=True)
+            self._worker.shutdown(wait=False, cancel_futures=True)
         self._worker.shutdown(wait=True)
         self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
         self.run = None

@@ -1,4 +1,7 @@
-"""Checkpoints: weights, optimizer, epoch, params and class names in one file.
+"""Checkpoints: what a user needs to use the model (weights, class names, normalisation, params, run key).
+
+The optimizer state is training state, not the model: it lives in the resume state only
+(pipeline/resume.py), so `models/model.pt` is the size of the weights.
 
 With `train.replicas` > 1 the top-level weights are replica 0's (the study's seed), so everything
 that reads one model reads that one; the `replicas` list adds every replica's seed, weights and
@@ -17,20 +20,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifar_study.core.cifar10 import CHANNELS
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import build_model
 from cifar_study.core.replicas import Replicas
-from cifar_study.pipeline.errors import CheckpointError, ParamError, first_line
+from cifar_study.pipeline.dataset import check_class_names
+from cifar_study.pipeline.errors import CheckpointError, DataError, ParamError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, parse_section
+from cifar_study.pipeline.untrusted import read_bounded
 
 REQUIRED = ("model_state", "model", "classes", "mean", "std", "epoch")
+MAX_CHECKPOINT_BYTES = 4 << 30  # SimpleCNN's weights are 18 MB; 64 replicas of them about 1.2 GB
 
 
-def training_payload(model: nn.Module, optimizer: torch.optim.Optimizer, history: list[EpochRecord]) -> dict[str, Any]:
-    """What a checkpoint and the resume state both hold: weights, optimizer state, epochs done and their history."""
-    return {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "epoch": len(history),
-            "history": [r.row() for r in history]}
+def model_payload(model_state: dict[str, torch.Tensor], history: list[EpochRecord]) -> dict[str, Any]:
+    """What a checkpoint and the resume state both hold: weights, epochs done and their history."""
+    return {"model_state": model_state, "epoch": len(history), "history": [r.row() for r in history]}
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:
@@ -43,16 +49,33 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by this project, its fields checked (a checkpoint is input too: it may come from elsewhere)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found (run the train stage: dvc repro train)")
+    data = read_bounded(path, MAX_CHECKPOINT_BYTES, "checkpoint", error=CheckpointError)  # no FIFO, no device
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, refused globals: all mean "not ours"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(exc)}): run dvc repro train") from None
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception:  # pickle errors, zip errors, refused globals: all mean "not ours"
+        # PyTorch's message suggests weights_only=False, i.e. running the file's code: not advice to pass on.
+        raise CheckpointError(f"{path}: not a loadable checkpoint (not a file of tensors and plain data only): "
+                              f"run dvc repro train") from None
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this project (missing {', '.join(missing)})")
+    if not isinstance(state["classes"], list) or len(state["classes"]) < 2:
+        raise CheckpointError(f"{path}: classes: expected a list of at least 2 class names")
+    try:
+        check_class_names(state["classes"], f"{path}: classes")
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    for key in ("mean", "std"):
+        values = state[key]
+        if not (isinstance(values, (list, tuple)) and len(values) == CHANNELS
+                and all(type(v) in (int, float) and math.isfinite(v) and (key == "mean" or v > 0) for v in values)):
+            raise CheckpointError(f"{path}: {key}: expected {CHANNELS} finite numbers{' above 0' if key == 'std' else ''}")
+    if type(state["epoch"]) is not int or not isinstance(state["model_state"], dict):
+        raise CheckpointError(f"{path}: epoch or model_state has the wrong type: run dvc repro train")
     return state
 
 
@@ -62,13 +85,19 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
     except ParamError as exc:
         raise CheckpointError(f"checkpoint's model params: {exc}") from None
     model = build_model(model_params, num_classes=len(state["classes"]))
+    weights = state["model_state"]
+    if not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError("checkpoint's model_state: holds something other than tensors: run dvc repro train")
     try:
-        model.load_state_dict(state["model_state"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         # load_state_dict's first line only says "Error(s) in loading state_dict"; the second says which tensor.
         lines = str(exc).splitlines()
         raise CheckpointError(f"checkpoint does not fit {model_params.name} with {len(state['classes'])} classes: "
                               f"{lines[1].strip() if len(lines) > 1 else first_line(exc)}") from None
+    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad is not None:  # a model with NaN weights predicts nothing; its scores would be NaN written as results
+        raise CheckpointError(f"checkpoint's {bad}: holds values that are not finite numbers: run dvc repro train")
     return model.to(device).eval()
 
 

@@ -21,7 +21,7 @@ from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.training import TrainResult, TrainState
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.checkpoint import training_payload
+from cifar_study.pipeline.checkpoint import model_payload
 from cifar_study.pipeline.code_deps import code_deps
 from cifar_study.pipeline.errors import first_line
 from cifar_study.pipeline.outputs import write_bytes
@@ -89,8 +89,8 @@ class ResumeStore:
         """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
         def save(result: TrainResult) -> None:
             buffer = io.BytesIO()
-            torch.save({**training_payload(state.model, state.optimizer, result.history),
-                        "step": state.step, "scaler_state": state.scaler.state_dict(),
+            torch.save({**model_payload(state.model.state_dict(), result.history),
+                        "optimizer_state": state.optimizer.state_dict(), "step": state.step, "scaler_state": state.scaler.state_dict(),
                         "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
                         "replicas": [[r.row() for r in history] for history in result.replicas],
                         "key": self.key}, buffer)

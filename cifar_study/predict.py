@@ -1,0 +1,87 @@
+"""Classify image files with the trained model: each file's top classes and their probabilities.
+
+    python -m cifar_study.predict IMAGE [IMAGE ...] [--model models/model.pt] [--top 3]
+
+Any PNG or JPEG of any size: it is converted to RGB, cropped to its central square and scaled to
+32x32 with an antialiasing filter (CIFAR-10's images are small photos scaled the same way), then
+normalised with the mean and std stored in the checkpoint, as the training data was. The model is
+the checkpoint's (replica 0 of a `train.replicas` run), on the CPU. Prints one line per image;
+exit 0, or 2 with one line naming the file on a bad image or checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cifar_study.core.cifar10 import IMAGE_SIZE
+from cifar_study.pipeline import paths
+from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from cifar_study.pipeline.errors import DataError, UserError, first_line
+from cifar_study.pipeline.untrusted import read_bounded
+
+MAX_IMAGE_BYTES = 64 << 20
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is a decompression bomb, refused unread
+FORMATS = ("PNG", "JPEG")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """`path` as a (32, 32, 3) uint8 array: central square, scaled down (or up) to 32x32."""
+    data = read_bounded(path, MAX_IMAGE_BYTES)  # a FIFO, device or directory is refused unopened
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise DataError(f"{path}: {im.width}x{im.height}, more than the {MAX_PIXELS:,} pixels allowed")
+                side = min(im.size)
+                left, top = (im.width - side) // 2, (im.height - side) // 2
+                square = im.convert("RGB").crop((left, top, left + side, top + side))
+                return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise DataError(f"{path}: not a PNG or JPEG image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own limit, before ours
+        raise DataError(f"{path}: more than the {MAX_PIXELS:,} pixels allowed") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable PNG or JPEG image ({first_line(exc)})") from None
+
+
+def predict(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Class probabilities, one row per (N, 32, 32, 3) uint8 image."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return torch.softmax(model(x).float(), dim=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cifar_study.predict", description=__doc__.splitlines()[0])
+    ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    ap.add_argument("--model", default=paths.CHECKPOINT, help=f"a checkpoint of the train stage (default {paths.CHECKPOINT})")
+    ap.add_argument("--top", type=int, default=3, help="classes to print per image (default 3)")
+    args = ap.parse_args(argv)
+    try:
+        state = load_checkpoint(args.model)
+        classes = state["classes"]
+        if not 1 <= args.top <= len(classes):
+            raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
+        model = model_from_checkpoint(state)
+        images = np.stack([load_image(p) for p in args.images])  # every file checked before any is classified
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    probabilities = predict(model, images, state["mean"], state["std"])
+    top = probabilities.topk(args.top, dim=1)
+    for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist()):
+        print(f"{path}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
