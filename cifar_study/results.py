@@ -99,6 +99,10 @@ def render(root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
+def _verdict(verdict: str) -> str:
+    return verdict if verdict == "holds" else f"**{verdict}**"
+
+
 def render_findings(root: Path = Path(".")) -> str:
     """The original study's claims, the number behind each in this run, and whether it holds."""
     if not (root / paths.FINDINGS).is_file():
@@ -108,14 +112,13 @@ def render_findings(root: Path = Path(".")) -> str:
     flagged = [f"{h['layer']} ({', '.join(h['flags'])})" for h in health["layers"] if h["flags"]]
     lines = [
         f"Generated from `{paths.FINDINGS}` and `{paths.FINDINGS_METRICS}` (the `findings` stage) of the run above. "
-        f"Gradient flow: **{'healthy' if health['healthy'] else 'flagged'}**"
-        f" ({'; '.join(flagged) if flagged else 'no layer flagged'}, {health['snapshots']} snapshots).",
+        f"Gradient flow: **{health['verdict']}**"
+        f" ({health['missing'] or '; '.join(flagged) or 'no layer flagged'}, {health['snapshots']} snapshots).",
         "",
         "| the original study's claim | measured in this run | |",
         "|---|---|---|",
     ]
-    lines += [f"| {_cell(c['claim'])} | {_cell(c['measured'])} | {'holds' if c['holds'] else '**does not hold**'} |"
-              for c in findings["claims"]]
+    lines += [f"| {_cell(c['claim'])} | {_cell(c['measured'])} | {_verdict(c['verdict'])} |" for c in findings["claims"]]
     lines += ["", "| layer | mean \\|grad\\| range | max/mean | update ratio | trend (decades) | flags |",
               "|---|---|---:|---:|---:|---|"]
     lines += [f"| {h['layer']} | {_num(h['grad_mean_min'], '.2g')} – {_num(h['grad_mean_max'], '.2g')} | "

@@ -1,15 +1,14 @@
 """Stage findings: the original study's conclusions as checked numbers: gradient-flow health and training dynamics."""
 import dataclasses
 
-from cifar_study.analysis.claims import check_claims
+from cifar_study.analysis.claims import check_claims, flow_evidence
 from cifar_study.analysis.dynamics import analyse
 from cifar_study.analysis.flow_health import assess
 from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.core.flow import snapshots_from_rows
 from cifar_study.core.history import EpochRecord
-from cifar_study.observe.wandb_run import Tracker, wandb_group
+from cifar_study.observe.wandb_run import Tracker, wandb_group, wandb_mode
 from cifar_study.pipeline import paths, stage_inputs
-from cifar_study.pipeline.checkpoint import load_checkpoint
 from cifar_study.pipeline.outputs import write_json
 from cifar_study.pipeline.params import load_params
 from cifar_study.pipeline.stage import run_stage
@@ -23,21 +22,28 @@ def main() -> None:
         health = assess(snapshots_from_rows(flow))
     history = [EpochRecord.from_row(r) for r in stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())]
     dynamics = analyse(history)
-    claims = check_claims(health, dynamics)
+    claims = check_claims(health, dynamics, params.train.flow_every)
+    missing = flow_evidence(health, params.train.flow_every)
+    verdict = "insufficient data" if missing else "healthy" if health.healthy else "flagged"
     metrics = {**health.metrics(), **dynamics.metrics()}
     write_json(paths.FINDINGS_METRICS, metrics)
-    write_json(paths.FINDINGS, {"flow_health": health.detail(), "dynamics": dynamics.detail(),
-                                "claims": [dataclasses.asdict(c) for c in claims]})
+    write_json(paths.FINDINGS, {"flow_health": {**health.detail(), "verdict": verdict, "missing": missing},
+                                "dynamics": dynamics.detail(), "claims": [dataclasses.asdict(c) for c in claims]})
     flagged = "; ".join(f"{h.layer}: {', '.join(h.flags)}" for h in health.flagged) or "no layer flagged"
-    print(f"findings: gradient flow {'healthy' if health.healthy else 'FLAGGED'} ({flagged}); "
-          f"{sum(c.holds for c in claims)} of {len(claims)} of the original study's claims hold")
+    judged = [c for c in claims if c.verdict != "insufficient data"]
+    print(f"findings: gradient flow {verdict} ({missing or flagged}); of the original study's {len(claims)} claims "
+          f"{sum(c.verdict == 'holds' for c in judged)} hold, {len(judged) - sum(c.verdict == 'holds' for c in judged)} "
+          f"do not, {len(claims) - len(judged)} cannot be judged on this run (reports/findings.json says why)")
 
-    # Joins the W&B group of the train run whose flow and history these are.
+    if wandb_mode(params.wandb) == "disabled":
+        return
+    # W&B only (no result): join the group of the train run whose flow and history these are.
+    from cifar_study.pipeline.checkpoint import load_checkpoint  # PyTorch, for the run key: not needed otherwise
     state = load_checkpoint(paths.CHECKPOINT)
     with Tracker(params.wandb, "findings", wandb_group(state.get("run_key", "unknown")),
                  {"model": state["model"], "train": state["train"], "checkpoint": paths.CHECKPOINT}) as tracker:
-        tracker.summary({**{f"findings/{k}": v for k, v in metrics.items()}, "findings/healthy": health.healthy,
-                         **{f"findings/claim{i + 1}_holds": c.holds for i, c in enumerate(claims)}})
+        tracker.summary({**{f"findings/{k}": v for k, v in metrics.items()}, "findings/flow": verdict,
+                         **{f"findings/claim{i + 1}": c.verdict for i, c in enumerate(claims)}})
 
 
 if __name__ == "__main__":

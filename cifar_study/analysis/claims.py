@@ -1,9 +1,12 @@
-"""The original study's conclusions, each checked against this run's numbers: holds or does not hold."""
+"""The original study's conclusions, each checked against this run's numbers: holds, does not hold,
+or insufficient data when the run is too short or its flow snapshots too few to judge it."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
+from typing import Callable
 
-from cifar_study.analysis.dynamics import Dynamics
+from cifar_study.analysis.dynamics import LAST_EPOCHS, Dynamics
 from cifar_study.analysis.flow_health import FlowHealth
 
 # "one to two orders of magnitude": the median layer's max/mean |grad| ratio within 10x..100x.
@@ -17,37 +20,84 @@ STABLE_SPREAD = 0.05
 # "most gain in the first 15-20 epochs": 95% of the final held-out accuracy reached by epoch 20.
 MOST_GAIN_BY_EPOCH = 20
 
+# The evidence each verdict needs. Flow claims: 10 snapshots (the vanishing flag counts a quarter of
+# them, the trend fits a line through them: one or two noisy steps cannot make a pattern) over at
+# least 2 layers (each is judged against the output layer). "The last epochs" (LAST_EPOCHS) must end a
+# run at least twice as long, and "most gain by epoch 20" needs epochs after 20 to compare against.
+MIN_SNAPSHOTS = 10
+MIN_LAYERS = 2
+MIN_EPOCHS_STABLE = 2 * LAST_EPOCHS
+MIN_EPOCHS_GAIN = MOST_GAIN_BY_EPOCH + LAST_EPOCHS
+
+HOLDS, FAILS, INSUFFICIENT = "holds", "does not hold", "insufficient data"
+
 
 @dataclass
 class Claim:
     claim: str  # in the original study's words
-    measured: str  # the number behind it in this run
-    holds: bool
+    measured: str  # the number behind it in this run, or what evidence is missing
+    verdict: str  # HOLDS, FAILS or INSUFFICIENT
 
 
-def check_claims(health: FlowHealth, dynamics: Dynamics) -> list[Claim]:
-    bad = [h.layer for h in health.layers if {"vanishing", "exploding", "dead"} & set(h.flags)]
-    ratios = sorted(h.max_to_mean for h in health.layers)
-    median_ratio = ratios[len(ratios) // 2]
-    changes = [h.weight_mean_change for h in health.layers]
-    worst = max(changes, key=lambda c: max(c, 1 / c) if c > 0 else float("inf"))
-    low, high = MAX_TO_MEAN_RANGE
+def flow_evidence(health: FlowHealth, flow_every: int) -> str:
+    """What the flow snapshots lack for a verdict, with the setting that gives it; '' when they suffice."""
+    if health.snapshots < MIN_SNAPSHOTS:
+        return (f"{health.snapshots} flow snapshot{'s' * (health.snapshots != 1)}, at least {MIN_SNAPSHOTS} needed: "
+                f"lower train.flow_every (now {flow_every}) to at most the run's batches / {MIN_SNAPSHOTS}")
+    if len(health.layers) < MIN_LAYERS:
+        return f"{len(health.layers)} layer in the flow snapshots, at least {MIN_LAYERS} needed"
+    return ""
+
+
+def epoch_evidence(dynamics: Dynamics, needed: int) -> str:
+    if dynamics.epochs < needed:
+        return f"{dynamics.epochs} epoch{'s' * (dynamics.epochs != 1)}, at least {needed} needed: raise train.epochs"
+    return ""
+
+
+def _judge(claim: str, missing: str, measured: Callable[[], tuple[str, bool]]) -> Claim:
+    if missing:
+        return Claim(claim, missing, INSUFFICIENT)
+    text, holds = measured()
+    return Claim(claim, text, HOLDS if holds else FAILS)
+
+
+def check_claims(health: FlowHealth, dynamics: Dynamics, flow_every: int) -> list[Claim]:
+    flow_missing = flow_evidence(health, flow_every)
+
+    def no_bad_gradients() -> tuple[str, bool]:
+        bad = [h.layer for h in health.layers if {"vanishing", "exploding", "dead"} & set(h.flags)]
+        return (f"{len(bad)} of {len(health.layers)} layers flagged vanishing, exploding or dead"
+                + (f" ({', '.join(bad)})" if bad else ""), not bad)
+
+    def max_to_mean() -> tuple[str, bool]:
+        ratios = sorted(h.max_to_mean for h in health.layers)
+        median = statistics.median(ratios)  # of an even count: the mean of the two middle layers
+        low, high = MAX_TO_MEAN_RANGE
+        return f"median layer max/mean |grad| {median:.1f}x (layers {ratios[0]:.1f}x to {ratios[-1]:.1f}x)", \
+            low <= median <= high
+
+    def stable_weights() -> tuple[str, bool]:
+        changes = [h.weight_mean_change for h in health.layers]
+        worst = max(changes, key=lambda c: max(c, 1 / c) if c > 0 else float("inf"))
+        return f"mean |W| at the end / at the start: {min(changes):.2f}x to {max(changes):.2f}x", \
+            1 / WEIGHT_CHANGE_FACTOR <= worst <= WEIGHT_CHANGE_FACTOR
+
+    def stable_convergence() -> tuple[str, bool]:
+        return (f"held-out accuracy spread over the last {LAST_EPOCHS} epochs {dynamics.last_spread:.2%}; last held-out "
+                f"loss {dynamics.loss_rise:+.1%} from its best; train−held-out accuracy gap {dynamics.gap_acc:+.2%}",
+                dynamics.last_spread < STABLE_SPREAD and not dynamics.overfitting)
+
+    def early_gain() -> tuple[str, bool]:
+        return (f"90% / 95% / 99% of the final accuracy first reached at epochs {dynamics.epoch_90} / "
+                f"{dynamics.epoch_95} / {dynamics.epoch_99} of {dynamics.epochs}", dynamics.epoch_95 <= MOST_GAIN_BY_EPOCH)
+
     return [
-        Claim("No layer shows consistently zero, vanishing or exploding gradients",
-              f"{len(bad)} of {len(health.layers)} layers flagged vanishing, exploding or dead"
-              + (f" ({', '.join(bad)})" if bad else ""), not bad),
-        Claim("Max gradient magnitudes are typically one to two orders of magnitude larger than mean magnitudes",
-              f"median layer max/mean |grad| {median_ratio:.1f}x (layers {ratios[0]:.1f}x to {ratios[-1]:.1f}x)",
-              low <= median_ratio <= high),
-        Claim("Weight magnitudes are relatively stable across layers",
-              f"mean |W| at the end / at the start: {min(changes):.2f}x to {max(changes):.2f}x",
-              1 / WEIGHT_CHANGE_FACTOR <= worst <= WEIGHT_CHANGE_FACTOR),
-        Claim("Convergence is stable with no severe overfitting",
-              f"held-out accuracy spread over the last epochs {dynamics.last_spread:.2%}; last held-out loss "
-              f"{dynamics.loss_rise:+.1%} from its best; train−held-out accuracy gap {dynamics.gap_acc:+.2%}",
-              dynamics.last_spread < STABLE_SPREAD and not dynamics.overfitting),
-        Claim("Most of the gain occurs in the first 15–20 epochs",
-              f"90% / 95% / 99% of the final accuracy first reached at epochs {dynamics.epoch_90} / "
-              f"{dynamics.epoch_95} / {dynamics.epoch_99} of {dynamics.epochs}",
-              dynamics.epoch_95 <= MOST_GAIN_BY_EPOCH),
+        _judge("No layer shows consistently zero, vanishing or exploding gradients", flow_missing, no_bad_gradients),
+        _judge("Max gradient magnitudes are typically one to two orders of magnitude larger than mean magnitudes",
+               flow_missing, max_to_mean),
+        _judge("Weight magnitudes are relatively stable across layers", flow_missing, stable_weights),
+        _judge("Convergence is stable with no severe overfitting", epoch_evidence(dynamics, MIN_EPOCHS_STABLE),
+               stable_convergence),
+        _judge("Most of the gain occurs in the first 15–20 epochs", epoch_evidence(dynamics, MIN_EPOCHS_GAIN), early_gain),
     ]
