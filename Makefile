@@ -5,18 +5,28 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test bench chromium
+# PyPI's torch for Linux is the CUDA build (a 5.8 GB environment). Without an NVIDIA GPU:
+# `make install CPU=1` takes PyTorch's CPU wheels from its CPU index, or TORCH_INDEX=<url> from any index.
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(if $(CPU),$(CPU_INDEX))
+
+.PHONY: install repro test bench chromium show
 
 install: $(STAMP)
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --index-url $(TORCH_INDEX) torch torchvision)
 	$(BIN)/pip install -r requirements.txt
 	touch $(STAMP)
 
 repro: $(STAMP)
 	dvc repro
+
+# The workspace, HEAD and every experiment: headline metrics and changed params in 120 columns.
+show: $(STAMP)
+	python -m cifar_study.show
 
 test: $(STAMP) chromium
 	pytest

@@ -244,6 +244,12 @@ def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
                     found[lr] = metrics
     assert {0.002, 0.004} <= set(found), table
     assert all("test_acc" in found[lr] for lr in (0.002, 0.004))
+    # make show: every row in 120 columns, the changed params among the columns.
+    proc = subprocess.run([sys.executable, "-m", "cifar_study.show"], cwd=repo, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and "train.lr" in lines[0] and "test_acc" in lines[0], proc.stdout
+    assert sum(" 0.002 " in line or " 0.004 " in line for line in lines) == 2, proc.stdout
 
 
 def stage_processes(repo: Path, name: str) -> list[int]:

@@ -1,0 +1,43 @@
+"""`make show` (python -m cifar_study.show): the experiments table within a terminal's width."""
+from __future__ import annotations
+
+from cifar_study.show import PENDING, rows_of, table
+
+
+def rev(name: str, lr: float, acc: float | None, extra_params: dict | None = None, **metrics) -> dict:
+    params = {"train": {"lr": lr, "epochs": 30, **(extra_params or {})}, "wandb": {"mode": name}}
+    files = {"metrics/eval.json": {"data": {"test_acc": acc, "test_loss": 0.5}} if acc is not None else {},
+             "metrics/findings.json": {"data": {"flagged_layers": 0, "epoch_95": 18}}, "dvclive/metrics.json": {"data": metrics}}
+    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": files}}
+
+
+def report(*experiments: tuple[dict, str]) -> list:
+    head = rev("abcdef1234", 0.001, 0.82)
+    head["experiments"] = [{"revs": [e], "executor": {"state": state}} for e, state in experiments]
+    return [{**rev("workspace", 0.001, 0.82), "rev": "workspace"}, head]
+
+
+def test_only_changed_params_and_headline_metrics():
+    lines, left_out = table(rows_of(report((rev("exp-a", 0.002, 0.80), "success"))), 120)
+    assert lines[0].split() == ["experiment", "test_acc", "train.lr", "test_loss", "flagged_layers", "epoch_95"]
+    assert "wandb.mode" not in lines[0] and "train.epochs" not in lines[0] and left_out == []
+    assert lines[3].split() == ["exp-a", "0.8", "0.002", "0.5", "0", "18"]
+
+
+def test_many_changed_params_stay_within_the_width_and_name_what_was_left_out():
+    wide = {f"option_with_a_long_name_{i}": i for i in range(12)}
+    lines, left_out = table(rows_of(report((rev("exp-b", 0.002, 0.8, wide), "success"))), 120)
+    assert max(map(len, lines)) <= 120 and lines[0].startswith("experiment  test_acc")
+    assert left_out and all(c.startswith(("train.option", "test_loss", "flagged", "epoch_95")) for c in left_out)
+
+
+def test_a_running_experiment_shows_no_metric_of_the_previous_run():
+    running = rev("exp-c", 0.004, 0.82, step=3)  # its copy still holds the previous evaluate's test_acc
+    lines, _ = table(rows_of(report((running, "running"))), 120)
+    row = next(line for line in lines if "exp-c" in line)
+    assert "(running, epoch 3)" in row and "0.82" not in row and PENDING in row
+
+
+def test_replicas_show_mean_and_sd():
+    lines, _ = table(rows_of(report((rev("exp-d", 0.002, 0.8, test_acc_mean=0.81, test_acc_sd=0.004), "success"))), 120)
+    assert "0.81 ± 0.004" in next(line for line in lines if "exp-d" in line)
