@@ -1,9 +1,11 @@
 """Figures readable at the edges: one epoch, one flow snapshot, 100% accuracy, colour-blind readers."""
 import numpy as np
+import yaml
 
 from cifar_study.analysis import figures
 from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
+from tests.conftest import ROOT
 
 LAYERS = ["block1.conv", "block1.bn", "fc1"]
 
@@ -48,3 +50,11 @@ def test_prediction_grid_marks_right_and_wrong_without_colour():
 def test_one_snapshot_heat_map_says_so():
     assert "single snapshot" in figures.flow_heatmap(snapshots(1)).axes[0].get_title()
     assert figures.flow_heatmap(snapshots(2)).axes[0].get_title() == "Gradient flow over the whole run"
+
+
+def test_dvc_confusion_plot_has_the_axes_of_the_png_beside_it():
+    plots = [p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] if isinstance(p, dict)]
+    spec = next(v for p in plots for k, v in p.items() if k.startswith("Confusion matrix"))
+    ax = figures.confusion_figure(np.eye(3, dtype=int), ["a", "b", "c"]).axes[0]
+    assert (spec["x_label"], spec["y_label"]) == (ax.get_xlabel(), ax.get_ylabel())
+    assert (spec["x"], next(iter(spec["y"].values()))) == ("predicted", "actual")
