@@ -16,7 +16,7 @@ from cifar_study.observe.wandb_run import Tracker, wandb_group
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import model_payload, replica_payload, save_checkpoint
 from cifar_study.pipeline.dataset import heldout_split, load_dataset, normalization
-from cifar_study.pipeline.outputs import write_csv, write_json
+from cifar_study.pipeline.outputs import after_outputs, write_csv, write_json
 from cifar_study.pipeline.params import load_params
 from cifar_study.pipeline.resume import ResumeStore, run_key
 from cifar_study.pipeline.stage import run_stage
@@ -84,8 +84,10 @@ def main() -> None:
                                                                   "heldout_loss": [h[-1].heldout_loss for h in result.replicas]}))
             tracker.log_replicas(seeds, result.replicas, heldout_name)
         write_json(paths.TRAIN_METRICS, metrics)
-        resume.clear()  # every output is written: nothing left to resume
-        live.finish()
+        # Once every output is in place (renamed at the stage's end), there is nothing left to resume;
+        # if one cannot be written, the resume state keeps the trained epochs for the next run.
+        after_outputs(resume.clear)
+        after_outputs(live.finish)
         tracker.summary(metrics)
 
 

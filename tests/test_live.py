@@ -85,6 +85,28 @@ def test_a_live_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch, c
     assert err[0].endswith("continuing without it")
 
 
+@pytest.mark.parametrize("plant", ["symlinked-folder", "fifo-inside", "symlink-inside"])
+def test_a_planted_link_or_fifo_is_never_followed_or_read(tmp_path, monkeypatch, capsys, plant):
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "metrics.json").write_text("the user's file")
+    live = tmp_path / "dvclive"
+    if plant == "symlinked-folder":
+        live.symlink_to(outside)
+    else:
+        live.mkdir()
+        os.mkfifo(live / "metrics.json") if plant == "fifo-inside" else (live / "metrics.json").symlink_to(outside / "metrics.json")
+    logger = LiveLogger(live)
+    started = time.monotonic()
+    logger.log_epoch(record(1), step=0, heldout_name="test")
+    logger.finish()
+    assert time.monotonic() - started < 10
+    assert (outside / "metrics.json").read_text() == "the user's file"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "symlink" in err[0] and err[0].endswith("continuing without it"), err
+
+
 EPOCH_LINE = re.compile(r"epoch 1/3: train loss ([\d.]+) acc ([\d.]+) \| test loss ([\d.]+) acc ([\d.]+)")
 
 

@@ -189,6 +189,32 @@ def test_interrupted_training_resumes_to_the_same_result(trained, sig):
     assert not state.exists()
 
 
+def test_an_output_that_cannot_be_written_keeps_the_trained_epochs(tmp_path):
+    """The resume state goes only once every output is in place: a failed write costs no training."""
+    repo = short_project(tmp_path)
+    assert run_stage(repo, "fetch_data")[0] == 0
+    (repo / "metrics/train.json").mkdir(parents=True)  # a directory where an output goes: its rename fails
+    code, _, err = run_stage(repo, "train")
+    assert code == 2 and "metrics/train.json: cannot write (a directory is in the way)" in err, err
+    assert torch.load(repo / ".train_state/train.pt", weights_only=True)["epoch"] == SHORT["train"]["epochs"]
+    (repo / "metrics/train.json").rmdir()
+    code, out, err = run_stage(repo, "train")
+    epochs = SHORT["train"]["epochs"]
+    assert code == 0 and f"resuming: {epochs} of {epochs} epochs saved" in out and "epoch 1/" not in out, out + err
+    assert (repo / "metrics/train.json").is_file() and not (repo / ".train_state/train.pt").exists()
+
+
+def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing_else(tmp_path):
+    repo = project(tmp_path)
+    stale = [repo / "data/.cifar10.npz.k1ll3d.tmp", repo / "metrics/.data.json.x.tmp", repo / "reports/.data.json.y.tmp"]
+    kept = [repo / "metrics/.notes.tmp", repo / "metrics/.train.json.z.tmp"]  # not this stage's, or not ours
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+    assert run_stage(repo, "fetch_data")[0] == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
 def test_state_from_other_params_is_not_resumed(trained, tmp_path):
     repo, _ = trained
     other = project(tmp_path, train={"lr": 0.002, "epochs": 1})

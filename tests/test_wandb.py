@@ -206,3 +206,16 @@ def test_a_run_id_that_cannot_be_resumed_is_dropped(monkeypatch, tmp_path, capsy
         assert not tracker.active
     assert "warning: W&B init failed (ValueError: no run gone123)" in capsys.readouterr().err
     assert not kept.exists()
+
+
+def test_a_planted_run_id_fifo_is_not_read_and_is_replaced_not_followed(tmp_path):
+    import os
+
+    from cifar_study.observe.wandb_run import unfinished_id
+    fifo = tmp_path / "train-g.id"
+    os.mkfifo(fifo)
+    assert unfinished_id(fifo) is None  # returns at once: a FIFO is never opened
+    (tmp_path / "big.id").write_text("a" * 5000)
+    assert unfinished_id(tmp_path / "big.id") is None
+    (tmp_path / "ok.id").write_text("abc123\n")
+    assert unfinished_id(tmp_path / "ok.id") == "abc123"

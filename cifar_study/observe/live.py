@@ -63,6 +63,14 @@ class LiveLogger:
     def _open(self, epoch: int, heldout_name: str) -> None:
         from dvclive import Live  # imports DVC: only where live logging is on
 
+        # Live clears and reads this folder: a symlink would take that elsewhere, a FIFO or device
+        # inside it would block the read. Refused (then the run goes on without live progress).
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise OSError(f"{self.dir} is a symlink or not a folder; not touched")
+        for entry in self.dir.rglob("*") if self.dir.is_dir() else []:
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                raise OSError(f"{entry} is a symlink or special file; not touched")
+
         # Epoch 1 starts afresh (Live clears the directory); a later first epoch is a resumed run,
         # whose completed epochs are already in the files: keep them.
         # dvcyaml=False: DVCLive would otherwise edit the project's dvc.yaml; ours is written below.

@@ -29,7 +29,8 @@ from cifar_study.core.flow import STATS, FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import build_model
 from cifar_study.observe.histograms import model_histograms
-from cifar_study.pipeline.errors import first_line
+from cifar_study.pipeline.errors import OutputError, first_line
+from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, WandbParams, parse_section
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
@@ -70,7 +71,9 @@ def resume_id_file(stage: str, group: str) -> Path:
 def unfinished_id(path: Path) -> str | None:
     """The id an interrupted run left, if any (anything else in the file is ignored: W&B ids are [a-z0-9])."""
     try:
-        text = path.read_text().strip()
+        if not path.is_file() or path.stat().st_size > 1024:  # a FIFO would block the read; an id is short
+            return None
+        text = path.read_text(errors="replace").strip()
     except OSError:
         return None
     return text if re.fullmatch(r"[a-z0-9]{1,64}", text) else None
@@ -178,9 +181,9 @@ class Tracker:
 
     def _remember(self, run_id: str) -> None:
         try:
-            self._id_file.parent.mkdir(parents=True, exist_ok=True)
-            self._id_file.write_text(run_id + "\n")
-        except OSError as exc:  # W&B itself is fine: only a re-run after an interruption starts a new run
+            # Renamed into place: a FIFO or symlink planted at the path is replaced, never opened or followed.
+            write_bytes(self._id_file, (run_id + "\n").encode(), now=True)
+        except (OSError, OutputError) as exc:  # W&B itself is fine: only a re-run after an interruption starts a new run
             print(f"warning: cannot keep the W&B run id in {self._id_file} ({first_line(exc)}); "
                   "an interrupted run will be continued as a new W&B run", file=sys.stderr, flush=True)
 

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from cifar_study.pipeline.errors import OutputError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
@@ -25,6 +25,8 @@ MAX_READ_BYTES = 256 << 20  # the largest output read back (predictions.csv of t
 
 # (temporary, final) pairs written in the current `outputs_together()` block; None outside one.
 _staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
+# What to do once the block's outputs are in place (e.g. delete the resume state they make unnecessary).
+_after: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("after", default=None)
 
 
 def _umask() -> int:
@@ -45,7 +47,8 @@ def _reason(exc: BaseException) -> str:
 def outputs_together() -> Iterator[None]:
     """Outputs written in the block (through `atomic_path`) replace the old ones only if the block succeeds."""
     staged: list[tuple[Path, Path]] = []
-    token = _staged.set(staged)
+    after: list[Callable[[], None]] = []
+    token, after_token = _staged.set(staged), _after.set(after)
     try:
         yield
         for _, path in staged:  # the one rename that can fail in a folder we could write to
@@ -55,8 +58,33 @@ def outputs_together() -> Iterator[None]:
             os.replace(tmp, path)
     finally:
         _staged.reset(token)
+        _after.reset(after_token)
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+    for action in after:
+        action()
+
+
+def after_outputs(action: Callable[[], None]) -> None:
+    """Run `action` once the stage's outputs are in place (at once outside `outputs_together()`): what
+    must not happen if writing them fails, like deleting the resume state of the run that made them."""
+    pending = _after.get()
+    if pending is None:
+        action()
+    else:
+        pending.append(action)
+
+
+def remove_stale_temporaries(outputs: Sequence[str]) -> None:
+    """Delete the temporary files a killed stage (SIGKILL, a power cut) left beside or inside `outputs`:
+    only names `atomic_path` makes (.<output name>.<random>.tmp), never another file."""
+    for output in map(Path, outputs):
+        folder, pattern = (output, ".*.tmp") if output.is_dir() and not output.is_symlink() else \
+            (output.parent, f".{output.name}.*.tmp")
+        if folder.is_dir() and not folder.is_symlink():
+            for stale in folder.glob(pattern):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

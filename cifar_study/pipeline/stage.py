@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import outputs_together
+from cifar_study.pipeline.outputs import outputs_together, remove_stale_temporaries
+from cifar_study.pipeline.paths import STAGE_FILES
 
 # Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
 # error, so the launcher prints it once instead of every rank printing it.
@@ -89,6 +90,10 @@ def run_stage(main: Callable[[], None]) -> None:
     # still stop a stage cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stop_with_launcher()
+    spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
+    stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
+    if stage in STAGE_FILES and not _launched_rank():  # one process cleans, before any writes
+        remove_stale_temporaries(STAGE_FILES[stage][1])
     try:
         with outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
