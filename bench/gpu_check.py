@@ -526,8 +526,16 @@ def main() -> int:
         print(f"gpu_check: {data_from}: {exc}; nothing done", flush=True)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.txt").write_text("")
+    try:  # a results folder holds one check: an earlier one's files (committed logs) are never overwritten
+        if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+            print(f"gpu_check: --out/OUT: {out} already exists and is not an empty folder; name a new one; "
+                  "nothing done", flush=True)
+            return 2
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "log.txt").write_text("")
+    except OSError as exc:
+        print(f"gpu_check: --out/OUT: cannot create {out} ({exc.strerror or exc}); nothing done", flush=True)
+        return 2
     check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data)
     print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
     if data_md5 is None:

@@ -72,6 +72,24 @@ def test_a_bad_setting_is_one_line_before_any_step(tmp_path, name, value, messag
     assert len(lines) == 1 and lines[0].startswith(f"gpu_check: {message}") and lines[0].endswith("; nothing done")
 
 
+@pytest.mark.parametrize("kind", ["non-empty folder", "file", "symlink"])
+def test_an_existing_results_folder_is_refused_and_left_as_it_was(tmp_path, kind):
+    out = tmp_path / "out"
+    if kind == "non-empty folder":
+        out.mkdir()
+        (out / "log.txt").write_text("a committed log")
+    elif kind == "file":
+        out.write_text("a file")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        out.symlink_to(tmp_path / "elsewhere")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out)})
+    assert proc.returncode == 2 and proc.stdout.splitlines() == [
+        f"gpu_check: --out/OUT: {out} already exists and is not an empty folder; name a new one; nothing done"]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.slow
 def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     archive = write_tar(tmp_path / "tiny-jpg.tar.gz", image_folder_files(tiny, "JPEG"), prefix="tiny-jpg/")
