@@ -133,3 +133,9 @@ def test_real_cifar10_jpeg_archive():
     assert np.bincount(ds.train.labels).tolist() == [100] * 10
     mean = ds.summary()["mean"]
     assert mean["red"] == pytest.approx(0.4914, abs=0.02) and mean["blue"] == pytest.approx(0.4465, abs=0.02)
+
+
+def test_a_size_just_over_the_limit_is_not_reported_as_equal_to_it():
+    from cifar_study.pipeline import untrusted
+    assert untrusted.larger((64 << 20) + 1, 64 << 20) == "67,108,865 bytes, more than the 67,108,864 bytes (64 MiB)"
+    assert untrusted.larger(2 << 20, 1 << 20) == "2 MiB, more than the 1 MiB"

@@ -41,6 +41,20 @@ def test_without_cuda_it_says_so_in_one_line_and_does_nothing(tmp_path):
     assert not out.exists() and gpu_results() == before
 
 
+@pytest.mark.parametrize("python, message", [
+    ("no-such-python3", "gpu_check: PYTHON=no-such-python3: not found; nothing done"),
+    ("/bin/true", "gpu_check: /bin/true cannot import torch: install the requirements (make install); nothing done"),
+])
+def test_a_missing_python_or_torch_is_a_setup_error_not_no_gpu(tmp_path, python, message):
+    if python == "/bin/true":  # runs, but is no Python with PyTorch: `import torch` fails
+        python = str(tmp_path / "python-without-torch")
+        Path(python).write_text("#!/bin/sh\nexit 1\n")
+        os.chmod(python, 0o755)
+        message = message.replace("/bin/true", python)
+    proc = script(env={"PYTHON": python, "OUT": str(tmp_path / "out")}, timeout=60)
+    assert proc.returncode == 2 and proc.stdout.splitlines() == [message] and not (tmp_path / "out").exists()
+
+
 def test_a_missing_requirement_is_named_before_any_step(tmp_path):
     """The GPU machine lacked ruamel.yaml once, and every study failed a few minutes in: now it is one line up front."""
     (tmp_path / "block" / "ruamel").mkdir(parents=True)

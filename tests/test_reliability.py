@@ -223,7 +223,7 @@ def test_state_from_other_params_is_not_resumed(trained, tmp_path):
     (other / ".train_state/train.pt").write_text("data:\n  source: synthetic\n")  # junk state: must be ignored, loudly
     code, out, err = run_stage(other, "train")
     assert code == 0, err
-    assert "ignoring unreadable resume state" in out and "resuming" not in out
+    assert "not a resume state of this project" in out and "weights_only" not in out and "resuming" not in out
 
 
 # --- atomic writes ------------------------------------------------------------------------------

@@ -111,8 +111,10 @@ class ResumeStore:
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a state file is a convenience: a bad one means starting over, loudly
-            print(f"warning: ignoring unreadable resume state {self.path} ({first_line(exc)})", flush=True)
+        except Exception:  # a state file is a convenience: a bad one means starting over, loudly
+            # Not PyTorch's message: it suggests weights_only=False, i.e. running code from the file.
+            print(f"warning: ignoring {self.path}: not a resume state of this project (not tensors and plain "
+                  f"data only); starting from epoch 1", flush=True)
             return None
         if saved.get("key") != self.key:
             print(f"note: {self.path} is from other params, data or code; starting from epoch 1", flush=True)

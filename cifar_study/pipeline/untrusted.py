@@ -58,6 +58,13 @@ def mib(n: int) -> str:
     return f"{n / (1 << 20):,.0f} MiB"
 
 
+def larger(size: int, limit: int) -> str:
+    """'2 MiB, more than the 1 MiB': in bytes where MiB would print two equal numbers."""
+    if mib(size) == mib(limit):
+        return f"{size:,} bytes, more than the {limit:,} bytes ({mib(limit)})"
+    return f"{mib(size)}, more than the {mib(limit)}"
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
@@ -90,7 +97,7 @@ def open_regular(path: str | Path, limit: int, label: str = "", error: type[User
             os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{where} is a {_kind(st.st_mode)}, not a regular file")
-        raise error(f"{where} is {mib(st.st_size)}, more than the {mib(limit)} it may be")
+        raise error(f"{where} is {larger(st.st_size, limit)} it may be")
     return os.fdopen(fd, "rb")
 
 
@@ -274,7 +281,7 @@ def tar_members(tar: tarfile.TarFile, where: str) -> list[tarfile.TarInfo]:
 def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, limit: int) -> bytes:
     """The bytes of a regular member of at most `limit` bytes."""
     if member.size > limit:
-        raise DataError(f"{where}:{member.name} is {mib(member.size)}, more than the {mib(limit)} it may be")
+        raise DataError(f"{where}:{member.name} is {larger(member.size, limit)} it may be")
     try:
         data = tar.extractfile(member).read()
     except TAR_ERRORS as exc:
