@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import io
 import json
+import math
 import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from cifar_study.analysis.figures import FIGURES
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.dataset import CLASS_NAME
+from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path, read_text
 
 # The original study's published numbers (official CIFAR-10 archive).
@@ -45,26 +49,99 @@ def _link(path: str) -> str:
     return Path(os.path.relpath(path, Path(RESULTS).parent)).as_posix()
 
 
-def _json(root: Path, name: str) -> dict:
-    return json.loads(read_text(root / name))
+def _present(root: Path, name: str) -> bool:
+    """Whether `name` is there at all: a FIFO or folder in its place is there (and refused when read)."""
+    return os.path.lexists(root / name)
+
+
+def _text(root: Path, name: str) -> str:
+    try:
+        return read_text(root / name)
+    except FileNotFoundError:
+        raise ResultsError(f"{name}: not found (restore it: git checkout -- {name}, or re-run dvc repro)") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _no_constant(word: str) -> float:
+    raise ValueError(f"{word} is not a finite number")
+
+
+def _json(root: Path, name: str, checks: dict[str, Callable[[Any], bool]] | None = None) -> dict:
+    """A JSON object, its `checks` keys present and valid; NaN and Infinity refused (no result is made of them)."""
+    try:
+        data = json.loads(_text(root, name), parse_constant=_no_constant)
+    except ValueError as exc:
+        raise ResultsError(f"{name}: not a JSON document of finite numbers ({exc})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{name}: expected a JSON object, not {type(data).__name__}")
+    for key, ok in (checks or {}).items():
+        if key not in data or not ok(data[key]):
+            raise ResultsError(f"{name}: {key} is {data.get(key, 'missing')!r}, not what the pipeline writes")
+    return data
 
 
 def _csv(root: Path, name: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(read_text(root / name), newline="")))
+    rows = list(csv.DictReader(io.StringIO(_text(root, name), newline="")))
+    if not rows or any(None in r or None in r.values() for r in rows):
+        raise ResultsError(f"{name}: no rows, or a row with the wrong number of fields")
+    return rows
+
+
+def _fraction(v: Any) -> bool:
+    return type(v) in (int, float) and 0 <= v <= 1
+
+
+def _finite(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and v > 0
+
+
+def _history(root: Path) -> list[EpochRecord]:
+    try:
+        history = [EpochRecord.from_row(r) for r in _csv(root, paths.HISTORY)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(f"{paths.HISTORY}: not a per-epoch history ({type(exc).__name__}: {exc})") from None
+    for r in history:
+        if not all(math.isfinite(v) for v in r.row().values()) or not (_fraction(r.train_acc) and _fraction(r.heldout_acc)):
+            raise ResultsError(f"{paths.HISTORY}: epoch {r.epoch} holds a value that is not a finite number, "
+                               f"or an accuracy outside 0..1")
+    return history
+
+
+def _class_accuracy(root: Path) -> list[tuple[str, float]]:
+    out = []
+    for r in _csv(root, paths.CLASS_ACCURACY):
+        try:
+            accuracy = float(r["accuracy"])
+        except (KeyError, ValueError):
+            accuracy = math.nan
+        if not CLASS_NAME.fullmatch(r.get("class") or "") or not 0 <= accuracy <= 1:
+            raise ResultsError(f"{paths.CLASS_ACCURACY}: row {r!r} is not a class name and an accuracy in 0..1")
+        out.append((r["class"], accuracy))
+    return out
 
 
 def _fetch_params(root: Path) -> dict:
-    lock = yaml.safe_load(read_text(root / "dvc.lock"))
-    return lock["stages"]["fetch_data"]["params"]["params.yaml"]
+    try:
+        lock = yaml.safe_load(_text(root, "dvc.lock"))
+        return lock["stages"]["fetch_data"]["params"]["params.yaml"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ResultsError(f"dvc.lock: no fetch_data params ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def render(root: Path = Path(".")) -> str:
-    if not (root / paths.EVAL_METRICS).is_file():
+    if not _present(root, paths.EVAL_METRICS):
         return "No baseline run is committed yet: `make repro` produces one."
-    history = [EpochRecord.from_row(r) for r in _csv(root, paths.HISTORY)]
-    train, evaluation = _json(root, paths.TRAIN_METRICS), _json(root, paths.EVAL_METRICS)
-    flops, data = _json(root, paths.FLOPS_METRICS), _json(root, paths.DATA_METRICS)
-    per_class = _csv(root, paths.CLASS_ACCURACY)
+    history = _history(root)
+    train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in ("test", "val")})
+    evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": _fraction, "test_loss": _finite})
+    flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": _finite})
+    data = _json(root, paths.DATA_METRICS, {"train_count": _count, "test_count": _count})
+    per_class = _class_accuracy(root)
     fetch = _fetch_params(root)
     split = train["heldout_split"]
     hours = sum(r.seconds for r in history) / 3600
@@ -93,27 +170,27 @@ def render(root: Path = Path(".")) -> str:
         lines.append(f"| {r.epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | "
                      f"{r.heldout_loss:.4f} | {r.heldout_acc:.2%} | {r.seconds:.0f} |")
     lines += ["", "| class | test accuracy |", "|---|---:|"]
-    lines += [f"| {r['class']} | {float(r['accuracy']):.2%} |" for r in per_class]
+    lines += [f"| {name} | {accuracy:.2%} |" for name, accuracy in per_class]
     lines.append("")
     lines += [f"![{name}]({_link(f'{paths.FIGURES}/{name}.png')})" for name in FIGURES]
     return "\n".join(lines)
 
 
 def _verdict(verdict: str) -> str:
-    return verdict if verdict == "holds" else f"**{verdict}**"
+    return _cell(verdict) if verdict == "holds" else f"**{_cell(verdict)}**"
 
 
 def render_findings(root: Path = Path(".")) -> str:
     """The original study's claims, the number behind each in this run, and whether it holds."""
-    if not (root / paths.FINDINGS).is_file():
+    if not _present(root, paths.FINDINGS):
         return "No findings are committed yet: `make repro` produces them."
     findings = _json(root, paths.FINDINGS)
     health = findings["flow_health"]
-    flagged = [f"{h['layer']} ({', '.join(h['flags'])})" for h in health["layers"] if h["flags"]]
+    flagged = [f"{_cell(h['layer'])} ({_cell(', '.join(h['flags']))})" for h in health["layers"] if h["flags"]]
     lines = [
         f"Generated from `{paths.FINDINGS}` and `{paths.FINDINGS_METRICS}` (the `findings` stage) of the run above. "
-        f"Gradient flow: **{health['verdict']}**"
-        f" ({health['missing'] or '; '.join(flagged) or 'no layer flagged'}, {health['snapshots']} snapshots).",
+        f"Gradient flow: **{_cell(health['verdict'])}**"
+        f" ({_cell(health['missing']) or '; '.join(flagged) or 'no layer flagged'}, {int(health['snapshots'])} snapshots).",
         "",
         "| the original study's claim | measured in this run | |",
         "|---|---|---|",
@@ -121,20 +198,20 @@ def render_findings(root: Path = Path(".")) -> str:
     lines += [f"| {_cell(c['claim'])} | {_cell(c['measured'])} | {_verdict(c['verdict'])} |" for c in findings["claims"]]
     lines += ["", "| layer | mean \\|grad\\| range | max/mean | update ratio | trend (decades) | flags |",
               "|---|---|---:|---:|---:|---|"]
-    lines += [f"| {h['layer']} | {_num(h['grad_mean_min'], '.2g')} – {_num(h['grad_mean_max'], '.2g')} | "
+    lines += [f"| {_cell(h['layer'])} | {_num(h['grad_mean_min'], '.2g')} – {_num(h['grad_mean_max'], '.2g')} | "
               f"{_num(h['max_to_mean'], '.1f')} | {_num(h['update_ratio'], '.2g')} | {_num(h['trend_decades'], '+.2f')} | "
-              f"{', '.join(h['flags']) or '–'} |" for h in health["layers"]]
+              f"{_cell(', '.join(h['flags'])) or '–'} |" for h in health["layers"]]
     return "\n".join(lines)
 
 
 def render_spread(root: Path = Path(".")) -> str:
     """The run-to-run spread over seeds, and where the published single runs fall in it."""
-    if not (root / SPREAD).is_file():
+    if not _present(root, SPREAD):
         return "No spread is committed yet: `python -m cifar_study.spread` makes one."
     spread = _json(root, SPREAD)
     final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
-    options = ", ".join(f"`{k}={v}`" for k, v in spread["changed_params"].items()) or "the defaults"
-    device = f", on {spread['device']}" if spread.get("device") else ""
+    options = ", ".join(f"`{_cell(k)}={_cell(v)}`" for k, v in spread["changed_params"].items()) or "the defaults"
+    device = f", on {_cell(spread['device'])}" if spread.get("device") else ""
     lines = [
         f"{final['n']} runs of the study that differ only in `train.seed` ({', '.join(str(r['seed']) for r in spread['runs'])}), "
         f"with {options}{device}. Final test accuracy: mean **{final['mean']:.2%}**, standard deviation {final['sd']:.2%}, "
@@ -145,11 +222,12 @@ def render_spread(root: Path = Path(".")) -> str:
         "| run | train.seed | final test accuracy | wall time (epochs) |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {r['name']} | {r['seed']} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
+    lines += [f"| {_cell(r['name'])} | {int(r['seed'])} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
     check = spread["baseline_check"]
     if check:
-        differs = "; ".join(f"`{k}={b}` where the spread has `{r}`" for k, (b, r) in check["differs_in"].items())
-        lines += ["", f"Same seed ({check['seed']}), the {check['baseline']} run ({differs or 'the same options'}) "
+        differs = "; ".join(f"`{_cell(k)}={_cell(b)}` where the spread has `{_cell(r)}`"
+                            for k, (b, r) in check["differs_in"].items())
+        lines += ["", f"Same seed ({int(check['seed'])}), the {_cell(check['baseline'])} run ({differs or 'the same options'}) "
                   f"against the spread's run: "
                   f"{check['baseline_test_acc']:.2%} vs {check['spread_run_test_acc']:.2%}, a difference of "
                   f"{check['difference'] * 100:+.2f} points; the baseline is "
@@ -175,19 +253,21 @@ def _where(value: float, low: float, high: float) -> str:
     return "inside"
 
 
-def _cell(text: str) -> str:
-    """Text for a Markdown table cell: a bare | (as in |grad|) would end the cell."""
-    return text.replace("|", "\\|")
+def _cell(text: Any) -> str:
+    """Text from a results file for Markdown: HTML escaped (no markup from a file reaches a page), a bare |
+    (as in |grad|) escaped so it cannot end a table cell, one line."""
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
 
 
 def _num(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-SECTIONS = {  # RESULTS.md's sections: heading, what they are drawn from
-    "The baseline run": render,
-    "Findings: the original study's claims, measured": render_findings,
-    "Run-to-run spread": render_spread,
+SECTIONS = {  # RESULTS.md's sections: heading, how it is drawn, from which files
+    "The baseline run": (render, (paths.HISTORY, paths.TRAIN_METRICS, paths.EVAL_METRICS, paths.FLOPS_METRICS,
+                                  paths.DATA_METRICS, paths.CLASS_ACCURACY, "dvc.lock")),
+    "Findings: the original study's claims, measured": (render_findings, (paths.FINDINGS,)),
+    "Run-to-run spread": (render_spread, (SPREAD,)),
 }
 
 
@@ -197,8 +277,12 @@ def document(root: Path = Path(".")) -> str:
              "Generated by `python -m cifar_study.results` from the committed `metrics/`, `plots/data/`, `reports/` "
              "and `dvc.lock`; do not edit it by hand (`tests/test_report.py` checks that it matches them). "
              f"How the committed runs were made, and what they mean: [the dated notes]({_link('notes/README.md')})."]
-    for heading, draw in SECTIONS.items():
-        parts += ["", f"## {heading}", "", draw(root)]
+    for heading, (draw, sources) in SECTIONS.items():
+        try:
+            parts += ["", f"## {heading}", "", draw(root)]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a field of the wrong shape
+            raise ResultsError(f"{' or '.join(sources)}: not as the pipeline writes it ({type(exc).__name__}: "
+                               f"{first_line(exc)})") from None
     return "\n".join(parts) + "\n"
 
 
@@ -232,13 +316,6 @@ def main() -> None:
             tmp.write_text(new, encoding="utf-8")
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except UnicodeDecodeError as exc:
-        print(f"error: an input is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
-        sys.exit(2)
-    # A hand-edited or truncated input: a missing key, a wrong type, a malformed number or JSON document.
-    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
-        print(f"error: the committed results cannot be read ({type(exc).__name__}: {exc})", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {RESULTS}")
 

@@ -1,4 +1,5 @@
 """reports/RESULTS.md is generated from the committed files, never typed; the results command refuses bad input in one line."""
+import json
 import os
 import subprocess
 import sys
@@ -98,10 +99,44 @@ def test_the_command_writes_the_file_and_checks_it(tmp_path):
     assert stale.returncode == 1 and stale.stderr.strip() == f"{RESULTS} is out of date: run python -m cifar_study.results"
 
 
+def spoil_findings(root: Path, verdict: str) -> None:
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/findings.json").write_text(json.dumps({
+        "flow_health": {"verdict": "healthy", "missing": "", "snapshots": 12, "layers": []},
+        "claims": [{"claim": "c", "measured": "m", "verdict": verdict}]}))
+
+
+def test_text_from_a_results_file_is_escaped_in_the_markdown(tmp_path):
+    baseline(tmp_path)
+    spoil_findings(tmp_path, "<script>alert(1)</script> | x")
+    text = document(tmp_path)
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; \\| x" in text
+
+
+# By class: silent-wrong (a value no run can produce), misleading (a special file as "nothing committed"),
+# hang (a FIFO), traceback (a field of the wrong shape), breach (writes through links).
 @pytest.mark.parametrize("spoil, message", [
-    (lambda root: (root / "plots/data/history.csv").unlink(), "history.csv"),
-    (lambda root: (root / "metrics/train.json").write_bytes(b'{"heldout_split": "t\xe9st"}'), "not UTF-8"),
-    (lambda root: (root / "metrics/flops.json").write_text("{"), "cannot be read"),
+    (lambda root: (root / "plots/data/history.csv").unlink(), "plots/data/history.csv: not found"),
+    (lambda root: (root / "metrics/train.json").write_bytes(b'{"heldout_split": "t\xe9st"}'),
+     "metrics/train.json: not UTF-8"),
+    (lambda root: (root / "metrics/flops.json").write_text("{"), "metrics/flops.json: not a JSON document"),
+    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": NaN, "test_loss": 1}'),
+     "metrics/eval.json: not a JSON document of finite numbers (NaN is not a finite number)"),
+    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": 5.0, "test_loss": 1}'),
+     "metrics/eval.json: test_acc is 5.0, not what the pipeline writes"),
+    (lambda root: (root / "plots/data/history.csv").write_text(
+        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.8,0.35,inf,0.49,0.001,200\n"),
+     "plots/data/history.csv: epoch 1 holds a value that is not a finite number"),
+    (lambda root: ((root / "metrics/eval.json").unlink(), (root / "metrics/eval.json").mkdir()),
+     "metrics/eval.json is a directory, not a regular file"),
+    (lambda root: ((root / "metrics/eval.json").unlink(), os.mkfifo(root / "metrics/eval.json")),
+     "metrics/eval.json is a FIFO (named pipe), not a regular file"),
+    (lambda root: ((root / "metrics/data.json").unlink(), os.mkfifo(root / "metrics/data.json")),
+     "metrics/data.json is a FIFO (named pipe), not a regular file"),
+    (lambda root: spoil_findings(root, 3) or (root / "reports/findings.json").write_text('{"flow_health": 3}'),
+     "reports/findings.json: not as the pipeline writes it (TypeError"),
+    (lambda root: (root / "plots/data/class_accuracy.csv").write_text("class,accuracy\n<b>cat</b>,0.4\n"),
+     "plots/data/class_accuracy.csv: row"),
     (lambda root: (root / "reports").symlink_to(root / "elsewhere", target_is_directory=True), "symbolic link"),
     (lambda root: ((root / "reports").mkdir(), (root / RESULTS).symlink_to(root / "victim.md")), "symbolic link"),
     (lambda root: ((root / "reports").mkdir(), os.mkfifo(root / RESULTS)), "not a regular file"),
