@@ -5,6 +5,7 @@ Simpson's rule, for any real degrees of freedom (Welch's are not whole numbers).
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from cifar_study.core.history import EpochRecord
 CONFIDENCE = 0.95
 
 
+@functools.lru_cache(maxsize=None)  # a spread asks it once per epoch for the same few (p, df): thousands of epochs
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile at probability `p` (> 0.5) for `df` degrees of freedom."""
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
