@@ -52,6 +52,14 @@ def default_params() -> dict:
     return dataclasses.asdict(Params())
 
 
+@pytest.fixture(autouse=True)
+def no_wandb_settings_from_the_shell(monkeypatch):
+    """The suite sets W&B's mode and folder where a test needs them: a user's WANDB_MODE=disabled (or
+    WANDB_DIR) in their shell must not change what a test sees."""
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Dataset:
     """200 training and 50 test images of the synthetic set (balanced over 10 classes)."""
