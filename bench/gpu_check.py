@@ -173,6 +173,9 @@ class Check:
             except subprocess.TimeoutExpired:
                 stop(proc)
                 rc, status = None, "timeout"
+            except BaseException:  # Ctrl-C or SIGTERM to the check: the step's processes end with it
+                stop(proc)
+                raise
         seconds = time.monotonic() - started
         with open(self.out / "log.txt", "rb") as f:
             f.seek(offset)
@@ -342,10 +345,15 @@ def spread(check: Check, source: Path, options: dict[str, Any], seeds: tuple[int
         check.log(f"\n===== spread: seeds {', '.join(map(str, seeds))} side by side: {check.portable(chain)} "
                   f"(limit {timeout:.0f} s)\n")
         done: dict[int, float] = {}  # seed: seconds until its process ended
-        while len(done) < len(procs) and time.monotonic() - started < timeout:
-            done.update({seed: time.monotonic() - started for seed, proc in procs.items()
-                         if seed not in done and proc.poll() is not None})
-            time.sleep(0.5)
+        try:
+            while len(done) < len(procs) and time.monotonic() - started < timeout:
+                done.update({seed: time.monotonic() - started for seed, proc in procs.items()
+                             if seed not in done and proc.poll() is not None})
+                time.sleep(0.5)
+        except BaseException:  # Ctrl-C or SIGTERM to the check: every seed's processes end with it
+            for proc in procs.values():
+                stop(proc)
+            raise
         for seed, proc in procs.items():
             if seed in done:
                 rc, status = proc.returncode, "ok" if proc.returncode == 0 else "failed"
@@ -565,5 +573,14 @@ def main() -> int:
     return 1 if bad else 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's path: the running step is stopped with its children
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("gpu_check: interrupted; its running step was stopped, the results so far are in its folder", flush=True)
+        sys.exit(130)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -183,6 +184,31 @@ def test_a_step_over_its_time_is_stopped_with_its_children_and_the_rest_are_not_
     s = json.loads((tmp_path / "summary.json").read_text())
     assert [(st["name"], st["status"]) for st in s["steps"]] == [("slow", "timeout"), ("failing", "failed"),
                                                                   ("late", "not run")]
+
+
+def test_a_killed_check_stops_its_running_step_and_leaves_no_process(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    sleeper = ("import subprocess, time; child = subprocess.Popen(['sleep', '120']); "
+               f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(120)")
+    driver = (f"import signal, sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from bench import gpu_check\n"
+              "signal.signal(signal.SIGTERM, gpu_check._interrupt)  # as the script's entry point does\n"
+              f"out = Path({str(tmp_path)!r}); (out / 'log.txt').write_text('')\n"
+              "check = gpu_check.Check(out=out, smoke=True, budget_s=100, python=sys.executable, data=out / 'none')\n"
+              "try:\n"
+              f"    check.run('slow', [sys.executable, '-c', {sleeper!r}], cap_s=100)\n"
+              "except KeyboardInterrupt:\n"
+              "    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
 
 
 def test_a_missing_archive_fails_the_studies_naming_it(tmp_path):
