@@ -21,8 +21,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cifar_study.core.cifar10 import IMAGE_SIZE
+from cifar_study.core.loader import make_loader
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
 
@@ -53,9 +55,11 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def predict(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """Class probabilities, one row per (N, 32, 32, 3) uint8 image."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    """Class probabilities, one row per (N, 32, 32, 3) uint8 image, normalised by evaluate's own loader."""
+    split = Split(images, np.zeros(len(images), dtype=np.int64))
+    loader = make_loader("tensor", split, mean, std, augment=False, shuffle=False, batch_size=len(images), seed=0,
+                         device=torch.device("cpu"))
+    x, _ = next(iter(loader))
     with torch.inference_mode():
         return torch.softmax(model(x).float(), dim=1)
 
