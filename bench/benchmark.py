@@ -31,7 +31,7 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_study.core.flops import flops_report  # noqa: E402
-from cifar_study.core.flow import add_update_ratio, flow_snapshot  # noqa: E402
+from cifar_study.core.flow_stats import add_update_ratio, read_snapshots, take_snapshot  # noqa: E402
 from cifar_study.core.loader import TensorLoader  # noqa: E402
 from cifar_study.core.model import SimpleCNN  # noqa: E402
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
@@ -225,8 +225,9 @@ def main() -> None:
     for _ in range(20):
         sync()
         started = time.perf_counter()
-        snapshot, before = flow_snapshot(run.watched, 0, 1)
-        add_update_ratio(snapshot, run.watched, before)  # without a step: the cost, not the value
+        snapshot = take_snapshot(run.watched, 0, 1)
+        add_update_ratio(snapshot, run.watched)  # without a step: the cost, not the value
+        read_snapshots([snapshot])
         sync()
         snap_times.append(time.perf_counter() - started)
     step_seconds = batch / statistics.median(train_ips[configs[1].name])

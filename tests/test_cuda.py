@@ -151,6 +151,7 @@ def test_resume_on_cuda_restores_the_cuda_rng_state(tiny, tmp_path):
         state, store = setup(model, p, CUDA), ResumeStore(tmp_path / state_file, "k")
         result = train(state, train_loader, heldout, "test", result=store.restore(state, train_loader),
                        on_epoch_end=store.saver(state, train_loader))
+        store.wait()  # the last epoch's state is written on a background thread
         return train_loader.cuda_states, result.history
 
     scrambled: list[torch.Tensor] = []

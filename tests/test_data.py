@@ -1,6 +1,7 @@
 import functools
 import hashlib
 import http.server
+import multiprocessing
 import os
 import threading
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from cifar_study.pipeline.dataset import fetch, from_folder, load_dataset, save_dataset, split_validation, synthetic
+from cifar_study.pipeline import untrusted
 from cifar_study.pipeline.errors import DataError, ParamError
 from cifar_study.pipeline.params import DataParams, parse_params
 from tests.conftest import REAL_ARCHIVE, image_folder_files, python_archive, write_files, write_tar
@@ -83,6 +85,19 @@ def test_folder_source_decodes_jpeg(tmp_path, tiny):
     np.testing.assert_array_equal(ds.train.labels, tiny.train.labels)
     # JPEG is lossy, but each image keeps its average colour.
     np.testing.assert_allclose(ds.train.images.mean(axis=(1, 2)), tiny.train.images.mean(axis=(1, 2)), atol=3)
+
+
+def test_many_images_are_decoded_over_worker_processes_in_order(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(untrusted, "DECODE_CHUNK", 16)  # 250 images: 16 tasks over 2 workers
+    monkeypatch.setattr(untrusted.os, "cpu_count", lambda: 2)
+    files = image_folder_files(tiny)
+    assert_same(from_folder(write_tar(tmp_path / "imgs.tar.gz", files)), tiny)
+    # A bad image in a later chunk and another after it: the first in archive order is named.
+    names = sorted(n for n in files if n.startswith("train/"))
+    files[names[100]] = files[names[180]] = b"not an image"
+    with pytest.raises(DataError, match=rf"bad\.tar\.gz:{names[100]}: cannot decode image"):
+        from_folder(write_tar(tmp_path / "bad.tar.gz", files))
+    assert multiprocessing.active_children() == []  # the workers ended with the refusal
 
 
 def test_download_from_local_http_server(tmp_path, tiny):

@@ -1,7 +1,9 @@
 import math
+import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from cifar_study.core.evaluation import evaluate
 from cifar_study.core.history import EpochRecord
@@ -9,7 +11,7 @@ from cifar_study.core.loader import make_loader
 from cifar_study.core.model import SimpleCNN
 from cifar_study.core.runtime import resolve_device, seed_everything
 from cifar_study.core.training import NullLogger, TrainingDiverged, setup, train
-from cifar_study.observe.histograms import model_histograms
+from cifar_study.observe.histograms import model_histograms, read_histograms, take_histograms, tensor_histogram
 from cifar_study.pipeline.dataset import Dataset, Split
 from cifar_study.pipeline.errors import ParamError
 from cifar_study.pipeline.params import TrainParams
@@ -82,7 +84,7 @@ class HistogramRecorder(NullLogger):
     def histograms_due(self, step):
         return step % 4 == 0
 
-    def log_histograms(self, model, step):
+    def take_histograms(self, model, step):
         self.taken[step] = model_histograms(model, "gradients")
 
 
@@ -99,6 +101,84 @@ def test_histograms_see_the_true_gradients_and_change_no_result(tiny):
                                                  model_unlogged.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(model_plain.state_dict().values(),
                                                  model_unlogged.state_dict().values()))
+
+
+HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts reads of a tensor's value by the project's code while `inside` (a batch loop is running).
+
+    Adam's step counter lives on the host (its `.item()` is not a device read), so only reads made from
+    cifar_study's own code are counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.reads = False, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.inside and getattr(func, "__name__", "") in HOST_READS:
+            caller = sys._getframe(1)
+            if "cifar_study" in caller.f_code.co_filename:
+                self.reads.append(f"{func.__name__} at {caller.f_code.co_filename}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+class Watched:
+    """A loader that marks the time from its first batch to the end of its last as inside an epoch."""
+
+    def __init__(self, loader, reads):
+        self.loader, self.reads = loader, reads
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.reads.inside = True
+            yield batch
+        self.reads.inside = False
+
+
+class DeviceHistograms(NullLogger):
+    def __init__(self):
+        self.taken = []
+
+    def histograms_due(self, step):
+        return step % 2 == 0
+
+    def take_histograms(self, model, step):
+        self.taken.append(take_histograms(model, "all", step))
+
+
+def test_no_host_read_inside_an_epoch_without_a_progress_bar(tiny):
+    """Loss, accuracy, the divergence check, flow snapshots and histograms stay on the device until the
+    epoch ends (no bar is shown here: pytest's output is not a terminal)."""
+    p = TrainParams(epochs=2, batch_size=32, flow_every=3)
+    loader = make_loader("tensor", tiny.train, [0.5] * 3, [0.25] * 3, augment=True, shuffle=True,
+                         batch_size=p.batch_size, seed=p.seed, device=CPU)
+    test_loader = make_loader("tensor", tiny.test, [0.5] * 3, [0.25] * 3, augment=False, shuffle=False,
+                              batch_size=100, seed=p.seed, device=CPU)
+    reads, histograms = HostReads(), DeviceHistograms()
+    with reads:
+        result = train(setup(SimpleCNN(), p, CPU), Watched(loader, reads), test_loader, "test", histograms)
+    assert reads.reads == []
+    # ... and yet every statistic arrived: 5 snapshots over 14 batches, 7 histogram takes, all readable.
+    assert [s.step for s in result.flow] == [0, 3, 6, 9, 12] and len(histograms.taken) == 7
+    assert all(read_histograms(h) for h in histograms.taken)
+    # The counter itself counts: a read from the project's code inside the loop is seen.
+    with reads:
+        reads.inside = True
+        model_histograms(SimpleCNN(), "parameters")
+    assert reads.reads and "histograms.py" in reads.reads[0]
+
+
+def test_device_histograms_bin_as_torch_histc_does():
+    torch.manual_seed(0)
+    for t in (torch.randn(10_000), torch.rand(777) * 1e-3, torch.randn(64, 3, 3, 3) * 50):
+        counts, edges = tensor_histogram(t)
+        assert counts == torch.histc(t, 64, t.min().item(), t.max().item()).tolist()
+        assert (edges[0], edges[-1], len(edges)) == (t.min().item(), t.max().item(), 65)
 
 
 def test_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):

@@ -1,16 +1,12 @@
-"""Gradient flow and weight flow: per-layer mean and max |grad| and |W| during training, and the step's size.
+"""Gradient flow and weight flow records: per-layer mean and max |grad| and |W|, and the step's size.
 
-Taken after backward and before the optimizer step, for every parameter that is not a bias
-(conv, BatchNorm and linear weights), the way the original study's flow charts show them; the
-update ratio |ΔW| / |W| of that same optimizer step is added once the step is taken.
-A frozen parameter (requires_grad=False) is watched too: it shows as zero gradient and zero update.
+Taken during training by `flow_stats` for every parameter that is not a bias (conv, BatchNorm and
+linear weights), the way the original study's flow charts show them. This module is the record
+alone, without PyTorch, so that the stages that only read flow.csv (findings, visualize) start fast.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import nn
 
 STATS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
 COLUMNS = ("step", "epoch", "layer", *STATS)  # flow.csv: one row per layer per snapshot
@@ -29,33 +25,6 @@ class FlowSnapshot:
     def stat(self, name: str) -> list[float]:
         i = STATS.index(name)
         return [v[i] for v in self.values]
-
-
-def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(layer name, weight) for every non-bias parameter, in model order."""
-    return [(name.removesuffix(".weight"), p) for name, p in model.named_parameters() if not name.endswith("bias")]
-
-
-@torch.no_grad()
-def flow_snapshot(params: list[tuple[str, nn.Parameter]], step: int, epoch: int) -> tuple[FlowSnapshot, list[torch.Tensor]]:
-    """The statistics before the optimizer step, and a copy of the weights for `add_update_ratio` after it."""
-    def layer_stats(p: nn.Parameter) -> torch.Tensor:
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)  # frozen: no gradient at all
-        return torch.stack([grad.abs().mean(), grad.abs().amax(), p.abs().mean(), p.abs().amax()]).float()
-
-    # Stack on the device and copy to the host once: one sync per snapshot, not per layer.
-    stats = torch.stack([layer_stats(p) for _, p in params])
-    snapshot = FlowSnapshot(step, epoch, [name for name, _ in params], [row + [0.0] for row in stats.cpu().tolist()])
-    return snapshot, [p.detach().clone() for _, p in params]
-
-
-@torch.no_grad()
-def add_update_ratio(snapshot: FlowSnapshot, params: list[tuple[str, nn.Parameter]], before: list[torch.Tensor]) -> None:
-    """|ΔW| / |W| (Frobenius norms) of the optimizer step just taken, per layer (0 for an all-zero weight)."""
-    ratios = torch.stack([(p.detach() - w).float().norm() / w.float().norm().clamp_min(torch.finfo(torch.float32).tiny)
-                          for (_, p), w in zip(params, before)]).cpu().tolist()
-    for row, ratio in zip(snapshot.values, ratios):
-        row[-1] = ratio
 
 
 def snapshots_from_rows(rows: list[dict]) -> list[FlowSnapshot]:

@@ -1,7 +1,8 @@
 """The training loop: Adam, cross-entropy, per-epoch train and held-out metrics, flow snapshots.
 
-A plain loop in the nanoGPT manner. Loss and accuracy are summed on the device and read back
-only at progress-bar updates and at the end of an epoch, so a GPU never waits on the host.
+A plain loop in the nanoGPT manner. Loss, accuracy, flow statistics and histograms stay on the
+device and are read back at the end of an epoch (and at progress-bar updates, when a bar is shown on
+a terminal), so a GPU never waits on the host inside an epoch.
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from tqdm import tqdm
 
 from cifar_study.core.distributed import Dist, all_reduce_sum
 from cifar_study.core.evaluation import autocast, evaluate_replicas, prepare_input
-from cifar_study.core.flow import FlowSnapshot, add_update_ratio, flow_parameters, flow_snapshot
+from cifar_study.core.flow import FlowSnapshot
+from cifar_study.core.flow_stats import add_update_ratio, flow_parameters, read_snapshots, take_snapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.replicas import Replicas, replica_losses
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.params import TrainParams
 
-SYNC_EVERY = 20  # batches between host reads (progress bar, non-finite-loss check)
+SYNC_EVERY = 20  # batches between progress-bar updates (host reads), when a bar is shown
 
 
 class TrainingDiverged(UserError):
@@ -35,12 +37,14 @@ class TrainLogger(Protocol):
 
     def log_epoch(self, record: EpochRecord, step: int, heldout_name: str) -> None: ...
 
-    def log_flow(self, snapshot: FlowSnapshot) -> None: ...
+    def log_flow(self, snapshot: FlowSnapshot) -> None:
+        """Called at the end of the epoch the snapshot was taken in, before `log_epoch`, in step order."""
 
     def histograms_due(self, step: int) -> bool: ...
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
-        """Called after backward when `histograms_due(step)`: the gradients are complete and unscaled."""
+    def take_histograms(self, model: nn.Module, step: int) -> None:
+        """Called after backward when `histograms_due(step)`: the gradients are complete and unscaled.
+        Must not read from the device: the histograms are logged with the epoch (`log_epoch`)."""
 
 
 class NullLogger:
@@ -53,7 +57,7 @@ class NullLogger:
     def histograms_due(self, step: int) -> bool:
         return False
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
+    def take_histograms(self, model: nn.Module, step: int) -> None:
         pass
 
 
@@ -114,6 +118,7 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
     correct = torch.zeros(shape, device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first batch with a non-finite loss
     seen = 0
+    pending: list = []  # this epoch's flow snapshots, on the device until the epoch ends
     bar = tqdm(loader, desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=True, dynamic_ncols=True,
                disable=None if state.dist.main else True)  # None: shown on a terminal, not in log files
     for batch, (x, y) in enumerate(bar):
@@ -133,32 +138,40 @@ def train_epoch(state: TrainState, loader: Iterable, epoch: int, logger: TrainLo
             state.scaler.unscale_(state.optimizer)
         if flow_due:
             watched = state.flow_watched()
-            snapshot, weights_before = flow_snapshot(watched, state.step, epoch)
+            pending.append(take_snapshot(watched, state.step, epoch))
         if histograms_due:
-            logger.log_histograms(state.histogram_source(), state.step)
+            logger.take_histograms(state.histogram_source(), state.step)
         state.scaler.step(state.optimizer)
         state.scaler.update()
         if flow_due:
-            add_update_ratio(snapshot, watched, weights_before)
-            flow.append(snapshot)
-            logger.log_flow(snapshot)
+            add_update_ratio(pending[-1], watched)
         loss = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch, first_bad)
         loss_sum += losses.detach() * y.shape[-1]
         correct += (logits.argmax(-1) == y).sum(-1)
         seen += y.shape[-1]
         state.step += 1
-        if batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1:
-            if first_bad.item() >= 0:
-                raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {first_bad.item() + 1}: "
-                                       f"lower train.lr (now {p.lr}) or check the data")
+        if not bar.disable and (batch % SYNC_EVERY == SYNC_EVERY - 1 or batch == len(bar) - 1):
+            check_finite(first_bad, epoch, p.lr)
             bar.set_postfix(loss=f"{loss_sum.mean().item() / seen:.4f}", acc=f"{correct.float().mean().item() / seen:.4f}")
     bar.close()
+    check_finite(first_bad, epoch, p.lr)
+    for snapshot in read_snapshots(pending):
+        flow.append(snapshot)
+        logger.log_flow(snapshot)
     if state.replicas > 1:  # one process (replicas with nproc > 1 are refused): nothing to reduce
         return (loss_sum / seen).tolist(), (correct / seen).tolist()
     totals = all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                          torch.tensor(float(seen), device=device)]), state.dist)
     return [(totals[0] / totals[2]).item()], [(totals[1] / totals[2]).item()]
+
+
+def check_finite(first_bad: torch.Tensor, epoch: int, lr: float) -> None:
+    """Stop, naming the first batch whose loss was not finite (a host read: at the epoch's end or a bar update)."""
+    bad = first_bad.item()
+    if bad >= 0:
+        raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, batch {bad + 1}: "
+                               f"lower train.lr (now {lr}) or check the data")
 
 
 def train(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldout_name: str,

@@ -9,7 +9,7 @@ gradients and go to the global batch index they were taken at. Same keys (`gradi
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,38 +21,62 @@ KINDS = {"all": ("gradients", "parameters"), "gradients": ("gradients",), "param
 Histogram = tuple[list[float], list[float]]  # (counts, bin edges): numpy.histogram's form, as wandb.Histogram takes it
 
 
-def tensor_histogram(t: torch.Tensor) -> Histogram | None:
-    """Counts of the finite values of `t` in BINS equal bins over their range; None if none is finite."""
+@dataclass
+class PendingHistograms:
+    """Histograms taken at `step`, still on the device: row i is `names[i]`'s BINS counts, then its finite
+    minimum, maximum and count. Read with `read_histograms`, at the epoch's end."""
+    step: int
+    names: list[str]
+    rows: torch.Tensor | None  # (len(names), BINS + 3) float64; None when no tensor was taken
+
+
+@torch.no_grad()
+def _device_histogram(t: torch.Tensor) -> torch.Tensor:
+    """BINS counts of the finite values of `t` over their range, then (min, max, count), computed without
+    reading anything back to the host (torch.histc would: it takes its range as Python numbers)."""
     flat = t.detach().reshape(-1).float()
-    lo, hi = _range(flat)
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or an infinity: bin the finite values alone
-        flat = flat[torch.isfinite(flat)]
-        lo, hi = _range(flat)
-        if flat.numel() == 0:
-            return None
-    if lo == hi:  # one value: one bin, as wandb.watch does
-        return [float(flat.numel())], [lo, hi]
-    return torch.histc(flat, BINS, lo, hi).tolist(), np.linspace(lo, hi, BINS + 1).tolist()
+    finite = torch.isfinite(flat)
+    lo = torch.where(finite, flat, torch.inf).amin()
+    hi = torch.where(finite, flat, -torch.inf).amax()
+    # histc's arithmetic, bin = floor((x - lo) * BINS / (hi - lo)), the maximum in the last (closed) bin
+    bins = torch.nan_to_num((flat - lo) * BINS / (hi - lo), nan=0.0, posinf=BINS - 1, neginf=0.0)
+    bins = bins.floor().clamp(0, BINS - 1).long()
+    counts = torch.zeros(BINS, dtype=torch.float64, device=flat.device).scatter_add_(0, bins, finite.double())
+    return torch.cat([counts, torch.stack([lo.double(), hi.double(), finite.sum().double()])])
 
 
-def _range(flat: torch.Tensor) -> tuple[float, float]:
-    """(min, max) in one pass; NaN or infinite when such a value is there, or when `flat` is empty."""
-    if flat.numel() == 0:
-        return math.nan, math.nan
-    lo, hi = torch.aminmax(flat)
-    return lo.item(), hi.item()
-
-
-def model_histograms(model: nn.Module, watch: str) -> dict[str, Histogram]:
-    """`wandb.watch`'s histograms of `model` now: `watch` is all | gradients | parameters | none.
-
-    Reads, never writes: parameters and gradients are left exactly as they are.
-    """
-    found = {}
+def take_histograms(model: nn.Module, watch: str, step: int) -> PendingHistograms:
+    """`wandb.watch`'s histograms of `model` now (`watch` is all | gradients | parameters | none), kept on the
+    device. Reads, never writes: parameters and gradients are left exactly as they are."""
+    names, rows = [], []
     for name, p in model.named_parameters():
         for kind in KINDS[watch]:
             tensor = p if kind == "parameters" else p.grad
-            histogram = tensor_histogram(tensor) if tensor is not None else None
-            if histogram is not None:
-                found[f"{kind}/{name}"] = histogram
+            if tensor is not None and tensor.numel():
+                names.append(f"{kind}/{name}")
+                rows.append(_device_histogram(tensor))
+    return PendingHistograms(step, names, torch.stack(rows) if rows else None)
+
+
+def read_histograms(pending: PendingHistograms) -> dict[str, Histogram]:
+    """The histograms as (counts, edges), one copy from the device; a tensor with no finite value is left out,
+    one with a single value is one bin, as wandb.watch does."""
+    if pending.rows is None:
+        return {}
+    found = {}
+    for name, row in zip(pending.names, pending.rows.cpu().tolist()):
+        counts, (lo, hi, n) = row[:BINS], row[BINS:]
+        if n == 0:
+            continue
+        found[name] = ([n], [lo, hi]) if lo == hi else (counts, np.linspace(lo, hi, BINS + 1).tolist())
     return found
+
+
+def model_histograms(model: nn.Module, watch: str) -> dict[str, Histogram]:
+    """`take_histograms` read at once."""
+    return read_histograms(take_histograms(model, watch, 0))
+
+
+def tensor_histogram(t: torch.Tensor) -> Histogram | None:
+    """One tensor's histogram (None if it has no finite value)."""
+    return read_histograms(PendingHistograms(0, ["t"], _device_histogram(t)[None])).get("t") if t.numel() else None

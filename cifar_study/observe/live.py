@@ -97,7 +97,7 @@ class LiveLogger:
     def histograms_due(self, step: int) -> bool:
         return False  # histograms are W&B's
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
+    def take_histograms(self, model: nn.Module, step: int) -> None:
         pass
 
     def finish(self) -> None:
@@ -127,7 +127,7 @@ class FanOut:
     def histograms_due(self, step: int) -> bool:
         return any(logger.histograms_due(step) for logger in self.loggers)
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
+    def take_histograms(self, model: nn.Module, step: int) -> None:
         for logger in self.loggers:
             if logger.histograms_due(step):
-                logger.log_histograms(model, step)
+                logger.take_histograms(model, step)

@@ -18,20 +18,20 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-from torch import nn
 
-from cifar_study.core.flops import flops_report
 from cifar_study.core.flow import STATS, FlowSnapshot
 from cifar_study.core.history import EpochRecord
-from cifar_study.core.model import build_model
-from cifar_study.observe.histograms import model_histograms
 from cifar_study.pipeline.errors import OutputError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, WandbParams, parse_section
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used: the findings stage logs to W&B without it
+    from torch import nn
+
+    from cifar_study.observe.histograms import PendingHistograms
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
 INTERRUPT_WAIT_S = 2  # Ctrl-C: how long queued logs may still take before they are dropped
@@ -103,6 +103,11 @@ def git_state() -> dict[str, Any]:
 
 def model_cost(p: ModelParams, num_classes: int) -> dict[str, Any]:
     """FLOPs and parameters per image (flops_report), without drawing from the RNG that training uses."""
+    import torch  # here, not at the top: findings logs to W&B without PyTorch
+
+    from cifar_study.core.flops import flops_report
+    from cifar_study.core.model import build_model
+
     with torch.random.fork_rng(devices=[]):  # building a model initialises weights from the global RNG
         return flops_report(build_model(p, num_classes))
 
@@ -148,6 +153,8 @@ class Tracker:
         self.run = None
         self.wandb = None
         self.watch, self.watch_every = p.watch, p.watch_every
+        self._flows: list[FlowSnapshot] = []  # this epoch's, logged with it (log_epoch)
+        self._histograms: list[PendingHistograms] = []
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb")  # one thread: logs stay in order
         mode = wandb_mode(p)
         if mode == "disabled" or not enabled:  # enabled=False: a data-parallel rank other than 0
@@ -243,13 +250,23 @@ class Tracker:
     # --- training (implements training.TrainLogger) ---
 
     def log_epoch(self, record: EpochRecord, step: int, heldout_name: str) -> None:
+        """The epoch's flow snapshots and histograms in step order (W&B drops a step lower than one it has
+        seen), then the epoch's metrics at the step after its last batch."""
+        flows, self._flows = self._flows, []
+        taken, self._histograms = self._histograms, []
+        for item in sorted([*flows, *taken], key=lambda item: item.step):  # stable: a flow before its step's histograms
+            if isinstance(item, FlowSnapshot):
+                self._log_flow(item)
+            else:
+                self._log_histograms(item)
         values = record.logged(heldout_name)
         self._submit("log", lambda: self.run.log(values, step=step))
 
     def log_flow(self, snapshot: FlowSnapshot) -> None:
-        if self.run is None:
-            return
+        if self.run is not None:
+            self._flows.append(snapshot)
 
+    def _log_flow(self, snapshot: FlowSnapshot) -> None:
         def log() -> None:
             values: dict[str, Any] = {
                 "gradients": self.wandb.Image(figure_image(_figures().flow_bars([snapshot], "grad"))),
@@ -264,16 +281,25 @@ class Tracker:
     def histograms_due(self, step: int) -> bool:
         return self.run is not None and self.watch != "none" and step % self.watch_every == 0
 
-    def log_histograms(self, model: nn.Module, step: int) -> None:
+    def take_histograms(self, model: nn.Module, step: int) -> None:
         """`gradients/<parameter>` and `parameters/<parameter>` histograms at the global batch `step`.
 
-        Computed here, on the training thread (the optimizer step changes the tensors next); wrapped
-        as W&B histograms and logged on the logging thread.
+        Computed here, on the training thread (the optimizer step changes the tensors next), into device
+        buffers; read, wrapped as W&B histograms and logged with the epoch.
         """
-        found = self._guard("histograms", lambda: model_histograms(model, self.watch))
+        from cifar_study.observe.histograms import take_histograms
+
+        pending = self._guard("histograms", lambda: take_histograms(model, self.watch, step))
+        if pending is not None:
+            self._histograms.append(pending)
+
+    def _log_histograms(self, pending: PendingHistograms) -> None:
+        from cifar_study.observe.histograms import read_histograms
+
+        found = self._guard("histograms", lambda: read_histograms(pending))
         if found:
             self._submit("log", lambda: self.run.log(
-                {key: self.wandb.Histogram(np_histogram=h) for key, h in found.items()}, step=step))
+                {key: self.wandb.Histogram(np_histogram=h) for key, h in found.items()}, step=pending.step))
 
     def log_replicas(self, seeds: list[int], histories: list[list[EpochRecord]], heldout_name: str) -> None:
         """Every replica's per-epoch history as one table with a `replica` column (one dashboard, not k),

@@ -443,15 +443,19 @@ def _layout(files: dict, where: str, read: Callable[[str], bytes], order: Callab
     position = order or {n: i for i, n in enumerate(files)}.__getitem__
 
     def decode(split: str, idx: np.ndarray) -> np.ndarray:
-        images = np.empty((len(idx), *IMAGE_SHAPE), dtype=np.uint8)
-        last: tuple[int, np.ndarray] | None = None  # hard links to one member sort together: read it once
-        # In archive order: a compressed tar then only ever seeks forward.
-        for i in sorted(range(len(idx)), key=lambda i: position(names[split][idx[i]][0])):
+        # Read in archive order (a compressed tar then only ever seeks forward), each stored file once
+        # (hard links to one member sort together), then decode them all at once, in parallel.
+        order = sorted(range(len(idx)), key=lambda i: position(names[split][idx[i]][0]))
+        files: list[tuple[bytes, str]] = []
+        which = np.empty(len(idx), dtype=np.int64)  # image i is files[which[i]]
+        last = None
+        for i in order:
             name = names[split][idx[i]][0]
-            if last is None or last[0] != position(name):
-                last = position(name), untrusted.decode_image(read(name), f"{where.removeprefix('data.path: ')}:{name}")
-            images[i] = last[1]
-        return images
+            if last != position(name):
+                last = position(name)
+                files.append((read(name), f"{where.removeprefix('data.path: ')}:{name}"))
+            which[i] = len(files) - 1
+        return untrusted.decode_images(files)[which] if files else np.empty((0, *IMAGE_SHAPE), dtype=np.uint8)
 
     return Listing(where, classes, {s: np.array([c for _, c in names[s]], dtype=np.int64) for s in SPLITS}, decode)
 

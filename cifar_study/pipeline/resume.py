@@ -7,10 +7,13 @@ A state whose fingerprint (params + data + code) differs is ignored, and replace
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,16 +29,13 @@ from cifar_study.pipeline.code_deps import code_deps
 from cifar_study.pipeline.errors import first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import Params
+from cifar_study.pipeline.untrusted import md5_file
 
 
 def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
-    """A hash of JSON-able `parts` and of the contents of `files`."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    """A hash of JSON-able `parts` and of the contents of `files` (their md5s, as DVC knows them)."""
+    return hashlib.sha256(json.dumps([parts, [md5_file(f) for f in files]], sort_keys=True, default=str)
+                          .encode()).hexdigest()
 
 
 def run_key(params: Params) -> str:
@@ -65,12 +65,17 @@ def set_rng_state(loader: Any, rng: dict[str, Any]) -> None:
 
 @dataclass
 class ResumeStore:
+    """The resume state file. Saved after every epoch from a host copy, on a background thread, so that
+    serialising and writing 53 MB does not hold up the next epoch; one write is in flight at most."""
     path: Path
     key: str  # fingerprint of what the run depends on
     saved_epoch: int = field(default=0, init=False)  # complete epochs in the state (loaded or last saved)
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "resume"), init=False, repr=False)
+    _pending: Future | None = field(default=None, init=False, repr=False)
 
     def restore(self, state: TrainState, loader: Any) -> TrainResult | None:
         """Load a matching saved state into `state` and `loader`; return what it had produced, or None."""
+        self.wait()
         saved = self._load()
         if saved is None:
             return None
@@ -88,21 +93,37 @@ class ResumeStore:
     def saver(self, state: TrainState, loader: Any) -> Callable[[TrainResult], None]:
         """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
         def save(result: TrainResult) -> None:
-            buffer = io.BytesIO()
-            torch.save({**model_payload(state.model.state_dict(), result.history),
-                        "optimizer_state": state.optimizer.state_dict(), "step": state.step, "scaler_state": state.scaler.state_dict(),
-                        "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
-                        "replicas": [[r.row() for r in history] for history in result.replicas],
-                        "key": self.key}, buffer)
-            write_bytes(self.path, buffer.getbuffer(), now=True)  # at once: it must survive a crash of this run
-            self.saved_epoch = len(result.history)
+            self.wait()  # the previous epoch's write: its error, if any, stops training here
+            payload = _host_copy({
+                **model_payload(state.model.state_dict(), result.history),
+                "optimizer_state": state.optimizer.state_dict(), "step": state.step, "scaler_state": state.scaler.state_dict(),
+                "flow": [dataclasses.asdict(f) for f in result.flow], "rng": rng_state(state, loader),
+                "replicas": [[r.row() for r in history] for history in result.replicas], "key": self.key})
+            self._pending = self._writer.submit(self._write, payload, len(result.history))
         return save
+
+    def _write(self, payload: dict[str, Any], epochs: int) -> None:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_bytes(self.path, buffer.getbuffer(), now=True)  # at once: it must survive a crash of this run
+        self.saved_epoch = epochs
+
+    def wait(self) -> None:
+        """Until the write in flight, if any, is done; raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def progress(self, epochs: int) -> str:
         """'3 of 30 epochs saved in .train_state/train.pt': what an interrupted run keeps."""
+        if self._pending is not None:
+            futures.wait([self._pending])  # the count is of epochs on disk; a failed write has not raised it
         return f"{self.saved_epoch} of {epochs} epochs saved in {self.path}"
 
     def clear(self) -> None:
+        """Remove the state once the outputs are in place (a failed last write no longer matters then)."""
+        with contextlib.suppress(Exception):
+            self.wait()
         self.path.unlink(missing_ok=True)
 
     def _load(self) -> dict[str, Any] | None:
@@ -120,3 +141,14 @@ class ResumeStore:
             print(f"note: {self.path} is from other params, data or code; starting from epoch 1", flush=True)
             return None
         return saved
+
+
+def _host_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the host: training goes on changing the originals in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
