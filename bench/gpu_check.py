@@ -1,9 +1,13 @@
 """The GPU path in one run: device and versions, the CUDA tests, the benchmark with and without
-torch.compile, and the whole default study (the stage modules, without DVC or W&B) on the real
-images, once with the defaults (fp32) and once with the fastest options (reusing the first run's
-data and FLOPs, which no option changes), each stage timed, and the run-to-run spread: the default
-study's train and evaluate again for more `train.seed` values, side by side on the one GPU
-(`python -m cifar_study.spread --from-gpu-check summary.json` aggregates them).
+torch.compile, and the whole study (the stage modules, without DVC; W&B offline as shipped, where
+wandb is installed) on the real images: with the defaults (fp32), with the fastest options, and with
+train.replicas=8 (the last two reusing the first run's data and FLOPs, which no option changes), each
+stage timed and the train stage's phases recorded (data, setup, W&B start, epochs, outputs, W&B
+finish); and the run-to-run spread: the default study's train and evaluate again for more
+`train.seed` values, side by side on the one GPU (`python -m cifar_study.spread --from-gpu-check
+summary.json` aggregates them). summary.json's top level holds the device, the commit, whether the
+tree was clean, the W&B mode, default_train_s, fastest_train_s, replicas8_train_s and repro_s (every
+stage after fetch_data, default options); ratios are only ever taken within one run.
 
 Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. The data is the
 CIFAR-10 image-folder archive at data/raw/cifar10-jpg.tar.gz (git-ignored), or wherever --data or
@@ -75,6 +79,7 @@ SMOKE_SPREAD_SEEDS = (43,)
 # What neither a study's options nor a seed change: run once, in the default study, and copied after.
 UPSTREAM = ("fetch_data", "flops")
 SPREAD_STAGES = ("train", "evaluate")  # what a seed changes
+REPLICAS = 8  # the replicas study: train.replicas seeds trained together, against the default study's one
 RESULT_STAGES = ("fetch_data", "flops", "train", "evaluate")  # what study_results reads
 # What the stages and this script import; a machine without one of them is told so before any step.
 MODULES = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "yaml", "ruamel.yaml", "tqdm", "pytest")
@@ -112,6 +117,7 @@ class Step:
     rc: int | None = None
     note: str = ""
     tail: str = ""  # the end of its output, when it did not succeed
+    phases: dict = field(default_factory=dict)  # what the stage printed as `<stage>: phases (s) {...}`
 
     def line(self) -> str:
         rc = "" if self.rc is None else f", rc {self.rc}"
@@ -127,6 +133,7 @@ class Check:
     python: str
     data: Path
     work: Path | None = None  # the scratch folder holding each study's copy of the project
+    wandb: str = "disabled"  # the studies' W&B mode: offline, as shipped, where wandb imports
     started: float = field(default_factory=time.monotonic)
     steps: list[Step] = field(default_factory=list)
     summary: dict[str, Any] = field(init=False)
@@ -182,7 +189,7 @@ class Check:
             output = f.read().decode(errors="replace")
         self.log(f"===== {name}: {status} after {seconds:.1f} s\n")
         tail = "" if status == "ok" else self.portable(output[-3000:])
-        return self.record(Step(name, status, seconds, rc, tail=tail))
+        return self.record(Step(name, status, seconds, rc, tail=tail, phases=stage_phases(output)))
 
     def record(self, step: Step) -> Step:
         self.steps.append(step)
@@ -191,7 +198,7 @@ class Check:
         return step
 
     def write(self) -> None:
-        self.summary.update({"elapsed_s": round(time.monotonic() - self.started, 1),
+        self.summary.update({**headline(self.summary), "elapsed_s": round(time.monotonic() - self.started, 1),
                              "steps": [vars(s) for s in self.steps]})
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         (self.out / "summary.md").write_text(markdown(self.summary))
@@ -232,6 +239,7 @@ def environment(check: Check) -> None:
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     versions["git_commit"] = commit
+    check.summary.update(device=versions.get("device"), commit=commit, tree_clean=tree_clean())
     lines.append("$ versions\n" + json.dumps(versions, indent=2) + "\n")
     (check.out / "env.txt").write_text("\n".join(lines))
     check.summary["environment"] = versions
@@ -292,9 +300,10 @@ def study(check: Check, scratch: Path, options: dict[str, Any], seeds: tuple[int
             step = check.record(Step(f"{name}:{stage}", "reused", note=f"outputs copied from {upstream.name}"))
         else:
             step = check.run(f"{name}:{stage}", [check.python, "-m", f"stages.{stage}"], STAGE_CAP_S[stage],
-                             cwd=scratch, env={"WANDB_MODE": "disabled"})
+                             cwd=scratch, env={"WANDB_MODE": check.wandb})
             failed = None if step.status == "ok" else stage
-        record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2)}
+        record["stages"][stage] = {"status": step.status, "seconds": round(step.seconds, 2),
+                                   **({"phases": step.phases} if step.phases else {})}
     # A late stage (findings, visualize) cut off by the budget leaves the run's results readable.
     if all(finished(record, s) for s in RESULT_STAGES):
         problem = read_results(scratch, record)
@@ -305,6 +314,43 @@ def study(check: Check, scratch: Path, options: dict[str, Any], seeds: tuple[int
             spread(check, scratch, options, seeds)
     check.write()
     return record
+
+
+def stage_phases(output: str) -> dict[str, float]:
+    """The phases a stage printed (`train: phases (s) {"data": 1.2, ...}`, see cifar_study.core.runtime)."""
+    for line in reversed(output.splitlines()):
+        if ": phases (s) " in line:
+            try:
+                return json.loads(line.split(": phases (s) ", 1)[1])
+            except ValueError:
+                return {}
+    return {}
+
+
+def tree_clean() -> bool | None:
+    """Whether the checkout that runs is its commit exactly (no change, no untracked file); None without git."""
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() == "" if proc.returncode == 0 else None
+
+
+def headline(s: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a reader looks for first, at the summary's top level (None: that step did not finish)."""
+    studies = s.get("studies", {})
+
+    def stage_s(study: str, *stages: str) -> float | None:
+        record = studies.get(study, {}).get("stages", {})
+        if not all(record.get(st, {}).get("status") == "ok" for st in stages):
+            return None
+        return round(sum(record[st]["seconds"] for st in stages), 2)
+
+    default, replicas = stage_s("default", "train"), stage_s("replicas", "train")
+    return {"wandb": s.get("wandb"), "default_train_s": default, "fastest_train_s": stage_s("fastest", "train"),
+            f"replicas{REPLICAS}_train_s": replicas,
+            f"replicas{REPLICAS}_over_one": round(replicas / default, 3) if replicas and default else None,
+            "repro_s": stage_s("default", *STAGES[STAGES.index("fetch_data") + 1:])}
 
 
 def finished(record: dict[str, Any], stage: str) -> bool:
@@ -394,7 +440,7 @@ def write_project(scratch: Path, check: Check, options: dict[str, Any]) -> dict[
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     changes = {"data": {"source": "folder", "path": str(check.data.resolve())},
                "train": {"device": "cpu" if check.smoke else "cuda", **options},
-               "wandb": {"mode": "disabled"}}
+               "wandb": {"mode": check.wandb}}
     for changed in ([SMOKE] if check.smoke else []) + [changes]:
         for section, values in changed.items():
             params[section].update(values)
@@ -440,7 +486,11 @@ def markdown(s: dict[str, Any]) -> str:
     lines = [f"# GPU check ({s['mode']}), {s['started']}", "",
              f"Device: {env.get('device', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, "
              f"cuDNN {env.get('cudnn')}, triton {env.get('packages', {}).get('triton')}; "
-             f"git {str(env.get('git_commit', '?'))[:12]}; {s.get('elapsed_s', 0):.0f} s of a {s['budget_s']:.0f} s budget.", ""]
+             f"git {str(env.get('git_commit', '?'))[:12]}{'' if s.get('tree_clean') else ' (tree not clean)'}; "
+             f"{s.get('elapsed_s', 0):.0f} s of a {s['budget_s']:.0f} s budget; W&B {s.get('wandb')}.", "",
+             "Train stage, s: " + ", ".join(f"{k.removesuffix('_train_s')} {v}" for k, v in s.items()
+                                             if k.endswith("_train_s")) + f"; all stages after fetch_data "
+             f"(default options): {s.get('repro_s')} s.", ""]
     if "tests" in s:
         t = s["tests"]
         lines += [f"CUDA tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped"
@@ -544,7 +594,10 @@ def main() -> int:
     except OSError as exc:
         print(f"gpu_check: --out/OUT: cannot create {out} ({exc.strerror or exc}); nothing done", flush=True)
         return 2
-    check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data)
+    check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data,
+                  wandb="offline" if subprocess.run([sys.executable, "-c", "import wandb"],
+                                                    capture_output=True).returncode == 0 else "disabled")
+    check.summary["wandb"] = check.wandb
     print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
     if data_md5 is None:
         print(f"gpu_check: {data} not found, or not a regular file: the studies will fail (put the "
@@ -559,6 +612,7 @@ def main() -> int:
         fastest = study(check, work / "fastest", SMOKE_FASTEST if check.smoke else FASTEST, upstream=upstream)
         if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
             study(check, work / "fastest-no-cuda-graphs", NO_CUDA_GRAPHS, upstream=upstream)
+        study(check, work / "replicas", {"replicas": REPLICAS}, upstream=upstream)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cuda_tests(check)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path, proven in one command on your own CUDA machine: within 8 minutes, writes to $OUT (or
 # bench/results/gpu-<date>/) the device and versions, the CUDA tests (pytest -m cuda), the benchmark
-# with and without torch.compile, and the whole study through the stage modules (no DVC, no W&B) on
-# data/raw/cifar10-jpg.tar.gz, with the defaults and with the fastest options. See bench/gpu_check.py.
+# with and without torch.compile, and the whole study through the stage modules (no DVC; W&B offline)
+# on data/raw/cifar10-jpg.tar.gz, with the defaults, the fastest options and train.replicas=8.
+# See bench/gpu_check.py.
 #
 #   bash bench/gpu_check.sh               # needs CUDA; without it, says so and does nothing
 #   bash bench/gpu_check.sh --cpu-smoke   # the same steps on the CPU, tiny: checks the script itself

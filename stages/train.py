@@ -9,7 +9,7 @@ from cifar_study.core.history import EpochRecord
 from cifar_study.core.loader import make_loader
 from cifar_study.core.model import build_model
 from cifar_study.core.replicas import ReplicaLoader, batched_on, build_replicas
-from cifar_study.core.runtime import resolve_device, seed_everything
+from cifar_study.core.runtime import Phases, resolve_device, seed_everything
 from cifar_study.core.training import setup, train
 from cifar_study.observe.live import FanOut, LiveLogger
 from cifar_study.observe.wandb_run import Tracker, wandb_group
@@ -24,6 +24,7 @@ from cifar_study.pipeline.untrusted import md5_file
 
 
 def main() -> None:
+    phases = Phases("train")
     params = load_params()
     p = params.train
     device = resolve_device(p.device)
@@ -50,11 +51,14 @@ def main() -> None:
         build_replicas(params.model, len(classes), p.seed, p.replicas, batched=batched_on(device))
     key = run_key(params)  # keys the resume state and names the W&B group
     resume = ResumeStore(Path(paths.RESUME), key)
+    phases.done("data")  # params, data, loaders, model
     state = setup(model, p, device, d)
     live = LiveLogger(paths.LIVE, enabled=d.main)
+    phases.done("setup")
     with Tracker(params.wandb, "train", wandb_group(key), {"model": params.section("model"),
                  "train": params.section("train"), "data": params.section("data")}, enabled=d.main) as tracker:
         tracker.log_model_cost(params.model, len(classes))
+        phases.done("wandb_start")
         try:
             result = train(state, train_loader, heldout_loader, heldout_name, FanOut(tracker, live),
                            result=resume.restore(state, train_loader),
@@ -68,6 +72,7 @@ def main() -> None:
             distributed.shutdown(d)
         if not d.main:
             return  # rank 0 alone writes the outputs
+        phases.done("epochs")  # epoch 1 includes torch.compile's compilation and cuDNN's tuning
 
         # model.pt's weights are replica 0's (the study's seed); Adam's state stays in the resume state
         payload = model_payload(model.state_dict() if p.replicas == 1 else model.replica_state(0), result.history)
@@ -89,6 +94,9 @@ def main() -> None:
         after_outputs(resume.clear)
         after_outputs(live.finish)
         tracker.summary(metrics)
+        phases.done("outputs")
+    phases.done("wandb_finish")
+    print(phases.line(), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import yaml
 
@@ -60,3 +62,11 @@ def test_imports_are_followed_through_packages_and_from_imports(tmp_path):
     (tmp_path / "cifar_study/observe/wandb_run.py").write_text("from cifar_study.c import x\n")
     (tmp_path / "cifar_study/c.py").write_text("")
     assert code_deps("stages/s.py", tmp_path) == ["cifar_study/a.py", "cifar_study/b.py", "stages/s.py"]
+
+
+def test_stages_that_only_read_tables_start_without_pytorch():
+    """findings and visualize compute with numpy and matplotlib: importing PyTorch (a second or more) is waste.
+    findings' W&B run loads it only to read the checkpoint's run key."""
+    code = "import sys, stages.findings, stages.visualize; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

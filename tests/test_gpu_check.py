@@ -124,11 +124,26 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     status = {step["name"]: step["status"] for step in s["steps"]}
     ran = [f"default:{stage}" for stage in gpu_check.STAGES] + [f"spread:seed-{seed}" for seed in
                                                                 gpu_check.SMOKE_SPREAD_SEEDS]
-    ran += [f"fastest:{stage}" for stage in gpu_check.STAGES if stage not in gpu_check.UPSTREAM]
-    reused = [f"fastest:{stage}" for stage in gpu_check.UPSTREAM]  # no option changes the data or the FLOPs
+    ran += [f"{study}:{stage}" for study in ("fastest", "replicas") for stage in gpu_check.STAGES
+            if stage not in gpu_check.UPSTREAM]
+    reused = [f"{study}:{stage}" for study in ("fastest", "replicas")  # no option changes the data or the FLOPs
+              for stage in gpu_check.UPSTREAM]
     assert status == {"environment": "ok", "cuda tests": "ok", **{n: "ok" for n in ran},
                       **{n: "reused" for n in reused}, "bench-eager": "ok", "bench-compile": "not run"}
     assert s["data_md5"] == hashlib.md5(archive.read_bytes()).hexdigest()
+    # The headline, at the top level: W&B is off here because wandb cannot be imported, and says so.
+    studies = s["studies"]
+    assert s["wandb"] == "disabled" and s["device"] and len(s["commit"]) == 40 and isinstance(s["tree_clean"], bool)
+    assert s["default_train_s"] == studies["default"]["stages"]["train"]["seconds"]
+    assert s["fastest_train_s"] == studies["fastest"]["stages"]["train"]["seconds"]
+    assert s["replicas8_train_s"] == studies["replicas"]["stages"]["train"]["seconds"]
+    assert s["replicas8_over_one"] == pytest.approx(s["replicas8_train_s"] / s["default_train_s"], abs=1e-3)
+    assert s["repro_s"] == pytest.approx(sum(studies["default"]["stages"][st]["seconds"] for st in
+                                             ("flops", "train", "evaluate", "findings", "visualize")), abs=0.02)
+    phases = studies["default"]["stages"]["train"]["phases"]
+    assert set(phases) == {"data", "setup", "wandb_start", "epochs", "outputs", "wandb_finish"}
+    assert sum(phases.values()) < studies["default"]["stages"]["train"]["seconds"]  # the rest is start-up
+    assert studies["replicas"]["options"] == {"replicas": 8} and studies["replicas"]["epochs"] == 2
     tests = s["tests"]
     assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == []  # no CUDA here: collected, skipped
 

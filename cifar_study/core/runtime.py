@@ -1,7 +1,9 @@
-"""Choosing the device and making runs repeatable."""
+"""Choosing the device, making runs repeatable, and saying where a stage's time went."""
 from __future__ import annotations
 
+import json
 import random
+import time
 
 import numpy as np
 import torch
@@ -25,3 +27,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+class Phases:
+    """Wall time of a stage's phases since the last one ended, printed as one line (bench/gpu_check.py
+    reads it; the process's start-up is its wall time less these)."""
+
+    def __init__(self, stage: str):
+        self.stage, self.last, self.seconds = stage, time.perf_counter(), {}
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
+
+    def line(self) -> str:
+        return f"{self.stage}: phases (s) {json.dumps(self.seconds)}"
