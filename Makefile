@@ -22,6 +22,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 repro: $(STAMP)
+	python -m cifar_study.observe.live
 	dvc repro
 
 # The workspace, HEAD and every experiment: headline metrics and changed params in 120 columns.

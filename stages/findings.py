@@ -4,8 +4,6 @@ import dataclasses
 from cifar_study.analysis.claims import check_claims, flow_evidence
 from cifar_study.analysis.dynamics import analyse
 from cifar_study.analysis.flow_health import assess
-from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
-from cifar_study.core.flow import snapshots_from_rows
 from cifar_study.core.history import EpochRecord
 from cifar_study.observe.wandb_run import Tracker, wandb_group, wandb_mode
 from cifar_study.pipeline import paths, stage_inputs
@@ -17,9 +15,9 @@ from cifar_study.pipeline.stage import run_stage
 def main() -> None:
     params = load_params()
     # Parsed like visualize's inputs: a missing, cut, non-numeric or special file is one line naming it.
-    flow = stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"], finite=False)
+    flow = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FLOW):
-        health = assess(snapshots_from_rows(flow))
+        health = assess(flow)
     history = [EpochRecord.from_row(r) for r in stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())]
     dynamics = analyse(history)
     claims = check_claims(health, dynamics, params.train.flow_every)

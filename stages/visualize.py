@@ -4,8 +4,6 @@ import math
 import numpy as np
 
 from cifar_study.analysis import figures
-from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
-from cifar_study.core.flow import snapshots_from_rows
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.scores import confusion_matrix
 from cifar_study.pipeline import paths, stage_inputs
@@ -26,9 +24,7 @@ def main() -> None:
     history = stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())
     with stage_inputs.reading(paths.TRAIN_METRICS):
         heldout_name = str(read_json(paths.TRAIN_METRICS)["heldout_split"])
-    with stage_inputs.reading(paths.FLOW):
-        snapshots = snapshots_from_rows(stage_inputs.read_table(paths.FLOW, [c for c in FLOW_COLUMNS if c != "layer"],
-                                                                finite=False))
+    snapshots = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
     with stage_inputs.reading(paths.REPLICAS):

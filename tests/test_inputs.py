@@ -270,6 +270,20 @@ def visualize_inputs(ctx: Ctx, predictions: str) -> None:
         "plots/data/predictions.csv": predictions.encode()})
 
 
+FLOW_HEADER = "step,epoch,layer,grad_mean,grad_max,weight_mean,weight_max,update_ratio\n"
+
+
+def flow_of(ctx: Ctx, rows: str) -> dict:
+    """visualize's inputs with flow.csv holding `rows` (findings reads the same file first)."""
+    visualize_inputs(ctx, "index,actual,predicted,confidence\n")
+    (ctx.repo / "plots/data/flow.csv").write_text(FLOW_HEADER + rows)
+    return {}
+
+
+def flow_refused(why: str) -> str:
+    return rf"^error: plots/data/flow.csv: unreadable or not written by this pipeline \(ValueError: {why}\): run dvc repro train$"
+
+
 def replaced_by_fifo(ctx: Ctx, path: str) -> dict:
     """A FIFO where an earlier stage's output should be: opening it would wait for a writer forever."""
     visualize_inputs(ctx, "index,actual,predicted,confidence\n")
@@ -356,6 +370,21 @@ ROWS = [
     Row("hang", "visualize-train-metrics-fifo", "visualize",
         r"^error: metrics/train.json is a FIFO \(named pipe\), not a regular file$",
         lambda c: replaced_by_fifo(c, "metrics/train.json"), max_seconds=30),
+    # flow.csv as train writes it, or refused: text that matplotlib would parse, sizes below 0, ragged steps
+    Row("hostile", "flow-layer-mathtext", "visualize", flow_refused(r"line 2: layer '\$\\\\foo\{\$' is not a module name"),
+        lambda c: flow_of(c, "0,1,$\\foo{$,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("hostile", "flow-layer-html", "findings", flow_refused(r"line 3: layer '<img src=x>' is not a module name"),
+        lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n0,1,<img src=x>,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("numbers", "flow-negative-size", "findings", flow_refused(r"line 2: a negative statistic .*"),
+        lambda c: flow_of(c, "0,1,fc1,-0.1,0.2,0.3,0.4,0.001\n")),
+    Row("numbers", "flow-minus-infinity", "visualize", flow_refused(r"line 2: a negative statistic .*"),
+        lambda c: flow_of(c, "0,1,fc1,0.1,-inf,0.3,0.4,0.001\n")),
+    Row("numbers", "flow-ragged-layers", "visualize", flow_refused(r"step 5: its epoch goes back, or its layers are not step 0's"),
+        lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n5,1,fc2,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("numbers", "flow-steps-back", "findings", flow_refused(r"steps are not in order from 0 or more"),
+        lambda c: flow_of(c, "5,1,fc1,0.1,0.2,0.3,0.4,0.001\n3,2,fc1,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("numbers", "flow-layer-twice", "visualize", flow_refused(r"step 0: a layer named twice, or an epoch below 1"),
+        lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n0,1,fc1,0.1,0.2,0.3,0.4,0.001\n")),
     Row("numbers", "findings-nan-accuracy", "findings",
         r"^error: plots/data/history.csv: unreadable or not written by this pipeline \(ValueError: line 2: "
         r"heldout_acc is nan, not a finite number\): run dvc repro train$",

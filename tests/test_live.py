@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import yaml
 
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.training import NullLogger
-from cifar_study.observe.live import FanOut, LiveLogger
-from tests.conftest import project, run_stage, stage
+from cifar_study.observe.live import HELDOUT_NAMES, FanOut, LiveLogger, check_leftover, live_dvcyaml
+from tests.conftest import ROOT, project, run_stage, stage
 
 
 def record(epoch: int) -> EpochRecord:
@@ -137,6 +139,7 @@ def test_live_files_after_the_first_epoch_of_a_stopped_run(tmp_path):
         assert curve(live, split, stat) == [(1, value)]
     spec = yaml.safe_load((live / "dvc.yaml").read_text())
     assert all((live / path).is_file() for plot in spec["plots"] for d in plot.values() for path in d["y"])
+    assert check_leftover(live) is None  # `make repro`'s check passes the file an interrupted run leaves
     # the final outputs are written only when the run completes
     assert not (repo / "metrics/train.json").exists() and not (repo / "plots/data/history.csv").exists()
 
@@ -158,3 +161,35 @@ def test_live_files_after_the_first_epoch_of_a_stopped_run(tmp_path):
     history = (repo / "plots/data/history.csv").read_text().splitlines()
     assert len(history) == 1 + 3
     assert [float(v) for v in history[1].split(",")[1:5]] == pytest.approx(live_values, abs=1e-6)
+
+
+@pytest.mark.parametrize("leftover", ["garbage", "another-dvc-yaml", "symlink", "fifo", "directory"])
+def test_a_leftover_live_dvc_yaml_that_dvc_would_stop_on_is_explained(tmp_path, leftover):
+    """DVC reads every dvc.yaml in the project: a damaged dvclive/dvc.yaml stops `dvc repro` naming the file
+    and nothing else. `make repro` checks it first: one line saying what it is and what to do, exit 2."""
+    repo = tmp_path / "proj"
+    live = repo / "dvclive"
+    live.mkdir(parents=True)
+    target = live / "dvc.yaml"
+    if leftover == "garbage":
+        target.write_text("stages: [\n  {{{ garbage\n")
+    elif leftover == "another-dvc-yaml":
+        target.write_text("plots:\n  - 42: {x: 1}\nfoo: bar\n")
+    elif leftover == "symlink":
+        (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump(live_dvcyaml("test"), sort_keys=False))
+        target.symlink_to(tmp_path / "elsewhere.yaml")
+    elif leftover == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "cifar_study.observe.live"], cwd=repo, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: dvclive/dvc.yaml is not the live-progress file a train run writes (DVC would refuse to run with it): "
+        "remove dvclive/ (progress files only: results are in metrics/ and plots/), then run again"], proc.stderr
+    target.unlink() if not target.is_dir() or target.is_symlink() else target.rmdir()
+    for name in HELDOUT_NAMES:  # what train writes passes, and so does no file at all
+        assert check_leftover(live) is None
+        target.write_text(yaml.safe_dump(live_dvcyaml(name), sort_keys=False))
+        assert check_leftover(live) is None
+        target.unlink()

@@ -58,3 +58,18 @@ def test_dvc_confusion_plot_has_the_axes_of_the_png_beside_it():
     ax = figures.confusion_figure(np.eye(3, dtype=int), ["a", "b", "c"]).axes[0]
     assert (spec["x_label"], spec["y_label"]) == (ax.get_xlabel(), ax.get_ylabel())
     assert (spec["x"], next(iter(spec["y"].values()))) == ("predicted", "actual")
+
+
+def test_a_gradient_that_was_nan_or_infinite_is_a_blank_cell_not_a_failure(tmp_path):
+    """fp16 training can record an infinite gradient (a step GradScaler then skips): the figures still draw."""
+    snaps = snapshots(3)
+    snaps[1] = FlowSnapshot(10, 2, LAYERS, [[np.inf, np.inf, 0.1, 1.0, 1e-3], [np.nan, np.nan, 0.1, 1.0, np.nan],
+                                            [0.0, 0.0, 0.1, 1.0, 0.0]])
+    drawn = [figures.flow_heatmap(snaps), figures.flow_health_figure(snaps, {"fc1": ["dead"]}),
+             figures.flow_bars(snaps, "grad")]
+    for i, fig in enumerate(drawn):
+        figures.save_figure(fig, tmp_path / f"{i}.png", 50)
+    cells = drawn[0].axes[0].images[0].get_array()
+    assert cells.mask[:, 1].all() and not cells.mask[:, 0].any()  # the bad column blank, the others drawn
+    every_value_bad = [FlowSnapshot(0, 1, LAYERS, [[np.nan] * 5] * len(LAYERS))]
+    figures.save_figure(figures.flow_heatmap(every_value_bad), tmp_path / "blank.png", 50)

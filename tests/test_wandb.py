@@ -190,6 +190,21 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
         assert tracker.run.id != first
 
 
+def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_path, capsys):
+    """An id file copied in (or left by a run whose folder was deleted) names no earlier run here."""
+    from cifar_study.observe.wandb_run import Tracker, resume_id_file
+    from cifar_study.pipeline.params import WandbParams
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    planted = resume_id_file("train", "run-x")
+    planted.parent.mkdir(parents=True)
+    planted.write_text("abc123elsewhere\n")
+    with Tracker(WandbParams(mode="offline"), "train", "run-x", {}) as tracker:
+        assert tracker.run.id == "abc123elsewhere"
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "(a new W&B run with the id abc123elsewhere found in " in out
+
+
 def test_a_run_id_that_cannot_be_resumed_is_dropped(monkeypatch, tmp_path, capsys):
     """wandb.init failing on a kept id (a run deleted online, say): one warning, and the next run starts afresh."""
     import wandb

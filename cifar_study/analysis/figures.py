@@ -106,6 +106,16 @@ def prediction_grid(images: np.ndarray, actual: list[str], predicted: list[str])
     return fig
 
 
+def _loggable(values: np.ndarray) -> np.ndarray:
+    """`values` with what a log scale cannot show (0, and a gradient that was NaN or infinite) left blank."""
+    return np.where(np.isfinite(values) & (values > 0), values, np.nan)
+
+
+def _log_norm(values: np.ndarray) -> LogNorm | None:
+    shown = values[np.isfinite(values)]
+    return LogNorm(vmin=shown.min(), vmax=shown.max()) if shown.size else None
+
+
 def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
     """Mean and max |grad| or |W| per layer, at the first, middle and last snapshot (log scale)."""
     label = {"grad": "|gradient|", "weight": "|weight|"}[quantity]
@@ -118,7 +128,7 @@ def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
     for ax, stat in zip(axes, ("mean", "max")):
         for k, i in enumerate(picks):
             snap = snapshots[i]
-            ax.bar(x + (k - (len(picks) - 1) / 2) * width, snap.stat(f"{quantity}_{stat}"), width,
+            ax.bar(x + (k - (len(picks) - 1) / 2) * width, _loggable(np.array(snap.stat(f"{quantity}_{stat}"))), width,
                    label=f"step {snap.step} (epoch {snap.epoch})")
         ax.set_yscale("log")
         ax.set_xticks(x, layers, rotation=45, ha="right")
@@ -133,13 +143,10 @@ def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
 
 def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
     """Mean |gradient| of every layer at every snapshot: the whole run in one picture."""
-    values = np.array([snap.stat("grad_mean") for snap in snapshots]).T  # (layers, steps)
+    values = _loggable(np.array([snap.stat("grad_mean") for snap in snapshots]).T)  # (layers, steps)
     fig = Figure(figsize=(11, 4.5))
     ax = fig.subplots()
-    positive = values[values > 0]
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
-    image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="viridis", norm=norm,
-                      interpolation="nearest")
+    image = ax.imshow(values, aspect="auto", cmap="viridis", norm=_log_norm(values), interpolation="nearest")
     fig.colorbar(image, ax=ax, label="mean |gradient| (log scale)")
     steps = [snap.step for snap in snapshots]
     tick_idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
@@ -156,11 +163,8 @@ def flow_health_figure(snapshots: list[FlowSnapshot], flags: dict[str, list[str]
     layers, steps = snapshots[0].layers, [snap.step for snap in snapshots]
     fig = Figure(figsize=(14, 4.8))
     left, right = fig.subplots(1, 2, width_ratios=(1.1, 1))
-    values = np.array([snap.stat("grad_mean") for snap in snapshots]).T
-    positive = values[np.isfinite(values) & (values > 0)]
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
-    image = left.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="viridis", norm=norm,
-                        interpolation="nearest")
+    values = _loggable(np.array([snap.stat("grad_mean") for snap in snapshots]).T)
+    image = left.imshow(values, aspect="auto", cmap="viridis", norm=_log_norm(values), interpolation="nearest")
     fig.colorbar(image, ax=left, label="mean |gradient| (log scale)")
     left.set_yticks(np.arange(len(layers)), [f"{name}  ⚠ {', '.join(flags[name])}" if flags.get(name) else name
                                              for name in layers])
@@ -173,7 +177,7 @@ def flow_health_figure(snapshots: list[FlowSnapshot], flags: dict[str, list[str]
     left.set(title=f"Gradient flow over the run: {verdict}", xlabel="training step (batch)", ylabel="layer")
     ratios = np.array([snap.stat("update_ratio") for snap in snapshots]).T
     for name, row in zip(layers, ratios):
-        right.plot(steps, np.where(row > 0, row, np.nan), marker="." if len(steps) < 30 else None,
+        right.plot(steps, _loggable(row), marker="." if len(steps) < 30 else None,
                    linestyle="--" if flags.get(name) else "-", label=name + (" ⚠" if flags.get(name) else ""))
     right.axhline(1e-3, color="black", linewidth=1, linestyle=":", label="rule of thumb 1e-3")
     right.set_yscale("log")

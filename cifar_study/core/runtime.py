@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import random
 import time
 
@@ -21,6 +22,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not mps:
         raise ParamError("train.device: 'mps' asked for, but Apple MPS is not available here (use auto or cpu)")
     return torch.device(name)
+
+
+def slow_bf16(device: torch.device) -> bool:
+    """Whether bf16 on `device` is emulated: an x86 CPU without AVX512-BF16 or AMX. Measured on a 2-core
+    AVX2 CPU: a bf16 step 12x slower than fp32 (notes/2026-11-28-cpu-bf16.md)."""
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    native = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return not any(check() for check in native if check is not None)
 
 
 def seed_everything(seed: int) -> None:

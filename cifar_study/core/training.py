@@ -7,6 +7,7 @@ a terminal), so a GPU never waits on the host inside an epoch.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
@@ -22,6 +23,7 @@ from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.flow_stats import add_update_ratio, flow_parameters, read_snapshots, take_snapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.replicas import Replicas, replica_losses
+from cifar_study.core.runtime import slow_bf16
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.params import TrainParams
 
@@ -99,6 +101,9 @@ def setup(model: nn.Module, p: TrainParams, device: torch.device, d: Dist = Dist
     if p.channels_last:
         model.to(memory_format=torch.channels_last)
     autocast(device, p.amp)  # refuses an unusable amp setting before any work
+    if p.amp == "bf16" and slow_bf16(device) and d.main:
+        print("warning: train.amp: bf16 on this CPU is emulated (no AVX512-BF16 or AMX): expect it to be many "
+              "times slower than train.amp: none, not faster", file=sys.stderr, flush=True)
     forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.active else model
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, fused=True if p.fused_adam else None)

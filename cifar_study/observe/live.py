@@ -18,17 +18,23 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
-from torch import nn
 
 from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
-from cifar_study.core.training import TrainLogger
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.errors import first_line
+from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path
+from cifar_study.pipeline.untrusted import read_bounded
+
+if TYPE_CHECKING:  # for annotations only: `make repro` checks a leftover dvclive/dvc.yaml without PyTorch
+    from torch import nn
+
+    from cifar_study.core.training import TrainLogger
+
+HELDOUT_NAMES = ("test", "val")  # what heldout_split returns
 
 
 def live_dvcyaml(heldout_name: str) -> dict[str, Any]:
@@ -40,6 +46,22 @@ def live_dvcyaml(heldout_name: str) -> dict[str, Any]:
     return {"metrics": ["metrics.json"],
             "plots": [curves("loss", "Live: loss per epoch (run in progress)", "cross-entropy loss"),
                       curves("acc", "Live: accuracy per epoch (run in progress)", "accuracy")]}
+
+
+def check_leftover(directory: str | Path = paths.LIVE) -> str | None:
+    """Why `dvc repro` would stop on `directory`/dvc.yaml (DVC reads every dvc.yaml in the project, and
+    names this one without saying what it is), as one line; None when it is absent or as train writes it."""
+    path = Path(directory) / "dvc.yaml"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        text = read_bounded(path, 1 << 20).decode()
+    except (UserError, OSError, UnicodeDecodeError) as exc:
+        text = f"unreadable: {first_line(exc)}"
+    if not path.is_symlink() and text in (yaml.safe_dump(live_dvcyaml(h), sort_keys=False) for h in HELDOUT_NAMES):
+        return None
+    return (f"{path} is not the live-progress file a train run writes (DVC would refuse to run with it): "
+            f"remove {directory}/ (progress files only: results are in metrics/ and plots/), then run again")
 
 
 class LiveLogger:
@@ -131,3 +153,10 @@ class FanOut:
         for logger in self.loggers:
             if logger.histograms_due(step):
                 logger.take_histograms(model, step)
+
+
+if __name__ == "__main__":  # `make repro` runs this first: a leftover that DVC would stop on, explained
+    problem = check_leftover()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)

@@ -201,7 +201,11 @@ class Tracker:
             pass  # a folder we cannot write: _remember has warned already
 
     def _say_where(self, stage: str, mode: str, resumed: str | None) -> None:
-        again = f" (resuming the interrupted W&B run {resumed})" if resumed else ""
+        again = ""
+        if resumed and self._ran_before(mode, resumed):
+            again = f" (resuming the interrupted W&B run {resumed})"
+        elif resumed:  # an id file copied from elsewhere, or a run deleted since: say what really happens
+            again = f" (a new W&B run with the id {resumed} found in {self._id_file}: no earlier run of it exists)"
         if mode == "offline":
             where = self.run.settings.sync_dir
             # a resumed offline run is one directory per attempt; `wandb sync` joins them in start order
@@ -209,6 +213,14 @@ class Tracker:
             print(f"{stage}: W&B offline run in {where}{again}; upload it with: wandb sync {upload}", flush=True)
         else:
             print(f"{stage}: W&B run at {self.run.url}{again} (online: synced as it runs)", flush=True)
+
+    def _ran_before(self, mode: str, run_id: str) -> bool:
+        """Whether `run_id` was really run before: online, W&B says it resumed; offline, a folder of an
+        earlier attempt is here (wandb sync joins them)."""
+        if mode != "offline":
+            return bool(getattr(self.run, "resumed", False))
+        this = Path(self.run.settings.sync_dir)
+        return any(d != this for d in (Path(wandb_root()) / "wandb").glob(f"offline-run-*-{run_id}"))
 
     @property
     def active(self) -> bool:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
+from cifar_study.core.flow import STATS, FlowSnapshot, snapshots_from_rows
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import read_csv
@@ -60,6 +63,33 @@ def read_table(path: str, numeric: Sequence[str], finite: bool = True) -> list[d
                 if not math.isfinite(float(r[key])) and finite:
                     raise ValueError(f"line {line}: {key} is {r[key]}, not a finite number")
         return rows
+
+
+LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,99}")  # a module path, as named_parameters() gives it
+
+
+def read_flow(path: str) -> list[FlowSnapshot]:
+    """flow.csv's snapshots, checked as train writes them: whole numbers for step and epoch, module names
+    for layers, statistics that are not negative (NaN and infinity stay: an exploding gradient is
+    evidence), the same layers at every step, steps and epochs in order."""
+    rows = read_table(path, [c for c in FLOW_COLUMNS if c != "layer"], finite=False)
+    with reading(path):
+        for line, r in enumerate(rows, start=2):
+            if not LAYER_NAME.fullmatch(r["layer"]):
+                raise ValueError(f"line {line}: layer {r['layer'][:40]!r} is not a module name")
+            if any(float(r[s]) < 0 for s in STATS):
+                raise ValueError(f"line {line}: a negative statistic (all are sizes: |grad|, |W|, |ΔW| / |W|)")
+        snapshots = snapshots_from_rows(rows)
+        steps = [int(r["step"]) for r in rows]
+        if steps != sorted(steps) or steps[0] < 0:
+            raise ValueError("steps are not in order from 0 or more")
+        for snap, before in zip(snapshots[1:], snapshots):
+            if snap.epoch < before.epoch or snap.layers != snapshots[0].layers:
+                raise ValueError(f"step {snap.step}: its epoch goes back, or its layers are not step "
+                                 f"{snapshots[0].step}'s")
+        if len(set(snapshots[0].layers)) != len(snapshots[0].layers) or snapshots[0].epoch < 1:
+            raise ValueError(f"step {snapshots[0].step}: a layer named twice, or an epoch below 1")
+        return snapshots
 
 
 def mismatch(made: str, used: str, why: str) -> UpstreamError:
