@@ -173,13 +173,13 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
     offline = WandbParams(mode="offline")
     with pytest.raises(KeyboardInterrupt):
         with Tracker(offline, "train", "run-x", {}) as tracker:
-            first = tracker.run.id
+            first = tracker.run_id
             raise KeyboardInterrupt
     assert resume_id_file("train", "run-x").read_text().strip() == first
     with Tracker(offline, "evaluate", "run-x", {}) as other:  # another stage: its own run
-        assert other.run.id != first
+        assert other.run_id != first
     with Tracker(offline, "train", "run-x", {}) as tracker:
-        assert tracker.run.id == first
+        assert tracker.run_id == first
     out = capsys.readouterr().out
     assert f"(resuming the interrupted W&B run {first}); upload it with: wandb sync " in out
     assert f"offline-run-*-{first}*" in out
@@ -187,7 +187,7 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
     logs = sorted(tmp_path.glob(f"wandb/offline-run-*-{first}*/run-{first}.wandb"))
     assert len(logs) == 2 and {run_info(log)["run_id"] for log in logs} == {first}
     with Tracker(offline, "train", "run-x", {}) as tracker:
-        assert tracker.run.id != first
+        assert tracker.run_id != first
 
 
 def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_path, capsys):
@@ -200,7 +200,7 @@ def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_pa
     planted.parent.mkdir(parents=True)
     planted.write_text("abc123elsewhere\n")
     with Tracker(WandbParams(mode="offline"), "train", "run-x", {}) as tracker:
-        assert tracker.run.id == "abc123elsewhere"
+        assert tracker.run_id == "abc123elsewhere"
     out = capsys.readouterr().out
     assert "resuming" not in out and "(a new W&B run with the id abc123elsewhere found in " in out
 

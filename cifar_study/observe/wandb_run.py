@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # PyTorch is imported where it is used: the findings stage lo
     from cifar_study.observe.histograms import PendingHistograms
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
-INTERRUPT_WAIT_S = 2  # Ctrl-C: how long queued logs may still take before they are dropped
+INTERRUPT_WAIT_S = 1  # Ctrl-C: how long queued logs may still take before they are dropped
 
 
 def wandb_mode(p: WandbParams) -> str:
@@ -150,8 +150,10 @@ class Tracker:
     """One W&B run for one stage: `job_type` is the stage, `group` ties a pipeline run's stages together."""
 
     def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any], enabled: bool = True):
-        self.run = None
+        self.run = None  # set on the logging thread once wandb.init returns
         self.wandb = None
+        self._on = False  # W&B started or starting, and not failed since
+        self._started: Future | None = None
         self.watch, self.watch_every = p.watch, p.watch_every
         self._flows: list[FlowSnapshot] = []  # this epoch's, logged with it (log_epoch)
         self._histograms: list[PendingHistograms] = []
@@ -174,12 +176,19 @@ class Tracker:
         # dashboard shows one run per stage and experiment, not a failed one beside a second.
         self._id_file = resume_id_file(stage, group)
         resumed = unfinished_id(self._id_file)
-        self.run = self._guard("init", lambda: wandb.init(
-            project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
-            name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
-            id=resumed, resume="allow" if resumed else None,
-            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True)), always=True)
+        settings = dict(project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
+                        name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
+                        id=resumed, resume="allow" if resumed else None,
+                        settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True))
+        # Started on the logging thread, the first of its tasks: wandb.init takes seconds (more online),
+        # and the stage loads its data and model meanwhile. Every log is queued behind it.
+        self._on = True
+        self._started = self._worker.submit(self._start, stage, mode, resumed, settings)
+
+    def _start(self, stage: str, mode: str, resumed: str | None, settings: dict[str, Any]) -> None:
+        self.run = self._guard("init", lambda: self.wandb.init(**settings), always=True)
         if self.run is None:
+            self._on = False
             self._forget()  # a run that cannot be resumed (deleted online, say) must not fail every retry
             return
         self._remember(self.run.id)
@@ -222,16 +231,26 @@ class Tracker:
         this = Path(self.run.settings.sync_dir)
         return any(d != this for d in (Path(wandb_root()) / "wandb").glob(f"offline-run-*-{run_id}"))
 
+    def _wait_started(self) -> None:
+        if self._started is not None:
+            self._started.result()
+
     @property
     def active(self) -> bool:
-        return self.run is not None
+        """Whether W&B runs (waiting for it to start, if it is starting)."""
+        self._wait_started()
+        return self._on and self.run is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.active else None
 
     def _warn(self, what: str, exc: BaseException) -> None:
         print(f"warning: W&B {what} failed ({type(exc).__name__}: {first_line(exc)}); continuing without W&B",
               file=sys.stderr, flush=True)
 
     def _guard(self, what: str, call: Callable[[], Any], always: bool = False) -> Any:
-        if self.run is None and not always:
+        if not self._on and not always:
             return None
         try:
             return call()
@@ -242,11 +261,11 @@ class Tracker:
 
     def _submit(self, what: str, call: Callable[[], Any]) -> None:
         """Run `call` on the logging thread (guarded); returns at once."""
-        if self.run is not None:
+        if self._on:
             self._worker.submit(self._guard, what, call)
 
     def _shutdown(self) -> None:
-        run, self.run = self.run, None
+        run, self.run, self._on = self.run, None, False
         if run is not None:
             try:
                 run.finish(exit_code=1)
@@ -275,7 +294,7 @@ class Tracker:
         self._submit("log", lambda: self.run.log(values, step=step))
 
     def log_flow(self, snapshot: FlowSnapshot) -> None:
-        if self.run is not None:
+        if self._on:
             self._flows.append(snapshot)
 
     def _log_flow(self, snapshot: FlowSnapshot) -> None:
@@ -291,7 +310,7 @@ class Tracker:
         self._submit("log", log)
 
     def histograms_due(self, step: int) -> bool:
-        return self.run is not None and self.watch != "none" and step % self.watch_every == 0
+        return self._on and self.watch != "none" and step % self.watch_every == 0
 
     def take_histograms(self, model: nn.Module, step: int) -> None:
         """`gradients/<parameter>` and `parameters/<parameter>` histograms at the global batch `step`.
@@ -316,7 +335,7 @@ class Tracker:
     def log_replicas(self, seeds: list[int], histories: list[list[EpochRecord]], heldout_name: str) -> None:
         """Every replica's per-epoch history as one table with a `replica` column (one dashboard, not k),
         and its held-out accuracy per replica as one chart."""
-        if self.run is None:
+        if not self._on:
             return
         wandb = self.wandb
         columns = ["replica", "seed", *EpochRecord.columns()]
@@ -338,7 +357,7 @@ class Tracker:
     def log_evaluation(self, actual: np.ndarray, predicted: np.ndarray, classes: list[str], per_class: np.ndarray,
                        sample: np.ndarray, images: np.ndarray) -> None:
         """Confusion matrix, per-class accuracy and sample predictions (`sample` indexes the test split)."""
-        if self.run is None:
+        if not self._on:
             return
         wandb = self.wandb
 
@@ -363,7 +382,7 @@ class Tracker:
     def log_model_cost(self, p: ModelParams, num_classes: int) -> None:
         """`GFLOPs` as a metric at the start of the run (step 0, as the original study logs it), and FLOPs
         and parameters per image in the run's summary (the flops stage owns the tracked numbers)."""
-        if self.run is None:
+        if not self._on:
             return
         flops = model_cost(p, num_classes)
         self._submit("log", lambda: self.run.log({"GFLOPs": flops["gflops"]}, step=0))
@@ -376,7 +395,7 @@ class Tracker:
 
     def log_model(self, path: str, checkpoint: dict[str, Any], test_metrics: dict[str, Any]) -> None:
         """The checkpoint file at `path` as the W&B artifact `model` (type `model`), with model_metadata()."""
-        if self.run is None:
+        if not self._on:
             return
         metadata = self._guard("artifact", lambda: model_metadata(path, checkpoint, test_metrics))
         if metadata is None:
@@ -401,10 +420,13 @@ class Tracker:
                 self._worker.submit(lambda: None).result(timeout=INTERRUPT_WAIT_S)
             except (FutureTimeout, RuntimeError):  # RuntimeError: the worker was already shut down
                 print("warning: W&B: logs still queued at the interrupt were dropped", file=sys.stderr, flush=True)
+            # The task running now (a flow image, say) ends by itself while the run is closed: not waited for.
             self._worker.shutdown(wait=False, cancel_futures=True)
-        self._worker.shutdown(wait=True)
-        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
-        self.run = None
+        else:
+            self._worker.shutdown(wait=True)
+        if self.run is not None:  # None: W&B failed, or the interrupt came before wandb.init was started
+            self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+        self.run, self._on = None, False
         if exit_code == 0 and self.wandb is not None:
             self._forget()  # the stage completed (W&B on or not): its next run is a new W&B run
 
