@@ -43,6 +43,34 @@ WRAPPER = """(function () {
   };
 })();"""
 
+# The charts are drawn from an inert <template>, their specs parsed as JSON: see DRAWER's comment.
+DRAWER = r"""(function () {
+  // DVC writes each chart as a div holding a script element, "var spec = {...}; vegaEmbed(<its id>, spec);", with
+  // the plot data unescaped in it: a CSV field holding an end-of-script tag would end it and run what follows.
+  // Inside <template> nothing runs; here each chart is drawn from its spec parsed as JSON, never run.
+  var source = document.getElementById("plots");
+  var shown = document.createElement("div");
+  shown.appendChild(document.importNode(source.content, true));
+  Array.prototype.forEach.call(shown.querySelectorAll("script"), function (s) { s.remove(); });
+  source.parentNode.insertBefore(shown, source);
+  Array.prototype.forEach.call(source.content.querySelectorAll("div[id] > script"), function (script) {
+    var panel = document.getElementById(script.parentNode.id);  // the shown copy: template content is no document
+    var found = /^\s*var spec = ([\s\S]*);\s*vegaEmbed\('#[^']*', spec\);\s*$/.exec(script.textContent);
+    var spec = null;
+    try {
+      spec = found && JSON.parse(found[1]);
+    } catch (err) {}
+    if (panel && spec) {
+      window.vegaEmbed(panel, spec).catch(function () {});  // the wrapper notes a failure in the panel
+    } else if (panel) {
+      var note = document.createElement("pre");
+      note.className = "chart-error";
+      note.textContent = "This chart was not drawn: its data is not what dvc plots writes (text that would run as code?)";
+      panel.appendChild(note);
+    }
+  });
+})();"""
+
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
@@ -67,7 +95,12 @@ PAGE = """<!DOCTYPE html>
     </style>
 </head>
 <body>
+    <template id="plots">
     {{plot_divs}}
+    </template>
+    <script>
+{drawer}
+    </script>
 </body>
 </html>
 """
@@ -104,6 +137,8 @@ def member(tarball: Path, path: str) -> str:
 
 def main() -> None:
     versions = dvc_page_versions()
+    if any("</script" in code.lower() for code in (WRAPPER, DRAWER)):
+        raise SystemExit("WRAPPER or DRAWER holds an end-of-script tag: it would cut its own <script> element short")
     blocks, records = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in BUILDS.items():
@@ -118,7 +153,7 @@ def main() -> None:
             records.append({"name": name, "version": versions[name], "file": build, "license": licence_name,
                             "npm_integrity": integrity, "sha256": hashlib.sha256(code.encode()).hexdigest(),
                             "bytes": len(code.encode())})
-    (HERE / "template.html").write_text(PAGE.format(libraries="\n".join(blocks), wrapper=WRAPPER))
+    (HERE / "template.html").write_text(PAGE.format(libraries="\n".join(blocks), wrapper=WRAPPER, drawer=DRAWER))
     (HERE / "versions.json").write_text(json.dumps({"libraries": records}, indent=2) + "\n")
     print(f"wrote {HERE / 'template.html'} ({(HERE / 'template.html').stat().st_size} bytes)")
 

@@ -128,6 +128,33 @@ def test_dvc_default_page_draws_no_chart_offline(repo, browser):
     assert not result.drawn
 
 
+PAYLOAD = "</script><script>console.error('PWNED')</script>"
+
+
+@pytest.mark.parametrize("data, column", [("plots/data/predictions.csv", "actual"),
+                                          ("plots/data/class_accuracy.csv", "class")])
+def test_text_that_would_close_a_script_in_plot_data_runs_nothing(repo, browser, data, column):
+    """DVC writes plot data unescaped inside each chart's <script>: a field holding "</script>" (a planted or
+    hand-edited CSV: the pipeline's own class names cannot) would end it and run what follows. The template
+    keeps DVC's markup in an inert <template> and draws each chart from its spec parsed as JSON."""
+    path = repo / data
+    original = path.read_text()
+    header, first, *rest = original.splitlines()
+    fields = first.split(",")
+    fields[header.split(",").index(column)] = PAYLOAD
+    path.write_text("\n".join([header, ",".join(fields), *rest]) + "\n")
+    try:
+        page = render(repo, f"breach-{column}", "show")
+        assert PAYLOAD in page.read_text()  # DVC's page carries it as it is
+        result = browser.open(page, ARTIFACTS / f"plots_show_breach_{column}.png", timeout=20)
+    finally:
+        path.write_text(original)
+    assert result.errors == []  # in particular no "PWNED": the planted script never ran
+    spoiled = [p for p in result.vega if not p.drawn]
+    assert len(spoiled) == 1 and "was not drawn: its data is not what dvc plots writes" in spoiled[0].error
+    assert len(result.vega) == len(VEGA_TITLES) and result.blocked == []
+
+
 @pytest.mark.slow
 def test_tiny_run_page_and_its_diff_against_the_baseline(repo, browser):
     set_params(repo, TINY)
