@@ -15,6 +15,7 @@ goes on and its outputs are the same.
 """
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -71,6 +72,10 @@ class LiveLogger:
         self.dir = Path(directory)
         self.enabled = enabled
         self.live = None  # the dvclive.Live, opened at the first epoch logged
+        if enabled:
+            # Imported now, before W&B's logging thread starts: an import racing one on that thread can
+            # leave a module lock held when Ctrl-C lands, and the stage hangs at exit.
+            self._guard(lambda: importlib.import_module("dvclive"))
 
     def _guard(self, call: Callable[[], None]) -> None:
         if not self.enabled:

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # PyTorch is imported where it is used: the findings stage lo
     from cifar_study.observe.histograms import PendingHistograms
 
 INIT_TIMEOUT_S = 30  # online mode without network: give up after this, not W&B's default 90 s
-INTERRUPT_WAIT_S = 1  # Ctrl-C: how long queued logs may still take before they are dropped
+INTERRUPT_WAIT_S = 0.5  # Ctrl-C: how long queued logs may still take before they are dropped
 
 
 def wandb_mode(p: WandbParams) -> str:
@@ -152,8 +152,7 @@ class Tracker:
     def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any], enabled: bool = True):
         self.run = None  # set on the logging thread once wandb.init returns
         self.wandb = None
-        self._on = False  # W&B started or starting, and not failed since
-        self._started: Future | None = None
+        self._on = False  # W&B started, and not failed since
         self.watch, self.watch_every = p.watch, p.watch_every
         self._flows: list[FlowSnapshot] = []  # this epoch's, logged with it (log_epoch)
         self._histograms: list[PendingHistograms] = []
@@ -180,10 +179,14 @@ class Tracker:
                         name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
                         id=resumed, resume="allow" if resumed else None,
                         settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True))
-        # Started on the logging thread, the first of its tasks: wandb.init takes seconds (more online),
-        # and the stage loads its data and model meanwhile. Every log is queued behind it.
         self._on = True
-        self._started = self._worker.submit(self._start, stage, mode, resumed, settings)
+        self._start(stage, mode, resumed, settings)
+        if self._on:
+            # What the logging thread uses, imported now, on the main thread: an import there racing one
+            # here can leave a module lock held when Ctrl-C lands, and the stage hangs at exit.
+            _figures()
+            for name in ("Image", "Histogram", "Table", "plot", "Artifact"):
+                getattr(wandb, name)
 
     def _start(self, stage: str, mode: str, resumed: str | None, settings: dict[str, Any]) -> None:
         self.run = self._guard("init", lambda: self.wandb.init(**settings), always=True)
@@ -231,14 +234,8 @@ class Tracker:
         this = Path(self.run.settings.sync_dir)
         return any(d != this for d in (Path(wandb_root()) / "wandb").glob(f"offline-run-*-{run_id}"))
 
-    def _wait_started(self) -> None:
-        if self._started is not None:
-            self._started.result()
-
     @property
     def active(self) -> bool:
-        """Whether W&B runs (waiting for it to start, if it is starting)."""
-        self._wait_started()
         return self._on and self.run is not None
 
     @property
@@ -413,13 +410,15 @@ class Tracker:
         self._submit("summary", lambda: self.run.summary.update(values))
 
     def finish(self, exit_code: int = 0) -> None:
-        """Wait for queued logs, then close the run. Interrupted (exit code 130), wait INTERRUPT_WAIT_S at
-        most: Ctrl-C must end the stage in seconds, and the epochs after the resume state are re-run anyway."""
-        if exit_code == 130:
+        """Wait for queued logs, then close the run. Interrupted or failed (exit code not 0), wait
+        INTERRUPT_WAIT_S at most: Ctrl-C must end the stage in seconds, and the epochs after the resume
+        state are re-run anyway."""
+        if exit_code != 0:
             try:
                 self._worker.submit(lambda: None).result(timeout=INTERRUPT_WAIT_S)
             except (FutureTimeout, RuntimeError):  # RuntimeError: the worker was already shut down
-                print("warning: W&B: logs still queued at the interrupt were dropped", file=sys.stderr, flush=True)
+                print("warning: W&B: logs still queued when the stage stopped were dropped", file=sys.stderr,
+                      flush=True)
             # The task running now (a flow image, say) ends by itself while the run is closed: not waited for.
             self._worker.shutdown(wait=False, cancel_futures=True)
         else:
