@@ -2,7 +2,7 @@
 (cifar_study.pipeline.untrusted.decode_images), twice each, as measured for
 notes/2026-11-28-stage-vs-plain.md; then the first bad image of two is the one named.
 
-    python notes/stage-vs-plain/decode_workers.py ../shared/data/cifar10-jpg.tar.gz
+    python notes/stage-vs-plain/decode_workers.py data/raw/cifar10-jpg.tar.gz
 """
 import sys
 import tarfile
