@@ -11,24 +11,22 @@ many replicas per side would resolve a difference of that size, given the commit
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from cifar_study.analysis.stats import Sample, replicas_needed, welch
 from cifar_study.pipeline import paths
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
+from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
 
 SPREAD = "reports/spread/spread.json"
 # Params that cannot cause a difference in test accuracy: W&B settings, and the replica count (the noise's sample size).
 NOT_CAUSES = ("wandb.", "train.replicas")
-DVC_TIMEOUT_S = 300
 
 
 class CompareError(UserError):
@@ -41,21 +39,12 @@ class Side:
     test_acc: Sample  # n = 1: a single run (sd 0)
 
 
-def dvc_json(*args: str) -> dict[str, Any]:
-    """`dvc <args> --json`, parsed; DVC's own error as one line."""
-    try:
-        done = subprocess.run(["dvc", *args[:2], "--json", *args[2:]], capture_output=True, text=True, timeout=DVC_TIMEOUT_S)
-    except FileNotFoundError:
-        raise CompareError("dvc: command not found (activate the project's environment: make install)") from None
-    except subprocess.TimeoutExpired:
-        raise CompareError(f"dvc {args[0]} {args[1]}: no answer within {DVC_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        message = next((line for line in done.stderr.splitlines() if line.startswith("ERROR")), first_line(done.stderr))
-        raise CompareError(f"dvc {args[0]} {args[1]}: {message.removeprefix('ERROR: ') or 'failed'}")
-    try:
-        return json.loads(done.stdout or "{}")
-    except json.JSONDecodeError:
-        raise CompareError(f"dvc {args[0]} {args[1]}: printed something that is not JSON") from None
+def _section(diff: Any, path: str) -> dict[str, Any]:
+    """One file's part of `dvc metrics diff` or `dvc params diff` JSON: {key: {"old": .., "new": ..}}."""
+    section = diff.get(path, {}) if isinstance(diff, dict) else None
+    if not isinstance(section, dict):
+        raise CompareError(f"dvc diff of {path}: printed JSON of another shape than DVC's")
+    return section
 
 
 def _number(values: dict[str, Any], key: str, where: str) -> float:
@@ -73,7 +62,8 @@ def _number(values: dict[str, Any], key: str, where: str) -> float:
 def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
     """One side's test accuracy: the replicas' mean and sd, or a single run's value."""
     if not metrics or all(v is None for v in metrics.values()):
-        raise CompareError(f"{name}: no {paths.EVAL_METRICS} (run dvc repro, or name a revision that has one)")
+        raise CompareError(f"{name}: no test accuracy in {paths.EVAL_METRICS} (the file is absent, or not what "
+                           f"evaluate writes: run dvc repro, or name a revision that has one)")
     replicas = 1 if metrics.get("replicas") is None else metrics["replicas"]  # a single run writes no count
     if type(replicas) is not int or replicas < 1:
         raise CompareError(f"{paths.EVAL_METRICS} at {name}: replicas is {replicas!r}, not a count")
@@ -94,12 +84,18 @@ def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
 
 
 def spread_sd() -> float | None:
-    """The committed run-to-run sd of the final test accuracy, if a readable spread is committed."""
+    """The committed run-to-run sd of the final test accuracy; None without a spread. A spread that is
+    there but broken is an error, not "no spread": its sd sizes the advice."""
+    if not os.path.lexists(SPREAD):
+        return None
     try:
         sd = json.loads(read_bounded(SPREAD, 1 << 22, error=CompareError))["final_test_acc"]["sd"]
-    except (CompareError, ValueError, KeyError, TypeError):
-        return None
-    return float(sd) if isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0 else None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CompareError(f"{SPREAD}: not a spread written by python -m cifar_study.spread ({first_line(exc)})") from None
+    if not (isinstance(sd, (int, float)) and not isinstance(sd, bool) and math.isfinite(sd) and 0 < sd <= 1):
+        raise CompareError(f"{SPREAD}: final_test_acc.sd is {sd!r}, not an sd of accuracies above 0 (run "
+                           f"python -m cifar_study.spread)")
+    return float(sd)
 
 
 def describe(s: Side) -> str:
@@ -111,12 +107,11 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them); `several`:
     judge sides that differ in more than one param (the verdict is then about all the changes together)."""
     names = (revs + ["workspace"])[:2] if revs else ["HEAD", "workspace"]
-    if len(revs) < 2:  # DVC reads the workspace's files as they are: a FIFO there would block it
-        for path in (paths.EVAL_METRICS, "params.yaml"):
-            if os.path.exists(path) and not os.path.isfile(path):
-                raise CompareError(f"{path} in the workspace is not a regular file")
-    metrics = dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs).get(paths.EVAL_METRICS, {})
-    params = dvc_json("params", "diff", "--all", "--", *revs).get("params.yaml", {})
+    if len(revs) < 2:  # the workspace is a side
+        check_workspace(CompareError)
+    metrics = _section(dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs,
+                                error=CompareError), paths.EVAL_METRICS)
+    params = _section(dvc_json("params", "diff", "--all", "--", *revs, error=CompareError), "params.yaml")
     old = {k: v.get("old") for k, v in metrics.items() if isinstance(v, dict)}
     new = {k: v.get("new") for k, v in metrics.items() if isinstance(v, dict)}
     param_old = {k: v.get("old") for k, v in params.items() if isinstance(v, dict)}
@@ -150,21 +145,18 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cifar_study.compare", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m cifar_study.compare", description=__doc__.splitlines()[0])
     ap.add_argument("revs", nargs="*", metavar="REV", help="as for dvc metrics diff: none, A, or A B")
     ap.add_argument("--several", action="store_true", help="judge sides that differ in more than one param")
     args = ap.parse_args(argv)
     if len(args.revs) > 2:
-        print("error: at most two revisions (A B), as dvc metrics diff takes", file=sys.stderr)
-        return 2
+        return error_line("at most two revisions (A B), as dvc metrics diff takes")
     try:
-        lines = compare(args.revs, args.several)
+        emit("\n".join(map(printable, compare(args.revs, args.several))))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
+        return error_line(str(exc))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -10,9 +10,7 @@ exit 0, or 2 with one line naming the file on a bad image or checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from cifar_study.core.cifar10 import IMAGE_SIZE
 from cifar_study.core.loader import make_loader
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
@@ -65,7 +64,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cifar_study.predict", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m cifar_study.predict", description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     ap.add_argument("--model", default=paths.CHECKPOINT, help=f"a checkpoint of the train stage (default {paths.CHECKPOINT})")
     ap.add_argument("--top", type=int, default=3, help="classes to print per image (default 3)")
@@ -77,15 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
         model = model_from_checkpoint(state)
         images = np.stack([load_image(p) for p in args.images])  # every file checked before any is classified
+        top = predict(model, images, state["mean"], state["std"]).topk(args.top, dim=1)
+        emit("\n".join(f"{printable(path)}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices))
+                       for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist())))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    probabilities = predict(model, images, state["mean"], state["std"])
-    top = probabilities.topk(args.top, dim=1)
-    for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist()):
-        print(f"{path}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices)))
+        return error_line(str(exc))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

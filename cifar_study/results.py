@@ -8,7 +8,6 @@ target that is a symbolic link or not a regular file, are one line and exit 2.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
@@ -25,6 +24,7 @@ import yaml
 from cifar_study.analysis.figures import FIGURES
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
+from cifar_study.pipeline.cli import Parser, error_line, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path, read_text
@@ -301,7 +301,7 @@ def _check_target(path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help=f"only check that {RESULTS} is up to date")
     args = ap.parse_args()
     target = Path(RESULTS)
@@ -315,10 +315,9 @@ def main() -> None:
         with atomic_path(target) as tmp:
             tmp.write_text(new, encoding="utf-8")
     except (UserError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error_line(str(exc)))
     print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

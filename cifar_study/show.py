@@ -12,22 +12,22 @@ still hold the previous run's test accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
-import sys
+import math
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifar_study.pipeline.errors import UserError, first_line
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
+from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
+from cifar_study.pipeline.errors import UserError
 
-DVC_TIMEOUT_S = 300
 # Headline metrics after the changed params, most telling first: dropped from the end when too wide.
 METRICS = ("test_loss", "best_heldout_acc", "flagged_layers", "epoch_95", "overfitting", "gflops")
 NOT_COMPARED = ("wandb.",)  # W&B settings change no result
 PENDING = "…"  # a metric a queued or running experiment has not produced yet
+INVALID = " (!)"  # after a metric that is no finite number: explained below the table
+UNREAD = "(not read)"  # after a revision DVC could not read: its error is below the table
 
 
 class ShowError(UserError):
@@ -40,6 +40,7 @@ class Row:
     params: dict[str, Any]
     metrics: dict[str, Any]
     state: str = ""  # the executor's: queued, running, success, failed ('' for the workspace and commits)
+    error: str = ""  # DVC's, when it could not read the revision (a params.yaml it cannot parse)
     cells: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,10 +56,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def _files(section: Any) -> dict[str, Any]:
     """{file: {"data": {...}}} as dvc exp show --json gives params and metrics: one flat dict."""
     out: dict[str, Any] = {}
-    for entry in (section or {}).values():
+    for entry in _dict(section).values():
         if isinstance(entry, dict) and isinstance(entry.get("data"), dict):
             out.update(flatten(entry["data"]))
     return out
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def rows_of(report: Any) -> list[Row]:
@@ -68,27 +73,34 @@ def rows_of(report: Any) -> list[Row]:
     rows = []
 
     def add(entry: dict[str, Any], name: str, state: str = "") -> None:
-        data = entry.get("data") or {}
-        rows.append(Row(name, _files(data.get("params")), _files(data.get("metrics")), state))
+        data, error = _dict(entry.get("data")), _dict(entry.get("error"))
+        rows.append(Row(printable(name), _files(data.get("params")), _files(data.get("metrics")), state,
+                        printable(str(error.get("msg") or error.get("type") or "")) if error else ""))
 
-    for base in report:
-        if not isinstance(base, dict):
-            continue
+    for base in filter(lambda b: isinstance(b, dict), report):
         rev = str(base.get("rev", "?"))
-        add(base, rev if rev == "workspace" else base.get("name") or rev[:7])
-        for exp in base.get("experiments") or []:
-            state = str((exp.get("executor") or {}).get("state", "")) if isinstance(exp, dict) else ""
-            for rev_entry in (exp.get("revs") or []) if isinstance(exp, dict) else []:
+        add(base, rev if rev == "workspace" else str(base.get("name") or rev[:7]))
+        for exp in filter(lambda e: isinstance(e, dict), base.get("experiments") or []):
+            state = str(_dict(exp.get("executor")).get("state", ""))
+            for rev_entry in filter(lambda r: isinstance(r, dict), exp.get("revs") or []):
                 add(rev_entry, f"  {rev_entry.get('name') or str(rev_entry.get('rev', '?'))[:7]}", state)
     return rows
 
 
 def fmt(value: Any) -> str:
+    """A param's value as a cell: any text from the files is shown as escapes, never sent to the terminal."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return printable(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def number(value: Any) -> str:
+    """A metric as a cell; one that is no finite number (NaN, a string) is shown with INVALID after it."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return fmt(value)
+    return printable(repr(value)) + INVALID
 
 
 def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
@@ -100,54 +112,45 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
         acc = r.metrics.get("test_acc_mean", r.metrics.get("test_acc"))
         sd = r.metrics.get("test_acc_sd")
         epoch = r.metrics.get("step")  # dvclive/metrics.json's: the last epoch a running experiment finished
-        r.cells = {"experiment": r.name + (f" ({r.state}{f', epoch {epoch}' if epoch is not None else ''})" if live else ""),
-                   "test_acc": PENDING if live else fmt(acc) + (f" ± {sd:.2g}" if isinstance(sd, float) else ""),
+        r.cells = {"experiment": r.name + (f" ({r.state}{f', epoch {fmt(epoch)}' if epoch is not None else ''})" if live
+                                           else f" {UNREAD}" if r.error else ""),
+                   "test_acc": PENDING if live else number(acc) + (f" ± {number(sd)}" if sd is not None else ""),
                    **{k: fmt(r.params.get(k)) for k in changed},
-                   **{k: PENDING if live else fmt(r.metrics.get(k)) for k in METRICS}}
+                   **{k: PENDING if live else number(r.metrics.get(k)) for k in METRICS}}
     columns = ["experiment", "test_acc", *changed, *(k for k in METRICS if any(k in r.metrics for r in rows))]
-    widths = {c: max(len(c), *(len(r.cells[c]) for r in rows)) for c in columns}
+    titles = {c: printable(c) for c in columns}  # a param's name is text from params.yaml too
+    widths = {c: max(len(titles[c]), *(len(r.cells[c]) for r in rows)) for c in columns}
     kept = []
     for c in columns:
         if sum(widths[k] + 2 for k in kept) + widths[c] <= width or not kept:
             kept.append(c)
-    lines = ["  ".join(c.ljust(widths[c]) for c in kept).rstrip()]
+    lines = ["  ".join(titles[c].ljust(widths[c]) for c in kept).rstrip()]
     lines += ["  ".join(r.cells[c].ljust(widths[c]) for c in kept).rstrip() for r in rows]
-    return lines, [c for c in columns if c not in kept]
-
-
-def exp_show() -> Any:
-    try:
-        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
-                              timeout=DVC_TIMEOUT_S, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    except FileNotFoundError:
-        raise ShowError("dvc not found: activate the project's environment (source .venv/bin/activate)") from None
-    except subprocess.TimeoutExpired:
-        raise ShowError(f"dvc exp show did not answer within {DVC_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        raise ShowError(f"dvc exp show failed: {first_line(RuntimeError(proc.stderr.strip() or proc.stdout.strip()))}")
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise ShowError(f"dvc exp show --json printed something other than JSON ({first_line(exc)})") from None
+    return lines, [titles[c] for c in columns if c not in kept]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cifar_study.show", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m cifar_study.show", description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=120, help="the terminal's columns (default 120)")
     args = ap.parse_args(argv)
     try:
         if args.width < 40:
             raise ShowError(f"--width: {args.width} is too narrow; at least 40")
-        lines, left_out = table(rows_of(exp_show()), args.width)
+        check_workspace(ShowError)
+        rows = rows_of(dvc_json("exp", "show", error=ShowError))
+        lines, left_out = table(rows, args.width)
+        lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
+        if any(INVALID in line for line in lines):
+            lines.append(f"({INVALID.strip()} marks a metric that is not a finite number: that run's metrics file "
+                         "is broken; run it again)")
+        if left_out:
+            lines.append(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: "
+                                       "dvc exp show)", args.width))
+        emit("\n".join(lines))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    if left_out:
-        print(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: dvc exp show)",
-                            args.width))
+        return error_line(str(exc))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

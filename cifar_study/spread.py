@@ -17,7 +17,6 @@ The statistics live in cifar_study/analysis/stats.py, shared with the replicas' 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -36,6 +35,7 @@ from cifar_study.analysis.figures import save_figure
 from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
+from cifar_study.pipeline.cli import Parser, error_line, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, write_json
 from cifar_study.pipeline.untrusted import md5_file, read_bounded
@@ -307,7 +307,7 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
     source.add_argument("--from-gpu-check", metavar="SUMMARY", type=Path,
@@ -323,13 +323,11 @@ def main() -> None:
             collected = collect_replicas(root)
         spread = write(root, collected)
     except (UserError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error_line(str(exc)))
     # A hand-edited file, or a commit that is no study run; RecursionError: JSON nested deeper than Python parses.
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         source = RUNS if args.from_runs else args.from_gpu_check or paths.REPLICAS
-        print(f"error: {source}: not what a study run writes ({type(exc).__name__}: {exc})", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error_line(f"{source}: not what a study run writes ({type(exc).__name__}: {exc})"))
     final = spread["final_test_acc"]
     if spread["baseline_check"] is None:
         print("spread: no same-seed check against the baseline (no run of its seed, other params, "
@@ -339,4 +337,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -26,6 +26,7 @@ import yaml
 from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
+from cifar_study.pipeline.cli import error_line
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path
 from cifar_study.pipeline.untrusted import read_bounded
@@ -163,5 +164,4 @@ class FanOut:
 if __name__ == "__main__":  # `make repro` runs this first: a leftover that DVC would stop on, explained
     problem = check_leftover()
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error_line(problem))

@@ -8,10 +8,13 @@ that reads one model reads that one; the `replicas` list adds every replica's se
 history for the evaluate stage.
 
 Loaded with `weights_only=True`, so a checkpoint file can hold tensors and plain data only,
-never code.
+never code. Each set of weights carries its SHA-256 (`weights_sha256`), checked before it is used:
+PyTorch loads a file with a changed byte in a tensor without a word (a damaged copy on a remote or a
+disk, a hand edit), and its predictions would then be wrong with exit 0.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -34,6 +37,16 @@ REQUIRED = ("model_state", "model", "classes", "mean", "std", "epoch")
 MAX_CHECKPOINT_BYTES = 4 << 30  # SimpleCNN's weights are 18 MB; 64 replicas of them about 1.2 GB
 
 
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def model_payload(model_state: dict[str, torch.Tensor], history: list[EpochRecord]) -> dict[str, Any]:
     """What a checkpoint and the resume state both hold: weights, epochs done and their history."""
     return {"model_state": model_state, "epoch": len(history), "history": [r.row() for r in history]}
@@ -43,6 +56,9 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint is missing {missing}")
+    weights = state["model_state"]
+    if isinstance(weights, dict) and all(isinstance(t, torch.Tensor) for t in weights.values()):
+        state = {**state, "weights_sha256": weights_digest(weights)}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(path, buffer.getbuffer())
@@ -88,6 +104,10 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
     weights = state["model_state"]
     if not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise CheckpointError("checkpoint's model_state: holds something other than tensors: run dvc repro train")
+    if state.get("weights_sha256") != weights_digest(weights):
+        raise CheckpointError("checkpoint's model_state: not the weights it was saved with (their SHA-256 differs "
+                              "from the recorded one, or none was recorded): a damaged or altered file; get it "
+                              "again, or run dvc repro train")
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -103,8 +123,10 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
 
 def replica_payload(model: Replicas, seeds: list[int], histories: list[list[EpochRecord]]) -> list[dict[str, Any]]:
     """The checkpoint's `replicas` list: per replica its seed, weights (single-model names) and history."""
-    return [{"seed": seed, "model_state": model.replica_state(j), "history": [r.row() for r in history]}
-            for j, (seed, history) in enumerate(zip(seeds, histories, strict=True))]
+    states = [model.replica_state(j) for j in range(len(seeds))]
+    return [{"seed": seed, "model_state": state, "weights_sha256": weights_digest(state),
+             "history": [r.row() for r in history]}
+            for seed, state, history in zip(seeds, states, histories, strict=True)]
 
 
 def history_of(raw: Any, where: str) -> list[EpochRecord]:
@@ -130,7 +152,8 @@ def trained_replicas(state: dict[str, Any], device: torch.device | str, batched:
             isinstance(r, dict) and type(r.get("seed")) is int and isinstance(r.get("model_state"), dict) for r in records):
         raise CheckpointError("checkpoint's replicas: expected a list of at least 2 {seed, model_state, history} "
                               "records (run dvc repro train)")
-    models = [model_from_checkpoint({**state, "model_state": r["model_state"]}, device) for r in records]
+    models = [model_from_checkpoint({**state, "model_state": r["model_state"], "weights_sha256": r.get("weights_sha256")},
+                                    device) for r in records]
     histories = [history_of(r.get("history"), f"replica {j} history") for j, r in enumerate(records)]
     if len({tuple(r.epoch for r in h) for h in histories}) != 1 or len({r["seed"] for r in records}) != len(records):
         raise CheckpointError("checkpoint's replicas: their histories cover different epochs or their seeds repeat")

@@ -165,8 +165,10 @@ CLASS_RULE = "letters, digits, space and _ . + -, starting with a letter or digi
 
 def check_class_names(classes: list[str], where: str) -> None:
     for name in classes:
-        if not isinstance(name, str) or not CLASS_NAME.fullmatch(name):
-            raise DataError(f"{where}: class name {str(name)[:60]!r} is not allowed ({CLASS_RULE})")
+        if not isinstance(name, str):
+            raise DataError(f"{where}: class name {str(name)[:60]} is not text ({type(name).__name__})")
+        if not CLASS_NAME.fullmatch(name):
+            raise DataError(f"{where}: class name {name[:60]!r} is not allowed ({CLASS_RULE})")
 
 
 def check_listing(ls: Listing) -> None:

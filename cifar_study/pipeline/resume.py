@@ -26,7 +26,6 @@ from cifar_study.core.training import TrainResult, TrainState
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import model_payload
 from cifar_study.pipeline.code_deps import code_deps
-from cifar_study.pipeline.errors import first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import Params
 from cifar_study.pipeline.untrusted import md5_file

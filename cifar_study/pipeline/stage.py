@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cifar_study.pipeline.cli import error_line, interrupt
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, remove_stale_temporaries
 from cifar_study.pipeline.paths import STAGE_FILES
@@ -21,10 +22,6 @@ ERRORS_ENV = "CIFAR_STUDY_RANK_ERRORS"
 
 LAUNCHER_POLL_S = 1.0  # how often a stage checks that its launcher is still there
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
 
 
 def _parent_of(pid: int) -> int | None:
@@ -81,11 +78,11 @@ def report_error(message: str) -> None:
     if _launched_rank():  # the launcher prints it, once
         Path(os.environ[ERRORS_ENV], f"rank{int(os.environ['RANK']):06d}").write_text(message)
     else:
-        print(f"error: {message}", file=sys.stderr)
+        error_line(message)
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
     # still stop a stage cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)

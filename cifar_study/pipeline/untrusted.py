@@ -67,7 +67,7 @@ def larger(size: int, limit: int) -> str:
     return f"{mib(size)}, more than the {mib(limit)}"
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -98,7 +98,7 @@ def open_regular(path: str | Path, limit: int, label: str = "", error: type[User
         if fd is not None:
             os.close(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{where} is a {_kind(st.st_mode)}, not a regular file")
+            raise error(f"{where} is a {kind_of(st.st_mode)}, not a regular file")
         raise error(f"{where} is {larger(st.st_size, limit)} it may be")
     return os.fdopen(fd, "rb")
 

@@ -1,0 +1,63 @@
+"""What the project's commands share (predict, show, compare, spread, results, the stages): errors as
+one line on stderr with exit 2, Ctrl-C and SIGTERM as one line with exit 130, output that either
+reaches stdout or is an error, and text that comes from data made harmless before it reaches a terminal."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Callable, NoReturn
+
+from cifar_study.pipeline.errors import OutputError
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printing character written as its escape (`\\x1b`, `\\u202e`, `\\n`).
+
+    A param value, metric string, file name or experiment name can hold a terminal escape sequence (which
+    rewrites the screen or the window title) or a bidirectional override (which shows text other than
+    what is there); printed as escapes they show what is there, and an error stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def error_line(message: str) -> int:
+    """Print `error: <message>` as one safe line on stderr; the exit status for a bad input."""
+    print(f"error: {printable(message)}", file=sys.stderr)
+    return 2
+
+
+def emit(text: str) -> None:
+    """`text` on stdout, flushed: a full disk or a closed pipe is an OutputError, not a cut file with exit 0."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        # What is still buffered would fail again at exit, as a second message: it goes nowhere instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise OutputError(f"standard output: cannot write ({exc.strerror or exc})") from None
+
+
+def interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
+
+
+def run_command(main: Callable[[], int | None]) -> NoReturn:
+    """Exit with `main()`'s status; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process
+    it started (subprocess.run) is killed on the way out instead of running on."""
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (argparse prints the usage and then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(error_line(f"{self.prog}: {message} (see --help)"))

@@ -1,0 +1,86 @@
+"""Asking DVC for JSON (compare, show): the workspace's pipeline files checked first, then
+`dvc <command> --json` with a time limit and DVC's own error as one line.
+
+DVC opens params.yaml and the metrics files as they are: a FIFO in place of one blocks it forever, so
+every file it would read for params or metrics must be a regular file (or absent) before it runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from typing import Any
+
+import yaml
+
+from cifar_study.pipeline.errors import UserError, first_line
+from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, read_bounded
+
+DVC_TIMEOUT_S = 300
+ALWAYS_READ = ("dvc.yaml", "dvc.lock", "params.yaml", "dvclive/dvc.yaml")
+
+
+def _paths(entries: Any) -> list[str]:
+    """The file paths in a dvc.yaml list of params, metrics or outs (strings, or {path: options})."""
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        out += [entry] if isinstance(entry, str) else [k for k in entry if isinstance(k, str)] if isinstance(entry, dict) else []
+    return out
+
+
+def read_by_dvc(error: type[UserError]) -> list[str]:
+    """The workspace files DVC reads for params and metrics: dvc.yaml's own and those it declares."""
+    files = list(ALWAYS_READ)
+    try:
+        spec = yaml.safe_load(read_bounded("dvc.yaml", MAX_PARAMS_BYTES, error=error))
+    except (UserError, yaml.YAMLError, UnicodeDecodeError):
+        return files  # absent, special or unparsable: DVC says so, or the check below does
+    if not isinstance(spec, dict):
+        return files
+    files += _paths(spec.get("metrics")) + [p for p in _paths(spec.get("params")) if "." in p]
+    for stage in (spec.get("stages") or {}).values() if isinstance(spec.get("stages"), dict) else []:
+        if isinstance(stage, dict):  # a stage's params list names keys of params.yaml, or {file: keys}
+            files += _paths(stage.get("metrics")) + [e for s in stage.get("params") or [] if isinstance(s, dict)
+                                                     for e in s if isinstance(e, str)]
+    return files
+
+
+def check_workspace(error: type[UserError]) -> None:
+    """Refuse, in one line, a workspace file that DVC would block on or could not read as a file."""
+    for path in dict.fromkeys(read_by_dvc(error)):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise error(f"{path} in the workspace: cannot read ({exc.strerror or first_line(exc)})") from None
+        if not stat.S_ISREG(mode):
+            raise error(f"{path} in the workspace is a {kind_of(mode)}, not a regular file (DVC would wait on it)")
+
+
+def dvc_json(*args: str, error: type[UserError]) -> Any:
+    """`dvc <args[0]> <args[1]> --json <args[2:]>`, parsed; DVC's error as one line of `error`."""
+    command = f"dvc {' '.join(args[:2])}"
+    try:
+        proc = subprocess.Popen(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    except FileNotFoundError:
+        raise error("dvc: command not found (activate the project's environment: source .venv/bin/activate)") from None
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=DVC_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise error(f"{command}: no answer within {DVC_TIMEOUT_S} s") from None
+        finally:
+            if proc.returncode is None:  # timed out, Ctrl-C or SIGTERM: DVC ends with this command, reaped
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        message = next((line for line in stderr.splitlines() if line.startswith("ERROR")),
+                       first_line(RuntimeError(stderr.strip() or stdout.strip())))
+        raise error(f"{command}: {message.removeprefix('ERROR: ') or 'failed'}")
+    try:
+        return json.loads(stdout or "{}")
+    except (json.JSONDecodeError, RecursionError):
+        raise error(f"{command}: printed something that is not JSON") from None

@@ -1,0 +1,382 @@
+"""Hostile input to the commands a user runs by hand (issue 27): compare, show and predict.
+
+One table per command, each row a real file (or process state) and a real process of the command:
+it must exit with the row's status, say any refusal in one line on stderr (no traceback), print no
+byte of a terminal escape that came from data, change nothing in the project, and leave no process
+behind (each command runs in its own session; a DVC it started must end with it). Every class has at
+least two rows per command:
+  breach        text from the files reaching the terminal as control characters
+  silent-wrong  NaN, a number out of range, damaged weights: refused or marked, never shown as a result
+  hang          a FIFO or device where a file is read
+  traceback     input of the wrong type or shape
+  misleading    an error that must name the real cause
+  lost-work     the command's output lost (a full disk) or the command stopped (SIGTERM): it says so, exit
+                non-zero, and what it started ends with it
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_study.core.model import SimpleCNN
+from cifar_study.pipeline.checkpoint import save_checkpoint
+from cifar_study.pipeline.params import ModelParams
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+ROW_TIMEOUT_S = 90  # longer is a hang: the row fails instead of waiting
+CLASSES = {"breach", "silent-wrong", "hang", "traceback", "misleading", "lost-work"}
+ESC = "\x1b]2;owned\x07"  # sets a terminal's window title: it must reach the terminal as text
+YAML_ESC = r"\x1b]2;owned\x07"  # the same in a YAML double-quoted string
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass
+class Row:
+    cls: str
+    name: str
+    setup: Callable[[Path], list[str]]  # makes the row's files in the project; returns the command's arguments
+    code: int = 2
+    expect: str = ""  # a regular expression: the error line (code != 0), else searched in stdout
+    stop: int | None = None  # a signal sent to the command once it has started a child process
+    stdout: str | None = None  # where stdout goes (/dev/full), instead of a pipe
+    fsize: int | None = None  # RLIMIT_FSIZE of the command (a full disk for one process)
+    env: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.cls}-{self.name}"
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file of the project (a link as its target), but DVC's and git's own scratch files."""
+    out: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith((".dvc/tmp", ".git/")) or path.is_dir() and not path.is_symlink():
+            continue
+        out[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else \
+            path.read_bytes() if path.is_file() else f"special {path.stat().st_mode:o}"
+    return out
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_row(command: str, row: Row, project: Path) -> None:
+    args = row.setup(project)
+    before = snapshot(project)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **row.env}
+
+    def limit() -> None:
+        if row.fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (row.fsize, row.fsize))
+
+    stdout_path = Path(row.stdout) if row.stdout else project.parent / "stdout.txt"
+    with open(stdout_path, "wb") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", f"cifar_study.{command}", *args], cwd=project, env=env,
+                                stdout=stdout, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=limit)
+        try:
+            if row.stop is not None:
+                deadline = time.monotonic() + ROW_TIMEOUT_S
+                while not children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                proc.send_signal(row.stop)  # to the command alone, as a scheduler's `kill` does
+            _, err = proc.communicate(timeout=ROW_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"{command} {row} hung")
+        finally:
+            left = session_alive(proc.pid)
+            if left:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = stdout_path.read_bytes().decode(errors="replace") if not row.stdout else ""
+    err = err.decode(errors="replace")
+    assert not left, "a process the command started outlived it"
+    assert proc.returncode == row.code, (proc.returncode, err, out)
+    assert "Traceback" not in err and "\x1b" not in out + err, (out, err)
+    if row.code:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert re.search(row.expect, lines[0]), lines[0]
+    else:
+        assert re.search(row.expect, out), out
+    assert snapshot(project) == before
+
+
+def every_class_twice(rows: list[Row]) -> None:
+    counts = {c: sum(r.cls == c for r in rows) for c in CLASSES}
+    assert {r.cls for r in rows} <= CLASSES and min(counts.values()) >= 2, counts
+
+
+# --- compare and show: a DVC repository whose HEAD holds 3 replicas at 0.50 ± 0.01 ---------------------------
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("dvc-repo") / "project"
+    repo.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True, env=env)
+    write(repo, {"dvc.yaml": "metrics:\n  - metrics/eval.json\n",
+                 "reports/spread/spread.json": '{"final_test_acc": {"sd": 0.0096}}',
+                 "params.yaml": "train:\n  lr: 0.001\n  replicas: 3\n",
+                 "metrics/eval.json": '{"test_acc": 0.5, "replicas": 3, "test_acc_mean": 0.5, "test_acc_sd": 0.01}'})
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], cwd=repo, check=True)
+    return repo
+
+
+@pytest.fixture
+def project(dvc_repo, tmp_path) -> Path:
+    """A copy of the repository for one row."""
+    return Path(shutil.copytree(dvc_repo, tmp_path / "project", symlinks=True))
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> None:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def files(args: list[str] | None = None, **named: str | bytes) -> Callable[[Path], list[str]]:
+    """A setup that writes files (keyword `metrics` for metrics/eval.json, `params`, `spread`) and passes `args`."""
+    where = {"metrics": "metrics/eval.json", "params": "params.yaml", "spread": "reports/spread/spread.json",
+             "dvc_yaml": "dvc.yaml"}
+
+    def setup(root: Path) -> list[str]:
+        write(root, {where[k]: v for k, v in named.items()})
+        return list(args or [])
+    return setup
+
+
+def special(path: str, kind: str, args: list[str] | None = None) -> Callable[[Path], list[str]]:
+    """A setup that puts a FIFO, a link to /dev/zero or a directory where `path` is read."""
+    def setup(root: Path) -> list[str]:
+        target = root / path
+        target.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        {"fifo": os.mkfifo, "dev-zero": lambda p: os.symlink("/dev/zero", p), "directory": os.mkdir}[kind](target)
+        return list(args or [])
+    return setup
+
+
+REPLICAS_3 = '{"test_acc": %s, "replicas": 3, "test_acc_mean": %s, "test_acc_sd": 0.01}'
+SINGLE = '{"test_acc": %s}'
+
+COMPARE_ROWS = [
+    Row("breach", "param-name-with-a-terminal-escape", files(params=f"train:\n  lr: 0.001\n  replicas: 3\n  "
+                                                                f"\"n{YAML_ESC}\": 1\n", metrics=REPLICAS_3 % (0.6, 0.6)),
+        code=0, expect=r"changed params: train\.n\\x1b\]2;owned\\x07 None -> 1"),
+    Row("breach", "param-value-with-a-terminal-escape",
+        files(params=f"train:\n  lr: 0.001\n  replicas: 3\n  note: \"{YAML_ESC}\"\n", metrics=REPLICAS_3 % (0.6, 0.6)),
+        code=0, expect=r"train\.note None -> '\\x1b\]2;owned\\x07'"),
+    Row("silent-wrong", "nan-accuracy", files(params="train:\n  lr: 0.001\n", metrics=SINGLE % "NaN"),
+        expect=r"^error: metrics/eval.json at workspace: test_acc is nan, not a finite number"),
+    Row("silent-wrong", "accuracy-in-percent", files(params="train:\n  lr: 0.001\n", metrics=SINGLE % 84.5),
+        expect=r"^error: metrics/eval.json at workspace: test accuracy 84.5 is not a fraction in 0..1$"),
+    Row("silent-wrong", "spread-sd-nan", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6,
+                                              spread='{"final_test_acc": {"sd": NaN}}'),
+        expect=r"^error: reports/spread/spread.json: final_test_acc.sd is nan, not an sd of accuracies above 0"),
+    Row("hang", "eval-json-fifo", special("metrics/eval.json", "fifo"),
+        expect=r"^error: metrics/eval.json in the workspace is a FIFO \(named pipe\), not a regular file"),
+    Row("hang", "params-yaml-fifo", special("params.yaml", "fifo"),
+        expect=r"^error: params.yaml in the workspace is a FIFO \(named pipe\), not a regular file"),
+    Row("hang", "spread-is-dev-zero", lambda r: (files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6)(r),
+                                                 special("reports/spread/spread.json", "dev-zero")(r))[1],
+        expect=r"^error: reports/spread/spread.json is a device, not a regular file$"),
+    Row("traceback", "unknown-option", files(["--bogus"]),
+        expect=r"^error: python -m cifar_study.compare: unrecognized arguments: --bogus \(see --help\)$"),
+    Row("traceback", "spread-not-utf8", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6, spread=b"\xff\xfe{"),
+        expect=r"^error: reports/spread/spread.json: not a spread written by python -m cifar_study.spread \("),
+    Row("traceback", "spread-sd-a-list", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6,
+                                               spread='{"final_test_acc": [0.01]}'),
+        expect=r"^error: reports/spread/spread.json: not a spread written by python -m cifar_study.spread"),
+    Row("misleading", "eval-json-a-list", files(metrics="[0.5]"),
+        expect=r"^error: workspace: no test accuracy in metrics/eval.json \(the file is absent, or not what evaluate"),
+    Row("misleading", "params-yaml-a-directory", special("params.yaml", "directory"),
+        expect=r"^error: params.yaml in the workspace is a directory, not a regular file"),
+    Row("lost-work", "sigterm-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGTERM),
+    Row("lost-work", "sigint-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGINT),
+    Row("lost-work", "stdout-on-a-full-disk", files(params="train:\n  lr: 0.1\n  replicas: 3\n",
+                                                    metrics=REPLICAS_3 % (0.6, 0.6)), stdout="/dev/full",
+        expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+]
+
+SHOW_ROWS = [
+    Row("breach", "param-value-with-a-terminal-escape", files(params=f"train:\n  lr: \"{YAML_ESC}\"\n  replicas: 3\n"),
+        code=0, expect=r"workspace +0\.5 ± 0\.01 +\\x1b\]2;owned\\x07"),
+    Row("breach", "metric-text-with-a-terminal-escape", files(metrics=f'{{"test_acc": "{ESC}"}}'.replace("\x1b", "\\u001b")
+                                                             .replace("\x07", "\\u0007")),
+        code=0, expect=r"workspace +'\\x1b\]2;owned\\x07' \(!\)"),
+    Row("silent-wrong", "nan-accuracy", files(metrics=SINGLE % "NaN"), code=0,
+        expect=r"workspace +nan \(!\)[\s\S]*\(\(!\) marks a metric that is not a finite number"),
+    Row("silent-wrong", "accuracy-as-text", files(metrics=SINGLE % '"0.99"'), code=0, expect=r"workspace +'0\.99' \(!\)"),
+    Row("hang", "params-yaml-fifo", special("params.yaml", "fifo"),
+        expect=r"^error: params.yaml in the workspace is a FIFO \(named pipe\), not a regular file"),
+    Row("hang", "declared-metrics-file-is-dev-zero", special("metrics/eval.json", "dev-zero"),
+        expect=r"^error: metrics/eval.json in the workspace is a device, not a regular file"),
+    Row("traceback", "width-not-a-number", files(["--width", "wide"]),
+        expect=r"^error: python -m cifar_study.show: argument --width: invalid int value: 'wide' \(see --help\)$"),
+    Row("traceback", "params-yaml-a-list", files(params="- 1\n- 2\n"), code=0,
+        expect=r"\nworkspace \(not read\) +- [\s\S]*\n\(workspace \(not read\): failed to parse .*got 'list'"),
+    Row("traceback", "accuracy-nested-in-an-object", files(metrics='{"test_acc": {"mean": [0.5]}}'), code=0,
+        expect=r"workspace +-"),
+    Row("misleading", "dvc-not-installed", files(), env={"PATH": "/usr/bin:/bin"},
+        expect=r"^error: dvc: command not found \(activate the project's environment"),
+    Row("misleading", "not-a-dvc-repository", lambda r: shutil.rmtree(r / ".dvc") or [],
+        expect=r"^error: dvc exp show: you are not inside of a DVC repository"),
+    Row("lost-work", "sigterm-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGTERM),
+    Row("lost-work", "stdout-on-a-full-disk", files(), stdout="/dev/full",
+        expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+]
+
+
+@pytest.mark.parametrize("row", COMPARE_ROWS, ids=str)
+def test_compare(row, project):
+    run_row("compare", row, project)
+
+
+@pytest.mark.parametrize("row", SHOW_ROWS, ids=str)
+def test_show(row, project):
+    run_row("show", row, project)
+
+
+# --- predict: a checkpoint and images -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("predict") / "model.pt"
+    save_checkpoint(path, **checkpoint_fields(SimpleCNN()))
+    return path
+
+
+def checkpoint_fields(model: torch.nn.Module, **fields) -> dict:
+    return {"model_state": model.state_dict(), "model": {"name": "simple_cnn", "dropout": 0.5}, "train": {},
+            "classes": CIFAR, "mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 1, "history": [], **fields}
+
+
+@pytest.fixture
+def predict_project(model_file, tmp_path) -> Path:
+    root = tmp_path / "project"
+    (root / "models").mkdir(parents=True)
+    shutil.copy(model_file, root / "models/model.pt")
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(root / "cat.png")
+    return root
+
+
+def image(name: str) -> Callable[[Path], list[str]]:
+    def setup(root: Path) -> list[str]:
+        shutil.copy(root / "cat.png", root / name)
+        return [name]
+    return setup
+
+
+def model_file_of(change: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    def setup(root: Path) -> list[str]:
+        change(root / "models/model.pt")
+        return ["cat.png"]
+    return setup
+
+
+def flip_a_weight_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside fc1.weight, 16 of the file's 18 MB: torch.load reads it without a word
+    path.write_bytes(bytes(data))
+
+
+def saved_as(**fields) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        model = SimpleCNN()
+        if fields.pop("nan", False):
+            with torch.no_grad():
+                model.block1.conv.weight[0, 0, 0, 0] = float("nan")
+        save_checkpoint(path, **checkpoint_fields(model, **fields))
+    return change
+
+
+def torch_saved(make: Callable[[], object]) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save(make(), buffer)
+        path.write_bytes(buffer.getvalue())
+    return change
+
+
+PREDICT_ROWS = [
+    Row("breach", "file-name-with-a-terminal-escape", image(f"a{ESC}.png"), code=0,
+        expect=r"^a\\x1b\]2;owned\\x07\.png: \w+ \d"),
+    Row("breach", "file-name-with-a-bidi-override", image("x\u202egnp.exe.png"), code=0,
+        expect=r"^x\\u202egnp\.exe\.png: \w+ \d"),
+    Row("silent-wrong", "a-weight-byte-changed", model_file_of(flip_a_weight_byte),
+        expect=r"^error: checkpoint's model_state: not the weights it was saved with \(their SHA-256 differs"),
+    Row("silent-wrong", "no-recorded-digest", model_file_of(torch_saved(lambda: checkpoint_fields(SimpleCNN()))),
+        expect=r"^error: checkpoint's model_state: not the weights it was saved with .*or none was recorded"),
+    Row("silent-wrong", "nan-weight-with-its-digest", model_file_of(saved_as(nan=True)),
+        expect=r"^error: checkpoint's block1.conv.weight: holds values that are not finite numbers"),
+    Row("hang", "image-is-a-fifo", special("pipe.png", "fifo", ["pipe.png"]),
+        expect=r"^error: pipe.png is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "model-is-dev-zero", special("models/model.pt", "dev-zero", ["cat.png"]),
+        expect=r"^error: checkpoint: models/model.pt is a device, not a regular file$"),
+    Row("traceback", "top-not-a-number", files(["cat.png", "--top", "three"]),
+        expect=r"^error: python -m cifar_study.predict: argument --top: invalid int value: 'three' \(see --help\)$"),
+    Row("traceback", "class-names-not-text", model_file_of(saved_as(classes=list(range(10)))),
+        expect=r"^error: models/model.pt: classes: class name 0 is not text \(int\)$"),
+    Row("traceback", "mean-as-text", model_file_of(saved_as(mean="0.5")),
+        expect=r"^error: models/model.pt: mean: expected 3 finite numbers$"),
+    Row("misleading", "model-is-a-directory", lambda r: ["cat.png", "--model", "models"],
+        expect=r"^error: checkpoint: models is a directory, not a regular file$"),
+    Row("misleading", "code-in-the-file-is-not-advised", model_file_of(torch_saved(lambda: {"model": ModelParams()})),
+        expect=r"^error: models/model.pt: not a loadable checkpoint \(not a file of tensors and plain data only\)"),
+    Row("lost-work", "stdout-on-a-full-disk", files(["cat.png"]), stdout="/dev/full",
+        expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+    Row("lost-work", "stdout-past-the-file-size-limit", files(["cat.png"]), fsize=10,
+        expect=r"^error: standard output: cannot write \(File too large\)$"),
+]
+
+
+@pytest.mark.parametrize("row", PREDICT_ROWS, ids=str)
+def test_predict(row, predict_project):
+    run_row("predict", row, predict_project)
+
+
+@pytest.mark.parametrize("rows", [COMPARE_ROWS, SHOW_ROWS, PREDICT_ROWS], ids=["compare", "show", "predict"])
+def test_every_class_has_two_rows(rows):
+    every_class_twice(rows)
