@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -51,6 +52,20 @@ def test_template_inlines_the_libraries_dvc_loads_and_nothing_else():
     pinned = {lib["name"]: lib["version"] for lib in libraries}
     loaded = dict(re.findall(r"npm/(vega(?:-lite|-embed)?)@([0-9.]+)", VegaRenderer.SCRIPTS))
     assert pinned == loaded, "DVC's default page loads other versions: run python plots_page/build.py"
+
+
+def test_template_is_what_build_py_writes():
+    """The page's own code (WRAPPER, DRAWER) lives in build.py and its output, template.html: one edited
+    without the other, or a hand edit to the template, fails here (rebuilding needs npm; this needs nothing)."""
+    spec = importlib.util.spec_from_file_location("plots_page_build", ROOT / "plots_page/build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    html = TEMPLATE.read_text(encoding="utf-8")
+    head = "Rebuilt by plots_page/build.py. -->\n"
+    start, end = html.find(head) + len(head), html.find("\n    <script>\n(function () {\n  var embed")
+    assert 0 < start < end, "template.html lacks build.py's header comment or its WRAPPER script"
+    libraries = html[start:end]  # the inlined vega builds, checked against versions.json above
+    assert html == build.PAGE.format(libraries=libraries, wrapper=build.WRAPPER, drawer=build.DRAWER)
 
 
 def test_dvc_uses_the_template_with_no_flags():
