@@ -18,31 +18,39 @@ from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, read_bounded
 
 DVC_TIMEOUT_S = 300
-ALWAYS_READ = ("dvc.yaml", "dvc.lock", "params.yaml", "dvclive/dvc.yaml")
+DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
+ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml")
 
 
-def _paths(entries: Any) -> list[str]:
-    """The file paths in a dvc.yaml list of params, metrics or outs (strings, or {path: options})."""
-    out = []
+def _paths(entries: Any, strings: bool = True) -> list[str]:
+    """The file paths in a dvc.yaml list of params, metrics or outs: strings (unless not `strings`), or
+    {path: options}."""
+    out: list[str] = []
     for entry in entries if isinstance(entries, list) else []:
-        out += [entry] if isinstance(entry, str) else [k for k in entry if isinstance(k, str)] if isinstance(entry, dict) else []
+        if isinstance(entry, str) and strings:
+            out.append(entry)
+        elif isinstance(entry, dict):
+            out += [key for key in entry if isinstance(key, str)]
     return out
 
 
 def read_by_dvc(error: type[UserError]) -> list[str]:
-    """The workspace files DVC reads for params and metrics: dvc.yaml's own and those it declares."""
+    """The workspace files DVC reads for params and metrics: its own, and those its dvc.yaml files declare
+    (the project's, and DVCLive's of a running or interrupted run, whose paths are relative to dvclive/)."""
     files = list(ALWAYS_READ)
-    try:
-        spec = yaml.safe_load(read_bounded("dvc.yaml", MAX_PARAMS_BYTES, error=error))
-    except (UserError, yaml.YAMLError, UnicodeDecodeError):
-        return files  # absent, special or unparsable: DVC says so, or the check below does
-    if not isinstance(spec, dict):
-        return files
-    files += _paths(spec.get("metrics")) + [p for p in _paths(spec.get("params")) if "." in p]
-    for stage in (spec.get("stages") or {}).values() if isinstance(spec.get("stages"), dict) else []:
-        if isinstance(stage, dict):  # a stage's params list names keys of params.yaml, or {file: keys}
-            files += _paths(stage.get("metrics")) + [e for s in stage.get("params") or [] if isinstance(s, dict)
-                                                     for e in s if isinstance(e, str)]
+    for dvc_yaml in DVC_YAMLS:
+        try:
+            spec = yaml.safe_load(read_bounded(dvc_yaml, MAX_PARAMS_BYTES, error=error))
+        except (UserError, yaml.YAMLError, UnicodeDecodeError):
+            continue  # absent, special or unparsable: DVC says so, or check_workspace does
+        if not isinstance(spec, dict):
+            continue
+        declared = _paths(spec.get("metrics")) + _paths(spec.get("params"))
+        stages = spec.get("stages") if isinstance(spec.get("stages"), dict) else {}
+        for stage in filter(lambda s: isinstance(s, dict), stages.values()):
+            # A stage's params are keys of params.yaml (strings) or {file: keys}: only the second names a file.
+            declared += _paths(stage.get("metrics")) + _paths(stage.get("params"), strings=False)
+        files += [os.path.join(os.path.dirname(dvc_yaml), path) for path in declared]
     return files
 
 
@@ -56,7 +64,7 @@ def check_workspace(error: type[UserError]) -> None:
         except OSError as exc:
             raise error(f"{path} in the workspace: cannot read ({exc.strerror or first_line(exc)})") from None
         if not stat.S_ISREG(mode):
-            raise error(f"{path} in the workspace is a {kind_of(mode)}, not a regular file (DVC would wait on it)")
+            raise error(f"{path} in the workspace is a {kind_of(mode)}, not a regular file")
 
 
 def dvc_json(*args: str, error: type[UserError]) -> Any:
