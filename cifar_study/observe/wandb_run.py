@@ -295,16 +295,16 @@ class Tracker:
             self._flows.append(snapshot)
 
     def _log_flow(self, snapshot: FlowSnapshot) -> None:
-        def log() -> None:
-            values: dict[str, Any] = {
-                "gradients": self.wandb.Image(figure_image(_figures().flow_bars([snapshot], "grad"))),
-                "weights": self.wandb.Image(figure_image(_figures().flow_bars([snapshot], "weight"))),
-            }
-            for layer, row in zip(snapshot.layers, snapshot.values):
-                values.update({f"flow/{stat}/{layer}": v for stat, v in zip(STATS, row)})
-            self.run.log(values, step=snapshot.step)
+        values: dict[str, Any] = {f"flow/{stat}/{layer}": v for layer, row in zip(snapshot.layers, snapshot.values)
+                                  for stat, v in zip(STATS, row)}
 
-        self._submit("log", log)
+        def image(quantity: str, key: str) -> None:
+            values[key] = self.wandb.Image(figure_image(_figures().flow_bars([snapshot], quantity)))
+
+        # One image a task: Python joins the logging thread at exit, so Ctrl-C waits for the image being
+        # rendered (up to a second on a CPU), and the tasks still queued are dropped.
+        self._submit("log", lambda: image("grad", "gradients"))
+        self._submit("log", lambda: (image("weight", "weights"), self.run.log(values, step=snapshot.step)))
 
     def histograms_due(self, step: int) -> bool:
         return self._on and self.watch != "none" and step % self.watch_every == 0
