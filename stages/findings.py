@@ -1,5 +1,6 @@
 """Stage findings: the original study's conclusions as checked numbers: gradient-flow health and training dynamics."""
 import dataclasses
+import sys
 
 from cifar_study.analysis.claims import check_claims, flow_evidence
 from cifar_study.analysis.dynamics import analyse
@@ -7,8 +8,10 @@ from cifar_study.analysis.flow_health import assess
 from cifar_study.core.history import EpochRecord
 from cifar_study.observe.wandb_run import Tracker, wandb_group, wandb_mode
 from cifar_study.pipeline import paths, stage_inputs
+from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import write_json
 from cifar_study.pipeline.params import load_params
+from cifar_study.pipeline.run_key import run_key
 from cifar_study.pipeline.stage import run_stage
 
 
@@ -35,11 +38,15 @@ def main() -> None:
 
     if wandb_mode(params.wandb) == "disabled":
         return
-    # W&B only (no result): join the group of the train run whose flow and history these are.
-    from cifar_study.pipeline.checkpoint import load_checkpoint  # PyTorch, for the run key: not needed otherwise
-    state = load_checkpoint(paths.CHECKPOINT)
-    with Tracker(params.wandb, "findings", wandb_group(state.get("run_key", "unknown")),
-                 {"model": state["model"], "train": state["train"], "checkpoint": paths.CHECKPOINT}) as tracker:
+    # W&B only (no result): join the group of the train run whose flow and history these are; its key
+    # comes from the same params, data and code (no PyTorch, no checkpoint to load).
+    try:
+        key = run_key(params)
+    except UserError as exc:  # the data file is gone (a stage run by hand): the W&B run is then ungrouped
+        print(f"warning: W&B: no run key for the group ({exc}); logging outside the train run's group", file=sys.stderr)
+        key = "unknown"
+    with Tracker(params.wandb, "findings", wandb_group(key),
+                 {"model": params.section("model"), "train": params.section("train")}) as tracker:
         tracker.summary({**{f"findings/{k}": v for k, v in metrics.items()}, "findings/flow": verdict,
                          **{f"findings/claim{i + 1}": c.verdict for i, c in enumerate(claims)}})
 

@@ -18,7 +18,8 @@ from cifar_study.pipeline.checkpoint import model_payload, replica_payload, save
 from cifar_study.pipeline.dataset import heldout_split, load_dataset, normalization
 from cifar_study.pipeline.outputs import after_outputs, write_csv, write_json
 from cifar_study.pipeline.params import load_params
-from cifar_study.pipeline.resume import ResumeStore, run_key
+from cifar_study.pipeline.resume import ResumeStore
+from cifar_study.pipeline.run_key import run_key
 from cifar_study.pipeline.stage import run_stage
 from cifar_study.pipeline.untrusted import md5_file
 

@@ -10,7 +10,7 @@ import yaml
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.code_deps import code_deps
 from cifar_study.pipeline.params import Params
-from cifar_study.pipeline.resume import run_key
+from cifar_study.pipeline.run_key import run_key
 from tests.conftest import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -39,7 +39,7 @@ def runs(tmp_path_factory):
     for mode in ("disabled", "offline"):
         # WANDB_DATA_DIR: W&B stages artifact files there (default: under the home directory)
         env = {"WANDB_MODE": mode, "WANDB_DIR": str(wandb_dir), "WANDB_DATA_DIR": str(wandb_dir / "data")}
-        for name in ("fetch_data", "train", "evaluate"):
+        for name in ("fetch_data", "train", "evaluate", "findings"):
             code, out, err = run_stage(repo, name, env)
             assert code == 0, err
             logs[mode, name] = err
@@ -115,6 +115,9 @@ def test_offline_evaluate_run_holds_charts_in_the_same_group(runs):
     found = offline_runs(wandb_dir)
     train_info, eval_info = run_info(found["train"]), run_info(found["evaluate"])
     assert eval_info["group"] == train_info["group"] and train_info["group"].startswith("run-")
+    # findings joins the group from the run key of its own params, data and code: no checkpoint, no PyTorch
+    assert run_info(found["findings"])["group"] == train_info["group"]
+    assert summary(found["findings"])["findings/flow"] in ("healthy", "flagged", "insufficient data")
     assert (train_info["job_type"], eval_info["job_type"]) == ("train", "evaluate")
     logged = {k for r in history(found["evaluate"]) for k in r}
     for key in ("confusion_matrix_table/_type", "class_accuracy_table/_type", "predictions/_type",

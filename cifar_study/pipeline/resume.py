@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,24 +21,8 @@ import torch
 from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.training import TrainResult, TrainState
-from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import model_payload
-from cifar_study.pipeline.code_deps import code_deps
 from cifar_study.pipeline.outputs import write_bytes
-from cifar_study.pipeline.params import Params
-from cifar_study.pipeline.untrusted import md5_file
-
-
-def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
-    """A hash of JSON-able `parts` and of the contents of `files` (their md5s, as DVC knows them)."""
-    return hashlib.sha256(json.dumps([parts, [md5_file(f) for f in files]], sort_keys=True, default=str)
-                          .encode()).hexdigest()
-
-
-def run_key(params: Params) -> str:
-    """What a training run depends on: its params, the data and the train stage's code (as dvc.yaml declares it)."""
-    return fingerprint(params.section("model"), params.section("train"), params.data.val_size, params.data.seed,
-                       files=(paths.DATA, *code_deps("stages/train.py")))
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
