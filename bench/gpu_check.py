@@ -68,7 +68,7 @@ FASTEST = {"amp": "bf16", "channels_last": True, "compile": True, "compile_mode"
            "fused_adam": True}
 NO_CUDA_GRAPHS = {**FASTEST, "compile_mode": "default"}  # run instead if CUDA graphs break the fastest study
 # --cpu-smoke: tiny and quick; no torch.compile (its C++ builds take minutes on a CPU)
-SMOKE = {"data": {"train_limit": 200, "test_limit": 50},
+SMOKE = {"data": {"train_limit": 100, "test_limit": 50},
          "train": {"epochs": 2, "batch_size": 50, "flow_every": 2},
          "plots": {"samples": 8, "dpi": 50}}
 # Not bf16 in the smoke: most CPUs emulate it, 12-15x slower than fp32 (notes/2026-11-28-cpu-bf16.md), and

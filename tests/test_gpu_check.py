@@ -150,7 +150,7 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     for name, options in (("default", {}), ("fastest", gpu_check.SMOKE_FASTEST)):
         study = s["studies"][name]
         assert study["options"] == options
-        assert (study["epochs"], study["train_images"], study["test_images"]) == (2, 200, 50)
+        assert (study["epochs"], study["train_images"], study["test_images"]) == (2, 100, 50)
         assert 0 <= study["test_acc"] <= 1 and len(study["history"]) == 2
         assert study["training_seconds"] == pytest.approx(sum(r["seconds"] for r in study["history"]), abs=0.05)
         assert study["model_tflops_per_s_later_epochs"] > 0
@@ -160,7 +160,7 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     for seed in gpu_check.SMOKE_SPREAD_SEEDS:  # the default study again, the seed alone changed
         run = s["spread"][str(seed)]
         assert run["params"] == {**default["params"], "train": {**default["params"]["train"], "seed": seed}}
-        assert (run["epochs"], run["train_images"], run["test_images"]) == (2, 200, 50)
+        assert (run["epochs"], run["train_images"], run["test_images"]) == (2, 100, 50)
         assert [r["epoch"] for r in run["history"]] == [1, 2] and 0 <= run["test_acc"] <= 1
     bench = s["benchmarks"]["bench-eager"]
     assert bench["smoke"] and bench["device"] == "cpu" and bench["wandb_flow_log_seconds"] is None
