@@ -11,8 +11,6 @@ many replicas per side would resolve a difference of that size, given the commit
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +20,8 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError, first_line
-from cifar_study.pipeline.untrusted import read_bounded
+from cifar_study.pipeline.params import REPLICAS_MAX
+from cifar_study.pipeline.untrusted import finite_number, json_numbers, read_bounded
 
 SPREAD = "reports/spread/spread.json"
 # Params that cannot cause a difference in test accuracy: W&B settings, and the replica count (the noise's sample size).
@@ -49,11 +48,7 @@ def _section(diff: Any, path: str) -> dict[str, Any]:
 
 def _number(values: dict[str, Any], key: str, where: str) -> float:
     value = values.get(key)
-    try:  # an integer too large for a float is not an accuracy either
-        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    except OverflowError:
-        finite = False
-    if not finite:
+    if not finite_number(value):
         raise CompareError(f"{paths.EVAL_METRICS} at {where}: {key} is {value!r}, not a finite number "
                            f"(run dvc repro there)")
     return float(value)
@@ -65,8 +60,9 @@ def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
         raise CompareError(f"{name}: no test accuracy in {paths.EVAL_METRICS} (the file is absent, or not what "
                            f"evaluate writes: run dvc repro, or name a revision that has one)")
     replicas = 1 if metrics.get("replicas") is None else metrics["replicas"]  # a single run writes no count
-    if type(replicas) is not int or replicas < 1:
-        raise CompareError(f"{paths.EVAL_METRICS} at {name}: replicas is {replicas!r}, not a count")
+    if type(replicas) is not int or not 1 <= replicas <= REPLICAS_MAX:
+        raise CompareError(f"{paths.EVAL_METRICS} at {name}: replicas is {str(replicas)[:40]}, not a count of "
+                           f"1 to {REPLICAS_MAX} replicas")
     declared = 1 if params.get("train.replicas") is None else params["train.replicas"]
     if replicas != declared:
         raise CompareError(f"{name}: {paths.EVAL_METRICS} comes from {replicas} replica(s) but its params.yaml "
@@ -89,10 +85,10 @@ def spread_sd() -> float | None:
     if not os.path.lexists(SPREAD):
         return None
     try:
-        sd = json.loads(read_bounded(SPREAD, 1 << 22, error=CompareError))["final_test_acc"]["sd"]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        sd = json_numbers(read_bounded(SPREAD, 1 << 22, error=CompareError))["final_test_acc"]["sd"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise CompareError(f"{SPREAD}: not a spread written by python -m cifar_study.spread ({first_line(exc)})") from None
-    if not (isinstance(sd, (int, float)) and not isinstance(sd, bool) and math.isfinite(sd) and 0 < sd <= 1):
+    if not (finite_number(sd) and 0 < sd <= 1):
         raise CompareError(f"{SPREAD}: final_test_acc.sd is {sd!r}, not an sd of accuracies above 0 (run "
                            f"python -m cifar_study.spread)")
     return float(sd)

@@ -24,7 +24,7 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dataset import Split
-from cifar_study.pipeline.errors import DataError, UserError, first_line
+from cifar_study.pipeline.errors import CheckpointError, DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
 
 MAX_IMAGE_BYTES = 64 << 20
@@ -37,10 +37,13 @@ def load_image(path: str | Path) -> np.ndarray:
     data = read_bounded(path, MAX_IMAGE_BYTES)  # a FIFO, device or directory is refused unopened
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's notes on a damaged EXIF block and the like: not the user's business
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=FORMATS) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: {im.width}x{im.height}, more than the {MAX_PIXELS:,} pixels allowed")
+                if im.mode.startswith(("I", "F")):  # PIL's conversion to RGB clips 16-bit and float pixels to white
+                    raise DataError(f"{path}: {im.mode} pixels (16-bit or floating point); convert it to an 8-bit image")
                 side = min(im.size)
                 left, top = (im.width - side) // 2, (im.height - side) // 2
                 square = im.convert("RGB").crop((left, top, left + side, top + side))
@@ -76,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
         model = model_from_checkpoint(state)
         images = np.stack([load_image(p) for p in args.images])  # every file checked before any is classified
-        top = predict(model, images, state["mean"], state["std"]).topk(args.top, dim=1)
+        probabilities = predict(model, images, state["mean"], state["std"])
+        if not probabilities.isfinite().all():  # finite weights and normalisation can still overflow
+            raise CheckpointError(f"{args.model}: the model's outputs are not finite numbers (its weights, mean or "
+                                  "std are out of any trained model's range): run dvc repro train")
+        top = probabilities.topk(args.top, dim=1)
         emit("\n".join(f"{printable(path)}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices))
                        for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist())))
     except UserError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 import os
 import stat
@@ -24,10 +23,11 @@ import yaml
 from cifar_study.analysis.figures import FIGURES
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, error_line, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path, read_text
+from cifar_study.pipeline.untrusted import json_numbers
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -63,14 +63,10 @@ def _text(root: Path, name: str) -> str:
         raise ResultsError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _no_constant(word: str) -> float:
-    raise ValueError(f"{word} is not a finite number")
-
-
 def _json(root: Path, name: str, checks: dict[str, Callable[[Any], bool]] | None = None) -> dict:
     """A JSON object, its `checks` keys present and valid; NaN and Infinity refused (no result is made of them)."""
     try:
-        data = json.loads(_text(root, name), parse_constant=_no_constant)
+        data = json_numbers(_text(root, name))
     except ValueError as exc:
         raise ResultsError(f"{name}: not a JSON document of finite numbers ({exc})") from None
     if not isinstance(data, dict):
@@ -82,7 +78,10 @@ def _json(root: Path, name: str, checks: dict[str, Callable[[Any], bool]] | None
 
 
 def _csv(root: Path, name: str) -> list[dict[str, str]]:
-    rows = list(csv.DictReader(io.StringIO(_text(root, name), newline="")))
+    try:
+        rows = list(csv.DictReader(io.StringIO(_text(root, name), newline="")))
+    except csv.Error as exc:  # a field past csv's limit, a NUL byte
+        raise ResultsError(f"{name}: not a CSV file the pipeline writes ({exc})") from None
     if not rows or any(None in r or None in r.values() for r in rows):
         raise ResultsError(f"{name}: no rows, or a row with the wrong number of fields")
     return rows
@@ -314,9 +313,9 @@ def main() -> None:
             return
         with atomic_path(target) as tmp:
             tmp.write_text(new, encoding="utf-8")
+        emit(f"wrote {RESULTS}")
     except (UserError, OSError) as exc:
         sys.exit(error_line(str(exc)))
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ still hold the previous run's test accuracy.
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,14 @@ from typing import Any
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.untrusted import finite_number
 
 # Headline metrics after the changed params, most telling first: dropped from the end when too wide.
 METRICS = ("test_loss", "best_heldout_acc", "flagged_layers", "epoch_95", "overfitting", "gflops")
 NOT_COMPARED = ("wandb.",)  # W&B settings change no result
 PENDING = "…"  # a metric a queued or running experiment has not produced yet
 INVALID = " (!)"  # after a metric that is no finite number: explained below the table
+INVALID_WIDTH = 24  # such a value is shown cut to this many characters (a 400-digit integer, a long string)
 UNREAD = "(not read)"  # after a revision DVC could not read: its error is below the table
 
 
@@ -98,9 +99,10 @@ def number(value: Any) -> str:
     """A metric as a cell; one that is no finite number (NaN, a string) is shown with INVALID after it."""
     if value is None:
         return "-"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if finite_number(value):
         return fmt(value)
-    return printable(repr(value)) + INVALID
+    text = printable(repr(value))
+    return (text if len(text) <= INVALID_WIDTH else text[:INVALID_WIDTH - 1] + "…") + INVALID
 
 
 def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:

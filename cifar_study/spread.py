@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import subprocess
 import sys
@@ -35,10 +34,10 @@ from cifar_study.analysis.figures import save_figure
 from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, error_line, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, write_json
-from cifar_study.pipeline.untrusted import md5_file, read_bounded
+from cifar_study.pipeline.untrusted import json_numbers, load_yaml, md5_file, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
@@ -105,7 +104,7 @@ def _git(repo: Path, *args: str) -> str:
 def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
     """The per-epoch history and test accuracy a commit holds (an experiment's, or the baseline's)."""
     history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
-    test = json.loads(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
+    test = json_numbers(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
     return SeedRun(name, seed, test["test_acc"], [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
 
 
@@ -129,8 +128,11 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
 
 def collect_replicas(repo: Path) -> dict[str, Any]:
     """The workspace's seed replicas (reports/replicas.json, params.yaml), with the committed baseline."""
-    params = _flat(yaml.safe_load(read_bounded(repo / "params.yaml", MAX_RECORD_BYTES, error=SpreadError)))
-    replicas = json.loads(read_bounded(repo / paths.REPLICAS, MAX_RECORD_BYTES, error=SpreadError))
+    tree = load_yaml(repo / "params.yaml")
+    if not isinstance(tree, dict):
+        raise SpreadError("params.yaml: not a mapping of sections (data, model, train, ...)")
+    params = _flat(tree)
+    replicas = json_numbers(read_bounded(repo / paths.REPLICAS, MAX_RECORD_BYTES, error=SpreadError))
     if not isinstance(replicas, list) or len(replicas) < 2:
         raise SpreadError(f"{paths.REPLICAS}: {len(replicas) if isinstance(replicas, list) else 'no'} replica(s); "
                           "the spread needs at least 2 (dvc exp run -S train.replicas=5)")
@@ -169,7 +171,7 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
 def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
     """The default study and the spread's seeds from a bench/gpu_check.py summary.json, with the baseline
     committed in `repo` (the last commit of dvc.lock) to compare with the run of its seed."""
-    summary = json.loads(read_bounded(summary_path, MAX_RECORD_BYTES, error=SpreadError))
+    summary = json_numbers(read_bounded(summary_path, MAX_RECORD_BYTES, error=SpreadError))
     if not isinstance(summary, dict) or not isinstance(summary.get("data_md5", ""), str) \
             or not isinstance(summary.get("environment", {}).get("device", ""), str):
         raise SpreadError(f"{summary_path}: not a bench/gpu_check.py summary.json")
@@ -316,7 +318,7 @@ def main() -> None:
     root = Path(".")
     try:
         if args.from_runs:
-            collected = json.loads(read_bounded(root / RUNS, MAX_RECORD_BYTES, error=SpreadError))
+            collected = json_numbers(read_bounded(root / RUNS, MAX_RECORD_BYTES, error=SpreadError))
         elif args.from_gpu_check:
             collected = collect_gpu_check(root, args.from_gpu_check)
         else:
@@ -332,8 +334,11 @@ def main() -> None:
     if spread["baseline_check"] is None:
         print("spread: no same-seed check against the baseline (no run of its seed, other params, "
               "or its data could not be compared: is its data.path here?)", file=sys.stderr)
-    print(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
-          f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
+    try:
+        emit(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
+             f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
+    except UserError as exc:
+        sys.exit(error_line(str(exc)))
 
 
 if __name__ == "__main__":

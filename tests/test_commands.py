@@ -197,6 +197,9 @@ def special(path: str, kind: str, args: list[str] | None = None) -> Callable[[Pa
     return setup
 
 
+# "Billion laughs": 3 KB of nested YAML aliases that DVC flattens into 10**10 values.
+ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+                                                                    for i in range(1, 10)]) + "\n"
 REPLICAS_3 = '{"test_acc": %s, "replicas": 3, "test_acc_mean": %s, "test_acc_sd": 0.01}'
 SINGLE = '{"test_acc": %s}'
 
@@ -213,7 +216,14 @@ COMPARE_ROWS = [
         expect=r"^error: metrics/eval.json at workspace: test accuracy 84.5 is not a fraction in 0..1$"),
     Row("silent-wrong", "spread-sd-nan", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6,
                                               spread='{"final_test_acc": {"sd": NaN}}'),
-        expect=r"^error: reports/spread/spread.json: final_test_acc.sd is nan, not an sd of accuracies above 0"),
+        expect=r"^error: reports/spread/spread.json: not a spread written by python -m cifar_study.spread \(NaN is not a "
+               r"finite number\)$"),
+    Row("silent-wrong", "spread-sd-past-a-float", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6,
+                                                      spread='{"final_test_acc": {"sd": 1e309}}'),
+        expect=r"^error: reports/spread/spread.json: not a spread written by .*\(1e309 is not a finite number\)$"),
+    Row("traceback", "replicas-of-400-digits", files(params=f"train:\n  lr: 0.001\n  replicas: {10 ** 400}\n",
+                                                     metrics=REPLICAS_3.replace('"replicas": 3', f'"replicas": {10 ** 400}') % (0.6, 0.6)),
+        expect=r"^error: metrics/eval.json at workspace: replicas is 1000000000\d*, not a count of 1 to 64 replicas$"),
     Row("hang", "eval-json-fifo", special("metrics/eval.json", "fifo"),
         expect=r"^error: metrics/eval.json in the workspace is a FIFO \(named pipe\), not a regular file"),
     Row("hang", "params-yaml-fifo", special("params.yaml", "fifo"),
@@ -221,6 +231,8 @@ COMPARE_ROWS = [
     Row("hang", "spread-is-dev-zero", lambda r: (files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6)(r),
                                                  special("reports/spread/spread.json", "dev-zero")(r))[1],
         expect=r"^error: reports/spread/spread.json is a device, not a regular file$"),
+    Row("hang", "params-yaml-alias-bomb", files(params=ALIAS_BOMB),
+        expect=r"^error: params.yaml expands to more than 100,000 values \(nested YAML aliases\)"),
     Row("traceback", "unknown-option", files(["--bogus"]),
         expect=r"^error: python -m cifar_study.compare: unrecognized arguments: --bogus \(see --help\)$"),
     Row("traceback", "spread-not-utf8", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6, spread=b"\xff\xfe{"),
@@ -248,6 +260,8 @@ SHOW_ROWS = [
     Row("silent-wrong", "nan-accuracy", files(metrics=SINGLE % "NaN"), code=0,
         expect=r"workspace +nan \(!\)[\s\S]*\(\(!\) marks a metric that is not a finite number"),
     Row("silent-wrong", "accuracy-as-text", files(metrics=SINGLE % '"0.99"'), code=0, expect=r"workspace +'0\.99' \(!\)"),
+    Row("traceback", "loss-of-400-digits", files(metrics='{"test_acc": 0.5, "test_loss": %d}' % 10 ** 400), code=0,
+        expect=r"workspace +0\.5 +10{22}… \(!\)"),
     Row("hang", "params-yaml-fifo", special("params.yaml", "fifo"),
         expect=r"^error: params.yaml in the workspace is a FIFO \(named pipe\), not a regular file"),
     Row("hang", "declared-metrics-file-is-dev-zero", special("metrics/eval.json", "dev-zero"),
@@ -255,6 +269,8 @@ SHOW_ROWS = [
     Row("hang", "live-metrics-of-a-stopped-run-is-a-fifo",
         lambda r: (write(r, {"dvclive/dvc.yaml": "metrics:\n- metrics.json\n"}), special("dvclive/metrics.json", "fifo")(r))[1],
         expect=r"^error: dvclive/metrics.json in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "params-yaml-alias-bomb", files(params=ALIAS_BOMB),
+        expect=r"^error: params.yaml expands to more than 100,000 values \(nested YAML aliases\)"),
     Row("traceback", "width-not-a-number", files(["--width", "wide"]),
         expect=r"^error: python -m cifar_study.show: argument --width: invalid int value: 'wide' \(see --help\)$"),
     Row("traceback", "params-yaml-a-list", files(params="- 1\n- 2\n"), code=0,
@@ -354,6 +370,11 @@ PREDICT_ROWS = [
         expect=r"^error: checkpoint's model_state: not the weights it was saved with .*or none was recorded"),
     Row("silent-wrong", "nan-weight-with-its-digest", model_file_of(saved_as(nan=True)),
         expect=r"^error: checkpoint's block1.conv.weight: holds values that are not finite numbers"),
+    Row("silent-wrong", "std-so-small-the-outputs-overflow", model_file_of(saved_as(std=[1e-320] * 3)),
+        expect=r"^error: models/model.pt: the model's outputs are not finite numbers"),
+    Row("silent-wrong", "16-bit-png-would-clip-to-white",
+        lambda r: (Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(r / "gray16.png"), ["gray16.png"])[1],
+        expect=r"^error: gray16.png: I;16 pixels \(16-bit or floating point\); convert it to an 8-bit image$"),
     Row("hang", "image-is-a-fifo", special("pipe.png", "fifo", ["pipe.png"]),
         expect=r"^error: pipe.png is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "model-is-dev-zero", special("models/model.pt", "dev-zero", ["cat.png"]),
@@ -362,6 +383,11 @@ PREDICT_ROWS = [
         expect=r"^error: python -m cifar_study.predict: argument --top: invalid int value: 'three' \(see --help\)$"),
     Row("traceback", "class-names-not-text", model_file_of(saved_as(classes=list(range(10)))),
         expect=r"^error: models/model.pt: classes: class name 0 is not text \(int\)$"),
+    Row("traceback", "weights-under-numbers-not-names",
+        model_file_of(torch_saved(lambda: checkpoint_fields(SimpleCNN(), model_state={0: torch.zeros(1)}))),
+        expect=r"^error: checkpoint's model_state: holds something other than named dense tensors"),
+    Row("traceback", "mean-of-400-digits", model_file_of(saved_as(mean=[10 ** 400, 0, 0])),
+        expect=r"^error: models/model.pt: mean: expected 3 finite numbers$"),
     Row("traceback", "mean-as-text", model_file_of(saved_as(mean="0.5")),
         expect=r"^error: models/model.pt: mean: expected 3 finite numbers$"),
     Row("misleading", "model-is-a-directory", lambda r: ["cat.png", "--model", "models"],

@@ -518,7 +518,7 @@ ROWS = [
         r"^error: models/model.pt: classes: class name '</script>' is not allowed \(.*\)$",
         lambda c: checkpoint(c, ["</script>", *c.tiny.classes[1:]])),
     Row("checkpoint", "weights-not-tensors", "evaluate",
-        r"^error: checkpoint's model_state: holds something other than tensors: run dvc repro train$",
+        r"^error: checkpoint's model_state: holds something other than named dense tensors: run dvc repro train$",
         lambda c: checkpoint(c, c.tiny.classes, model_state={"fc1.weight": [1.0]})),
     Row("checkpoint", "checkpoint-is-a-fifo", "evaluate",
         r"^error: checkpoint: models/model.pt is a FIFO \(named pipe\), not a regular file$",

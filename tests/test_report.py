@@ -87,6 +87,14 @@ def results(root: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def test_a_full_disk_for_stdout_is_one_line_and_exit_2(tmp_path):
+    baseline(tmp_path)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cifar_study.results"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stderr == "error: standard output: cannot write (No space left on device)\n"
+
+
 def test_the_command_writes_the_file_and_checks_it(tmp_path):
     baseline(tmp_path)
     assert results(tmp_path, "--check").returncode == 1  # not written yet
@@ -122,6 +130,13 @@ def test_text_from_a_results_file_is_escaped_in_the_markdown(tmp_path):
     (lambda root: (root / "metrics/flops.json").write_text("{"), "metrics/flops.json: not a JSON document"),
     (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": NaN, "test_loss": 1}'),
      "metrics/eval.json: not a JSON document of finite numbers (NaN is not a finite number)"),
+    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": 1e309, "test_loss": 1}'),
+     "metrics/eval.json: not a JSON document of finite numbers (1e309 is not a finite number)"),
+    (lambda root: (root / "metrics/eval.json").write_text("[" * 100000 + "]" * 100000),
+     "metrics/eval.json: not a JSON document of finite numbers (nested deeper than any file the pipeline writes)"),
+    (lambda root: (root / "plots/data/history.csv").write_text(
+        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.8,0.35,1.4,0.49,0.001," + "9" * 200000 + "\n"),
+     "plots/data/history.csv: not a CSV file the pipeline writes (field larger than field limit"),
     (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": 5.0, "test_loss": 1}'),
      "metrics/eval.json: test_acc is 5.0, not what the pipeline writes"),
     (lambda root: (root / "plots/data/history.csv").write_text(

@@ -192,7 +192,7 @@ def test_a_gpu_checks_seeds_are_a_spread_compared_with_the_cpu_baseline(repo, tm
     (lambda s: [s], "not a bench/gpu_check.py summary.json"),
     (lambda s: {**s, "data_md5": ["x"]}, "not a bench/gpu_check.py summary.json"),
     (lambda s: {**s, "studies": []}, "not what a study run writes (AttributeError"),
-    (lambda s: s["spread"]["43"].update(test_acc=float("nan")), "run gpu-seed-43: test_acc nan is not an accuracy"),
+    (lambda s: s["spread"]["43"].update(test_acc=float("nan")), "not what a study run writes (ValueError: NaN is not a finite number)"),
     (lambda s: s["spread"]["43"].update(test_acc=81.69), "run gpu-seed-43: test_acc 81.69 is not an accuracy"),
     (lambda s: s["spread"]["43"].update(test_acc=True), "run gpu-seed-43: test_acc True is not an accuracy"),
     (lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7), "train.seed 42.7 is not an integer"),

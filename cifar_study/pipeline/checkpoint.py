@@ -31,7 +31,7 @@ from cifar_study.pipeline.dataset import check_class_names
 from cifar_study.pipeline.errors import CheckpointError, DataError, ParamError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, parse_section
-from cifar_study.pipeline.untrusted import read_bounded
+from cifar_study.pipeline.untrusted import finite_number, read_bounded
 
 REQUIRED = ("model_state", "model", "classes", "mean", "std", "epoch")
 MAX_CHECKPOINT_BYTES = 4 << 30  # SimpleCNN's weights are 18 MB; 64 replicas of them about 1.2 GB
@@ -85,10 +85,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         check_class_names(state["classes"], f"{path}: classes")
     except DataError as exc:
         raise CheckpointError(str(exc)) from None
+    if len(set(state["classes"])) != len(state["classes"]):
+        raise CheckpointError(f"{path}: classes: a class name repeats ({', '.join(state['classes'])})")
     for key in ("mean", "std"):
         values = state[key]
         if not (isinstance(values, (list, tuple)) and len(values) == CHANNELS
-                and all(type(v) in (int, float) and math.isfinite(v) and (key == "mean" or v > 0) for v in values)):
+                and all(finite_number(v) and (key == "mean" or v > 0) for v in values)):
             raise CheckpointError(f"{path}: {key}: expected {CHANNELS} finite numbers{' above 0' if key == 'std' else ''}")
     if type(state["epoch"]) is not int or not isinstance(state["model_state"], dict):
         raise CheckpointError(f"{path}: epoch or model_state has the wrong type: run dvc repro train")
@@ -102,8 +104,9 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
         raise CheckpointError(f"checkpoint's model params: {exc}") from None
     model = build_model(model_params, num_classes=len(state["classes"]))
     weights = state["model_state"]
-    if not all(isinstance(t, torch.Tensor) for t in weights.values()):
-        raise CheckpointError("checkpoint's model_state: holds something other than tensors: run dvc repro train")
+    if not all(isinstance(k, str) and isinstance(t, torch.Tensor) and t.layout == torch.strided for k, t in weights.items()):
+        raise CheckpointError("checkpoint's model_state: holds something other than named dense tensors: "
+                              "run dvc repro train")
     if state.get("weights_sha256") != weights_digest(weights):
         raise CheckpointError("checkpoint's model_state: not the weights it was saved with (their SHA-256 differs "
                               "from the recorded one, or none was recorded): a damaged or altered file; get it "

@@ -18,6 +18,8 @@ import functools
 import hashlib
 import importlib.util
 import io
+import json
+import math
 import multiprocessing
 import os
 import pickle
@@ -48,6 +50,8 @@ MAX_INPUT_BYTES = 1 << 30
 # editor adds, and refuses a file that cannot be a CIFAR image before reading it.
 MAX_IMAGE_FILE_BYTES = 1 << 20
 MAX_PARAMS_BYTES = 1 << 20  # params.yaml is about 2 KiB
+MAX_YAML_VALUES = 100_000  # params.yaml holds about 50; nested aliases ("billion laughs") expand to billions
+MAX_JSON_INT = 2 ** 53  # above it an integer is no exact float: no count, seed or size the pipeline writes
 # A download stops when no byte has arrived for STALL_TIMEOUT_S (no network, a silent server) and
 # when it has run for DOWNLOAD_TIME_LIMIT_S: the official 163 MiB archive arrives within that at
 # 100 KB/s; on a slower line, fetch it by hand and set data.url: file:///path/to/the/archive.
@@ -334,6 +338,59 @@ def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, limit
 
 # --- params.yaml ---------------------------------------------------------------------------------
 
+def finite_number(value: Any) -> bool:
+    """An int or float, not a bool, that is a finite float: NaN, infinities and integers too large for a
+    float (whose arithmetic would raise OverflowError) are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _refuse_constant(word: str) -> float:
+    raise ValueError(f"{word} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309: no NaN or Infinity literal, yet infinite
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > MAX_JSON_INT:
+        raise ValueError(f"an integer of {len(text)} digits is larger than any the pipeline writes")
+    return value
+
+
+def json_numbers(text: str | bytes) -> Any:
+    """JSON whose every number is finite and of a size the pipeline writes; ValueError otherwise (also for
+    nesting deeper than Python parses)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested deeper than any file the pipeline writes") from None
+
+
+def expands_past(tree: Any, limit: int) -> bool:
+    """Whether `tree`, its YAML aliases copied out (as DVC flattens them), holds more than `limit` values."""
+    stack, seen = [tree], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return False
+
+
 def load_yaml(path: Path) -> Any:
     """A YAML file read the way DVC reads params.yaml: ruamel.yaml's safe loader, YAML 1.2.
 
@@ -345,7 +402,7 @@ def load_yaml(path: Path) -> Any:
 
     raw = read_bounded(path, MAX_PARAMS_BYTES, error=ParamError)
     try:
-        return YAML(typ="safe").load(raw.decode("utf-8"))
+        tree = YAML(typ="safe").load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ParamError(f"{path}: not UTF-8 text ({first_line(exc)})") from None
     except DuplicateKeyError as exc:
@@ -353,3 +410,7 @@ def load_yaml(path: Path) -> Any:
         raise ParamError(f"{path}: line {line}: {exc.problem} (DVC refuses duplicate keys too: keep one)") from None
     except YAMLError as exc:
         raise ParamError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    if expands_past(tree, MAX_YAML_VALUES):
+        raise ParamError(f"{path} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases): DVC would "
+                         "copy every one out and not finish")
+    return tree
