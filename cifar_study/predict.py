@@ -30,6 +30,7 @@ from cifar_study.pipeline.untrusted import read_bounded
 MAX_IMAGE_BYTES = 64 << 20
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is a decompression bomb, refused unread
 FORMATS = ("PNG", "JPEG")
+PREDICT_BATCH = 256
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -59,11 +60,11 @@ def load_image(path: str | Path) -> np.ndarray:
 def predict(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """Class probabilities, one row per (N, 32, 32, 3) uint8 image, normalised by evaluate's own loader."""
     split = Split(images, np.zeros(len(images), dtype=np.int64))
-    loader = make_loader("tensor", split, mean, std, augment=False, shuffle=False, batch_size=len(images), seed=0,
+    # In batches of 256: one batch of 2,000 images peaked at 1,833 MiB of RSS, in batches 747 MiB (541 MiB before).
+    loader = make_loader("tensor", split, mean, std, augment=False, shuffle=False, batch_size=PREDICT_BATCH, seed=0,
                          device=torch.device("cpu"))
-    x, _ = next(iter(loader))
     with torch.inference_mode():
-        return torch.softmax(model(x).float(), dim=1)
+        return torch.cat([torch.softmax(model(x).float(), dim=1) for x, _ in loader])
 
 
 def main(argv: list[str] | None = None) -> int:
