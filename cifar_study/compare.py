@@ -11,6 +11,7 @@ many replicas per side would resolve a difference of that size, given the commit
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ def _section(diff: Any, path: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise CompareError(f"dvc diff of {path}: printed JSON of another shape than DVC's")
     return section
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal params; NaN on both sides is no change (NaN != NaN)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _number(values: dict[str, Any], key: str, where: str) -> float:
@@ -113,7 +119,7 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     param_old = {k: v.get("old") for k, v in params.items() if isinstance(v, dict)}
     param_new = {k: v.get("new") for k, v in params.items() if isinstance(v, dict)}
     a, b = side(names[0], old, param_old), side(names[1], new, param_new)
-    differ = sorted(k for k in params if param_old.get(k) != param_new.get(k))
+    differ = sorted(k for k in params if not _same(param_old.get(k), param_new.get(k)))
     changed = [f"{k} {param_old[k]!r} -> {param_new[k]!r}" for k in differ]
     causes = [k for k in differ if not k.startswith(NOT_CAUSES)]
     if len(causes) > 1 and not several:
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if len(args.revs) > 2:
         return error_line("at most two revisions (A B), as dvc metrics diff takes")
+    bad = next((r for r in args.revs if not r or not r.isprintable()), None)
+    if bad is not None:  # git allows neither in a revision; DVC's own error on them names nothing
+        return error_line(f"revision {bad!r}: empty or holding control characters, so no git revision or experiment")
     try:
         emit("\n".join(map(printable, compare(args.revs, args.several))))
     except UserError as exc:

@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from cifar_study.pipeline.errors import ParamError, UserError, first_line
-from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, load_yaml, read_bounded
+from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, larger, load_yaml, read_bounded
 
 DVC_TIMEOUT_S = 300
+MAX_FILE_BYTES = 1 << 20  # this project's params and metrics files are a few KB; dvc.lock about 20 KB
 DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
 ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml")
 
@@ -63,13 +64,18 @@ def check_workspace(error: type[UserError]) -> None:
     not finish flattening."""
     for path in dict.fromkeys(read_by_dvc(error)):
         try:
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
+            if stat.S_ISREG(st.st_mode):
+                open(path, "rb").close()  # DVC shows a file it cannot read as an absent one
         except FileNotFoundError:
             continue
         except OSError as exc:
             raise error(f"{path} in the workspace: cannot read ({exc.strerror or first_line(exc)})") from None
-        if not stat.S_ISREG(mode):
-            raise error(f"{path} in the workspace is a {kind_of(mode)}, not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} in the workspace is a {kind_of(st.st_mode)}, not a regular file")
+        if st.st_size > MAX_FILE_BYTES:  # DVC parses it whole: 29 MB of metrics took compare 23 s and 900 MB
+            raise error(f"{path} in the workspace is {larger(st.st_size, MAX_FILE_BYTES)} a params or metrics file "
+                        "may be")
         if path.endswith((".yaml", ".yml")) and os.path.basename(path) != "dvc.yaml":
             try:  # DVC only warns about a params file it cannot read, and diffs it as if empty
                 load_yaml(Path(path))
