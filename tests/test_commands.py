@@ -86,6 +86,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def session_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -109,10 +117,12 @@ def run_row(command: str, row: Row, project: Path) -> None:
     with open(stdout_path, "wb") as stdout:
         proc = subprocess.Popen([sys.executable, "-m", f"cifar_study.{command}", *args], cwd=project, env=env,
                                 stdout=stdout, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=limit)
+        started: list[int] = []  # the children seen when the signal went (DVC runs in a session of its own)
         try:
             if row.stop is not None:
                 deadline = time.monotonic() + ROW_TIMEOUT_S
-                while not children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+                while not started and proc.poll() is None and time.monotonic() < deadline:
+                    started = children(proc.pid)
                     time.sleep(0.05)
                 proc.send_signal(row.stop)  # to the command alone, as a scheduler's `kill` does
             _, err = proc.communicate(timeout=ROW_TIMEOUT_S)
@@ -121,8 +131,8 @@ def run_row(command: str, row: Row, project: Path) -> None:
             proc.communicate()
             pytest.fail(f"{command} {row} hung")
         finally:
-            left = session_alive(proc.pid)
-            if left:
+            left = session_alive(proc.pid) or any(alive(pid) for pid in started)
+            if session_alive(proc.pid):
                 os.killpg(proc.pid, signal.SIGKILL)
     out = stdout_path.read_bytes().decode(errors="replace") if not row.stdout else ""
     err = err.decode(errors="replace")

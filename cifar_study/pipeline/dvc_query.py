@@ -9,8 +9,10 @@ flattens a params file's YAML aliases into copies: a 3 KB file of nested aliases
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -86,20 +88,29 @@ def check_workspace(error: type[UserError]) -> None:
 def dvc_json(*args: str, error: type[UserError]) -> Any:
     """`dvc <args[0]> <args[1]> --json <args[2:]>`, parsed; DVC's error as one line of `error`."""
     command = f"dvc {' '.join(args[:2])}"
+    # Until the try below, a Ctrl-C or SIGTERM would leave DVC running: they wait, blocked, until then. DVC gets
+    # a session of its own, so that it and any process it starts (its update check) end with this command.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         proc = subprocess.Popen(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    except FileNotFoundError:
-        raise error("dvc: command not found (activate the project's environment: source .venv/bin/activate)") from None
+                                text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}, start_new_session=True,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stops))
+    except BaseException as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        if isinstance(exc, FileNotFoundError):
+            raise error("dvc: command not found (activate the project's environment: source .venv/bin/activate)") from None
+        raise
     with proc:
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             stdout, stderr = proc.communicate(timeout=DVC_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise error(f"{command}: no answer within {DVC_TIMEOUT_S} s") from None
         finally:
-            if proc.returncode is None:  # timed out, Ctrl-C or SIGTERM: DVC ends with this command, reaped
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     if proc.returncode != 0:
         message = next((line for line in stderr.splitlines() if line.startswith("ERROR")),
                        first_line(RuntimeError(stderr.strip() or stdout.strip())))
