@@ -196,6 +196,10 @@ def files(args: list[str] | None = None, **named: str | bytes) -> Callable[[Path
     return setup
 
 
+def commit(root: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "row"], cwd=root, check=True)
+
+
 def special(path: str, kind: str, args: list[str] | None = None) -> Callable[[Path], list[str]]:
     """A setup that puts a FIFO, a link to /dev/zero or a directory where `path` is read."""
     def setup(root: Path) -> list[str]:
@@ -250,6 +254,14 @@ COMPARE_ROWS = [
     Row("traceback", "spread-sd-a-list", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6,
                                                spread='{"final_test_acc": [0.01]}'),
         expect=r"^error: reports/spread/spread.json: not a spread written by python -m cifar_study.spread"),
+    Row("misleading", "revision-with-a-terminal-escape", files([f"HEAD{ESC}"]),
+        expect=r"^error: revision 'HEAD\\x1b\]2;owned\\x07': empty or holding control characters"),
+    Row("silent-wrong", "nan-param-on-both-sides-is-no-change", lambda r: (
+        files(params="train:\n  lr: .nan\n  replicas: 3\n")(r), commit(r),
+        files(params="train:\n  lr: .nan\n  replicas: 3\n  seed: 7\n", metrics=REPLICAS_3 % (0.6, 0.6))(r))[2],
+        code=0, expect=r"^changed params: train\.seed None -> 7\n"),
+    Row("hang", "metrics-file-of-two-mib", files(metrics='{"test_acc": 0.5, "pad": "' + "x" * (2 << 20) + '"}'),
+        expect=r"^error: metrics/eval.json in the workspace is 2 MiB, more than the 1 MiB a params or metrics file may be$"),
     Row("misleading", "eval-json-a-list", files(metrics="[0.5]"),
         expect=r"^error: workspace: no test accuracy in metrics/eval.json \(the file is absent, or not what evaluate"),
     Row("misleading", "params-yaml-a-directory", special("params.yaml", "directory"),
