@@ -27,7 +27,7 @@ from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path, read_text
-from cifar_study.pipeline.untrusted import json_numbers
+from cifar_study.pipeline.untrusted import finite_number, json_numbers
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -92,7 +92,7 @@ def _fraction(v: Any) -> bool:
 
 
 def _finite(v: Any) -> bool:
-    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+    return finite_number(v) and v >= 0
 
 
 def _count(v: Any) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, write_json
-from cifar_study.pipeline.untrusted import json_numbers, load_yaml, md5_file, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yaml, md5_file, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
@@ -68,14 +67,10 @@ class SeedRun:
         """Refuse what no study run writes (a NaN, a percentage, a float seed) before it skews the statistics."""
         _seed(self.seed)
         for what, value in (("test_acc", self.test_acc), *(("heldout_acc", v) for v in self.heldout_acc)):
-            if not _number(value) or not 0 <= value <= 1:
+            if not finite_number(value) or not 0 <= value <= 1:
                 raise ValueError(f"run {self.name}: {what} {value!r} is not an accuracy between 0 and 1")
-        if not _number(self.seconds) or self.seconds < 0:
+        if not finite_number(self.seconds) or self.seconds < 0:
             raise ValueError(f"run {self.name}: seconds {self.seconds!r} is not a wall time")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _seed(value: Any) -> int:

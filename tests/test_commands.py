@@ -86,17 +86,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
+def alive(pid: int, group: bool = False) -> bool:
+    """Whether process `pid` (or, with `group`, any process of the group or session it leads) still exists."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def session_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     return True
@@ -131,8 +124,8 @@ def run_row(command: str, row: Row, project: Path) -> None:
             proc.communicate()
             pytest.fail(f"{command} {row} hung")
         finally:
-            left = session_alive(proc.pid) or any(alive(pid) for pid in started)
-            if session_alive(proc.pid):
+            left = alive(proc.pid, group=True) or any(alive(pid) for pid in started)
+            if alive(proc.pid, group=True):
                 os.killpg(proc.pid, signal.SIGKILL)
     out = stdout_path.read_bytes().decode(errors="replace") if not row.stdout else ""
     err = err.decode(errors="replace")
