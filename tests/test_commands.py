@@ -424,3 +424,33 @@ def test_predict(row, predict_project):
 @pytest.mark.parametrize("rows", [COMPARE_ROWS, SHOW_ROWS, PREDICT_ROWS], ids=["compare", "show", "predict"])
 def test_every_class_has_two_rows(rows):
     every_class_twice(rows)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (Linux /proc: SigCgt, bit sig - 1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return bool(int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16) >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("module", ["cifar_study.predict", "stages.evaluate"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_stop_while_pytorch_is_imported_is_one_line(module, sig, tmp_path):
+    """The first seconds of a command or stage import PyTorch, before its main runs: a stop there too is
+    `interrupted` and exit 130, not a KeyboardInterrupt traceback or a silent 143."""
+    proc = subprocess.Popen([sys.executable, "-m", module, "cat.png"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + ROW_TIMEOUT_S
+        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text(), "no handler before PyTorch loads"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
+    finally:
+        if alive(proc.pid, group=True):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (proc.returncode, err, out) == (130, b"interrupted\n", b"")
