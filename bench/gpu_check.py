@@ -46,13 +46,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
 from cifar_study.pipeline import paths  # noqa: E402
+from cifar_study.pipeline.cli import printable  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
 
@@ -560,8 +561,19 @@ def budget_s(text: str) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def refuse(message: str) -> int:
+    """One line on stdout (the script's log) for a setup the check cannot start with; the exit status."""
+    print(f"gpu_check: {printable(message)}; nothing done", flush=True)
+    return 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(refuse(f"{message} (see --help)"))
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="the same steps on the CPU, tiny (checks the script)")
     ap.add_argument("--out", default=os.environ.get("OUT") or
                     f"bench/results/gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -569,40 +581,33 @@ def main() -> int:
     args = ap.parse_args()
     missing = [m for m in MODULES if not module_found(m)]
     if missing:
-        print(f"gpu_check: {sys.executable} lacks {', '.join(missing)}: install them "
-              "(pip install -r requirements.txt); nothing done", flush=True)
-        return 2
+        return refuse(f"{sys.executable} lacks {', '.join(missing)}: install them (pip install -r requirements.txt)")
     budget = budget_s(os.environ.get("GPU_CHECK_BUDGET_S", str(BUDGET_S)))
     if budget is None:
-        print(f"gpu_check: GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds "
-              f"above 0 (default {BUDGET_S}); nothing done", flush=True)
-        return 2
+        return refuse(f"GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds above 0 "
+                      f"(default {BUDGET_S})")
     data_from = "--data" if args.data else "GPU_CHECK_DATA"
     data = Path(args.data or os.environ.get("GPU_CHECK_DATA") or DATA).expanduser()
     data = data if data.is_absolute() else ROOT / data
     try:  # the spread compares runs on the same bytes as the committed baseline
-        data_md5 = md5_file(data) if data.is_file() else None
-    except UserError as exc:  # larger than any CIFAR-10 archive, or unreadable
-        print(f"gpu_check: {data_from}: {exc}; nothing done", flush=True)
-        return 2
+        data_md5 = md5_file(data) if data.exists() else None
+    except UserError as exc:  # a FIFO or device (which would block or never end), larger than any CIFAR-10 archive
+        return refuse(f"{data_from}: {exc}")
     out = Path(args.out)
     try:  # a results folder holds one check: an earlier one's files (committed logs) are never overwritten
         if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-            print(f"gpu_check: --out/OUT: {out} already exists and is not an empty folder; name a new one; "
-                  "nothing done", flush=True)
-            return 2
+            return refuse(f"--out/OUT: {out} already exists and is not an empty folder; name a new one")
         out.mkdir(parents=True, exist_ok=True)
         (out / "log.txt").write_text("")
     except OSError as exc:
-        print(f"gpu_check: --out/OUT: cannot create {out} ({exc.strerror or exc}); nothing done", flush=True)
-        return 2
+        return refuse(f"--out/OUT: cannot create {out} ({exc.strerror or exc})")
     check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data,
                   wandb="offline" if subprocess.run([sys.executable, "-c", "import wandb"],
                                                     capture_output=True).returncode == 0 else "disabled")
     check.summary["wandb"] = check.wandb
-    print(f"gpu_check: results in {out}/ (budget {check.budget_s:.0f} s)", flush=True)
+    print(f"gpu_check: results in {printable(str(out))}/ (budget {check.budget_s:.0f} s)", flush=True)
     if data_md5 is None:
-        print(f"gpu_check: {data} not found, or not a regular file: the studies will fail (put the "
+        print(f"gpu_check: {printable(str(data))} not found: the studies will fail (put the "
               f"archive at {DATA}, or name it with --data)", flush=True)
     else:
         check.summary["data_md5"] = data_md5

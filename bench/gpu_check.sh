@@ -16,16 +16,16 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # A missing Python or PyTorch is a setup error (exit 2), not "no GPU here" (exit 0).
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "gpu_check: PYTHON=$PYTHON: not found; nothing done"
+    printf 'gpu_check: PYTHON=%q: not found; nothing done\n' "$PYTHON"  # %q: a control character as its escape
     exit 2
 fi
 if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
-    echo "gpu_check: $PYTHON cannot import torch: install the requirements (make install); nothing done"
+    printf 'gpu_check: %q cannot import torch: install the requirements (make install); nothing done\n' "$PYTHON"
     exit 2
 fi
 if [[ "${1:-}" != "--cpu-smoke" ]] &&
    ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    echo "gpu_check: no CUDA device visible to PyTorch ($PYTHON) on this machine; nothing done"
+    printf 'gpu_check: no CUDA device visible to PyTorch (%q) on this machine; nothing done\n' "$PYTHON"
     exit 0
 fi
 exec "$PYTHON" bench/gpu_check.py "$@"

@@ -13,7 +13,6 @@ import html
 import io
 import math
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +25,7 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
-from cifar_study.pipeline.outputs import atomic_path, read_text
+from cifar_study.pipeline.outputs import atomic_path, read_text, refuse_links
 from cifar_study.pipeline.untrusted import finite_number, json_numbers
 
 # The original study's published numbers (official CIFAR-10 archive).
@@ -285,34 +284,23 @@ def document(root: Path = Path(".")) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _check_target(path: Path) -> None:
-    """Refuse to write through a symbolic link (the file or its folder) or over anything but a regular file."""
-    for p in (path.parent, path):
-        try:
-            mode = os.lstat(p).st_mode
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(mode):
-            raise ResultsError(f"{p} is a symbolic link: not written through (replace it with a regular "
-                               f"{'folder' if p == path.parent else 'file'})")
-        if p == path and not stat.S_ISREG(mode):
-            raise ResultsError(f"{p} is not a regular file: not overwritten")
-
-
 def main() -> None:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help=f"only check that {RESULTS} is up to date")
     args = ap.parse_args()
     target = Path(RESULTS)
     try:
-        _check_target(target)
+        refuse_links(target)
         new = document()
         if args.check:
             if not target.is_file() or read_text(target) != new:
                 sys.exit(f"{RESULTS} is out of date: run python -m cifar_study.results")
             return
-        with atomic_path(target) as tmp:
-            tmp.write_text(new, encoding="utf-8")
+        try:
+            with atomic_path(target) as tmp:
+                tmp.write_text(new, encoding="utf-8")
+        except OSError as exc:  # a full disk: the previous file stays, named in the error
+            raise ResultsError(f"{RESULTS}: cannot write ({exc.strerror or exc})") from None
         emit(f"wrote {RESULTS}")
     except (UserError, OSError) as exc:
         sys.exit(error_line(str(exc)))

@@ -33,9 +33,9 @@ from cifar_study.analysis.figures import save_figure
 from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import outputs_together, write_json
+from cifar_study.pipeline.outputs import outputs_together, refuse_links, write_json
 from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yaml, md5_file, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
@@ -267,7 +267,8 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     finals.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7)  # below: never over a point
     changed = ", ".join(f"{k}={v}" for k, v in collected["changed_params"].items() if not k.startswith("data."))
     device = f" on {collected['device']}" if collected.get("device") else ""
-    fig.suptitle(f"Run-to-run spread over train.seed ({changed or 'defaults'}){device}")
+    # Params are text from a file: a control character is drawn as its escape (matplotlib has no glyph for it)
+    fig.suptitle(printable(f"Run-to-run spread over train.seed ({changed or 'defaults'}){device}"))
     return fig
 
 
@@ -295,6 +296,8 @@ def _project_relative(value: Any, root: Path) -> Any:
 def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
     collected = _project_relative(collected, root)
     spread = summarize(collected)
+    for name in (RUNS, SPREAD, FIGURE):
+        refuse_links(root / name)
     (root / SPREAD).parent.mkdir(parents=True, exist_ok=True)
     with outputs_together():
         write_json(root / RUNS, collected)

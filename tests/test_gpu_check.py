@@ -1,6 +1,7 @@
 """bench/gpu_check.sh: refuses cleanly without CUDA, and its whole orchestration runs (--cpu-smoke)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -9,11 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from bench import gpu_check
 from tests.conftest import ROOT, image_folder_files, write_tar
+from tests.hostile import ESC, Row, every_class_twice, run_row, special
 
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 RESULTS = ROOT / "bench" / "results"
@@ -42,67 +45,107 @@ def test_without_cuda_it_says_so_in_one_line_and_does_nothing(tmp_path):
     assert not out.exists() and gpu_results() == before
 
 
-@pytest.mark.parametrize("python, message", [
-    ("no-such-python3", "gpu_check: PYTHON=no-such-python3: not found; nothing done"),
-    ("/bin/true", "gpu_check: /bin/true cannot import torch: install the requirements (make install); nothing done"),
-])
-def test_a_missing_python_or_torch_is_a_setup_error_not_no_gpu(tmp_path, python, message):
-    if python == "/bin/true":  # runs, but is no Python with PyTorch: `import torch` fails
-        python = str(tmp_path / "python-without-torch")
-        Path(python).write_text("#!/bin/sh\nexit 1\n")
-        os.chmod(python, 0o755)
-        message = message.replace("/bin/true", python)
-    proc = script(env={"PYTHON": python, "OUT": str(tmp_path / "out")}, timeout=60)
-    assert proc.returncode == 2 and proc.stdout.splitlines() == [message] and not (tmp_path / "out").exists()
+# --- hostile input, by class (issue 27; the classes and the runner: tests/hostile.py) ----------------------------
+# Each row runs the script as a user does (bash bench/gpu_check.sh --cpu-smoke) with its results folder and
+# data in the row's project; a refusal is one line on stdout, "gpu_check: ...; nothing done", exit 2.
+
+def out_is(kind: str) -> Callable[[Path], list[str]]:
+    """A setup whose results folder (--out) already exists as `kind`; the row must leave it as it was."""
+    def setup(root: Path) -> list[str]:
+        out = root / ("out" + (ESC if kind == "escape" else ""))
+        if kind in ("non-empty folder", "escape"):
+            out.mkdir()
+            (out / "log.txt").write_text("a committed log")
+        elif kind == "file":
+            out.write_text("a file")
+        else:
+            (root.parent / "elsewhere").mkdir()
+            out.symlink_to(root.parent / "elsewhere")
+        return ["--cpu-smoke", "--out", str(out)]
+    return setup
 
 
-def test_a_missing_requirement_is_named_before_any_step(tmp_path):
-    """The GPU machine lacked ruamel.yaml once, and every study failed a few minutes in: now it is one line up front."""
-    (tmp_path / "block" / "ruamel").mkdir(parents=True)
-    (tmp_path / "block" / "ruamel" / "__init__.py").write_text("raise ImportError('no ruamel here')\n")
-    out = tmp_path / "out"
-    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out), "PYTHONPATH": str(tmp_path / "block")})
-    assert proc.returncode == 2 and not out.exists()
-    assert proc.stdout.splitlines() == [f"gpu_check: {sys.executable} lacks ruamel.yaml: install them "
-                                        "(pip install -r requirements.txt); nothing done"]
+def fresh_out(data: str | None = None) -> Callable[[Path], list[str]]:
+    """A setup with a new results folder (which the row must not create) and, if named, the data at `data`."""
+    def setup(root: Path) -> list[str]:
+        args = ["--cpu-smoke", "--out", str(root / "out")]
+        if data == "huge":
+            with open(root / "huge.tar.gz", "wb") as f:
+                f.truncate(2 << 30)  # sparse: 2 GiB declared, nothing written
+        elif data:
+            special("data.tar.gz", data)(root)
+        return args + (["--data", str(root / ("huge.tar.gz" if data == "huge" else "data.tar.gz"))] if data else [])
+    return setup
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("GPU_CHECK_BUDGET_S", "abc", "GPU_CHECK_BUDGET_S='abc' is not a number of seconds above 0"),
-    ("GPU_CHECK_BUDGET_S", "", "GPU_CHECK_BUDGET_S='' is not a number of seconds above 0"),
-    ("GPU_CHECK_BUDGET_S", "nan", "GPU_CHECK_BUDGET_S='nan' is not a number of seconds above 0"),  # would bound nothing
-    ("GPU_CHECK_BUDGET_S", "inf", "GPU_CHECK_BUDGET_S='inf' is not a number of seconds above 0"),
-    ("GPU_CHECK_BUDGET_S", "-5", "GPU_CHECK_BUDGET_S='-5' is not a number of seconds above 0"),
-    ("GPU_CHECK_DATA", "huge", "GPU_CHECK_DATA: "),  # larger than any CIFAR-10 archive: refused unread
-])
-def test_a_bad_setting_is_one_line_before_any_step(tmp_path, name, value, message):
-    if value == "huge":
-        value = str(tmp_path / "huge.tar.gz")
-        with open(value, "wb") as f:
-            f.truncate(2 << 30)  # sparse: 2 GiB declared, nothing written
-    out = tmp_path / "out"
-    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out), name: value})
-    lines = proc.stdout.splitlines()
-    assert proc.returncode == 2 and not out.exists() and proc.stderr == "", proc.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"gpu_check: {message}") and lines[0].endswith("; nothing done")
+def python_without_torch(root: Path) -> list[str]:
+    python = root / "python-without-torch"  # runs, but is no Python with PyTorch: `import torch` fails
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    return ["--cpu-smoke", "--out", str(root / "out")]
 
 
-@pytest.mark.parametrize("kind", ["non-empty folder", "file", "symlink"])
-def test_an_existing_results_folder_is_refused_and_left_as_it_was(tmp_path, kind):
-    out = tmp_path / "out"
-    if kind == "non-empty folder":
-        out.mkdir()
-        (out / "log.txt").write_text("a committed log")
-    elif kind == "file":
-        out.write_text("a file")
-    else:
-        (tmp_path / "elsewhere").mkdir()
-        out.symlink_to(tmp_path / "elsewhere")
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    proc = script("--cpu-smoke", timeout=120, env={"OUT": str(out)})
-    assert proc.returncode == 2 and proc.stdout.splitlines() == [
-        f"gpu_check: --out/OUT: {out} already exists and is not an empty folder; name a new one; nothing done"]
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+def blocked_ruamel(root: Path) -> list[str]:
+    (root / "block" / "ruamel").mkdir(parents=True)
+    (root / "block" / "ruamel" / "__init__.py").write_text("raise ImportError('no ruamel here')\n")
+    return ["--cpu-smoke", "--out", str(root / "out")]
+
+
+def elsewhere_untouched(root: Path) -> None:
+    assert not any((root.parent / "elsewhere").iterdir())
+
+
+def budget(value: str) -> dict[str, str]:
+    return {"GPU_CHECK_BUDGET_S": value}
+
+
+NOT_A_BUDGET = r"^gpu_check: GPU_CHECK_BUDGET_S=%s is not a number of seconds above 0 \(default 480\); nothing done$"
+EXISTS = r"^gpu_check: --out/OUT: \S*%s already exists and is not an empty folder; name a new one; nothing done$"
+GPU_CHECK_ROWS = [
+    Row("breach", "results-folder-is-a-link-out-of-the-project", out_is("link"), expect=EXISTS % "out",
+        check=elsewhere_untouched),
+    Row("breach", "results-folder-name-with-a-terminal-escape", out_is("escape"),
+        expect=EXISTS % r"out\\x1b\]2;owned\\x07"),
+    Row("breach", "python-name-with-a-terminal-escape", fresh_out(), env={"PYTHON": f"python{ESC}"},
+        expect=r"^gpu_check: PYTHON=\$'python\\E\]2;owned\\a': not found; nothing done$"),
+    Row("silent-wrong", "budget-nan-would-bound-nothing", fresh_out(), env=budget("nan"), expect=NOT_A_BUDGET % "'nan'"),
+    Row("silent-wrong", "budget-infinite", fresh_out(), env=budget("inf"), expect=NOT_A_BUDGET % "'inf'"),
+    Row("silent-wrong", "budget-negative", fresh_out(), env=budget("-5"), expect=NOT_A_BUDGET % "'-5'"),
+    Row("hang", "data-of-two-gib-is-refused-unread", fresh_out("huge"),
+        expect=r"^gpu_check: --data: \S*huge.tar.gz is 2,048 MiB, more than the 1,024 MiB it may be; nothing done$"),
+    Row("hang", "data-is-a-fifo", fresh_out("fifo"),
+        expect=r"^gpu_check: --data: \S*data.tar.gz is a FIFO \(named pipe\), not a regular file; nothing done$"),
+    Row("hang", "data-is-dev-zero", fresh_out("dev-zero"),
+        expect=r"^gpu_check: --data: \S*data.tar.gz is a device, not a regular file; nothing done$"),
+    Row("traceback", "budget-not-a-number", fresh_out(), env=budget("abc"), expect=NOT_A_BUDGET % "'abc'"),
+    Row("traceback", "budget-empty", fresh_out(), env=budget(""), expect=NOT_A_BUDGET % "''"),
+    Row("traceback", "unknown-option", lambda r: fresh_out()(r) + ["--bogus"],
+        expect=r"^gpu_check: unrecognized arguments: --bogus \(see --help\); nothing done$"),
+    Row("misleading", "python-missing-is-not-no-gpu", fresh_out(), env={"PYTHON": "no-such-python3"},
+        expect=r"^gpu_check: PYTHON=no-such-python3: not found; nothing done$"),
+    Row("misleading", "python-without-torch-is-not-no-gpu", python_without_torch, env={"PYTHON": "{project}/python-without-torch"},
+        expect=r"^gpu_check: \S+/python-without-torch cannot import torch: install the requirements \(make install\); "
+               r"nothing done$"),
+    Row("misleading", "a-missing-requirement-is-named-before-any-step", blocked_ruamel, env={"PYTHONPATH": "{project}/block"},
+        expect=r"^gpu_check: \S+ lacks ruamel.yaml: install them \(pip install -r requirements.txt\); nothing done$"),
+    Row("lost-work", "results-folder-holds-an-earlier-check", out_is("non-empty folder"), expect=EXISTS % "out"),
+    Row("lost-work", "results-folder-is-a-file", out_is("file"), expect=EXISTS % "out"),
+]
+
+
+@pytest.mark.parametrize("row", GPU_CHECK_ROWS, ids=str)
+def test_gpu_check(row, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    before = gpu_results()
+    # {project}: the script runs in the repository's root (it cds there), so a row's own file is named in full
+    env = {"PYTHON": sys.executable, **{name: value.format(project=project) for name, value in row.env.items()}}
+    run_row(["bash", str(SCRIPT)], dataclasses.replace(row, env=env), project, says="stdout")
+    assert gpu_results() == before
+
+
+def test_every_class_has_two_rows():
+    every_class_twice(GPU_CHECK_ROWS)
 
 
 @pytest.mark.slow

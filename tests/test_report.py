@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typing import Callable
+
 import pytest
 
 from cifar_study.results import RESULTS, document, render
 from tests.conftest import ROOT, workspace_or_committed
+from tests.hostile import Row, command, every_class_twice, run_row, special, write
 
 # What reports/RESULTS.md is rendered from, and the file itself.
 SOURCES = [RESULTS, "dvc.lock", "metrics", "plots/data", "reports"]
@@ -87,14 +90,6 @@ def results(root: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_a_full_disk_for_stdout_is_one_line_and_exit_2(tmp_path):
-    baseline(tmp_path)
-    with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "cifar_study.results"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 2 and done.stderr == "error: standard output: cannot write (No space left on device)\n"
-
-
 def test_the_command_writes_the_file_and_checks_it(tmp_path):
     baseline(tmp_path)
     assert results(tmp_path, "--check").returncode == 1  # not written yet
@@ -121,48 +116,104 @@ def test_text_from_a_results_file_is_escaped_in_the_markdown(tmp_path):
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; \\| x" in text
 
 
-# By class: silent-wrong (a value no run can produce), misleading (a special file as "nothing committed"),
-# hang (a FIFO), traceback (a field of the wrong shape), breach (writes through links).
-@pytest.mark.parametrize("spoil, message", [
-    (lambda root: (root / "plots/data/history.csv").unlink(), "plots/data/history.csv: not found"),
-    (lambda root: (root / "metrics/train.json").write_bytes(b'{"heldout_split": "t\xe9st"}'),
-     "metrics/train.json: not UTF-8"),
-    (lambda root: (root / "metrics/flops.json").write_text("{"), "metrics/flops.json: not a JSON document"),
-    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": NaN, "test_loss": 1}'),
-     "metrics/eval.json: not a JSON document of finite numbers (NaN is not a finite number)"),
-    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": 1e309, "test_loss": 1}'),
-     "metrics/eval.json: not a JSON document of finite numbers (1e309 is not a finite number)"),
-    (lambda root: (root / "metrics/eval.json").write_text("[" * 100000 + "]" * 100000),
-     "metrics/eval.json: not a JSON document of finite numbers (nested deeper than any file the pipeline writes)"),
-    (lambda root: (root / "plots/data/history.csv").write_text(
-        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.8,0.35,1.4,0.49,0.001," + "9" * 200000 + "\n"),
-     "plots/data/history.csv: not a CSV file the pipeline writes (field larger than field limit"),
-    (lambda root: (root / "metrics/eval.json").write_text('{"test_acc": 5.0, "test_loss": 1}'),
-     "metrics/eval.json: test_acc is 5.0, not what the pipeline writes"),
-    (lambda root: (root / "plots/data/history.csv").write_text(
-        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.8,0.35,inf,0.49,0.001,200\n"),
-     "plots/data/history.csv: epoch 1 holds a value that is not a finite number"),
-    (lambda root: ((root / "metrics/eval.json").unlink(), (root / "metrics/eval.json").mkdir()),
-     "metrics/eval.json is a directory, not a regular file"),
-    (lambda root: ((root / "metrics/eval.json").unlink(), os.mkfifo(root / "metrics/eval.json")),
-     "metrics/eval.json is a FIFO (named pipe), not a regular file"),
-    (lambda root: ((root / "metrics/data.json").unlink(), os.mkfifo(root / "metrics/data.json")),
-     "metrics/data.json is a FIFO (named pipe), not a regular file"),
-    (lambda root: spoil_findings(root, 3) or (root / "reports/findings.json").write_text('{"flow_health": 3}'),
-     "reports/findings.json: not as the pipeline writes it (TypeError"),
-    (lambda root: (root / "plots/data/class_accuracy.csv").write_text("class,accuracy\n<b>cat</b>,0.4\n"),
-     "plots/data/class_accuracy.csv: row"),
-    (lambda root: (root / "reports").symlink_to(root / "elsewhere", target_is_directory=True), "symbolic link"),
-    (lambda root: ((root / "reports").mkdir(), (root / RESULTS).symlink_to(root / "victim.md")), "symbolic link"),
-    (lambda root: ((root / "reports").mkdir(), os.mkfifo(root / RESULTS)), "not a regular file"),
-])
-def test_bad_input_or_target_is_one_line_and_exit_2(tmp_path, spoil, message):
-    baseline(tmp_path)
+# --- hostile input, by class (issue 27; the classes and the runner: tests/hostile.py) ----------------------------
+
+@pytest.fixture
+def results_project(tmp_path) -> Path:
+    """The baseline's files, and beside the project a folder and a file that no write may reach."""
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "victim.md").write_text("untouched\n")
-    spoil(tmp_path)
-    proc = results(tmp_path)
-    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert (tmp_path / "victim.md").read_text() == "untouched\n" and not any((tmp_path / "elsewhere").iterdir())
+    return baseline(tmp_path / "project")
+
+
+def untouched_outside(root: Path) -> None:
+    assert (root.parent / "victim.md").read_text() == "untouched\n" and not any((root.parent / "elsewhere").iterdir())
+
+
+def spoil(**files: str | bytes) -> Callable[[Path], list[str]]:
+    """A setup that writes `files` (names with / as __: plots__data__history_csv) into the project."""
+    def setup(root: Path) -> list[str]:
+        write(root, {name.replace("__", "/").replace("_json", ".json").replace("_csv", ".csv"): content
+                     for name, content in files.items()})
+        return []
+    return setup
+
+
+def linked(name: str, target: str) -> Callable[[Path], list[str]]:
+    """A setup that puts a symbolic link at `name`, to `target` beside the project."""
+    def setup(root: Path) -> list[str]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(root.parent / target)
+        return []
+    return setup
+
+
+HISTORY_HEAD = "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n"
+FINDINGS_OF = '{"flow_health": {"verdict": "healthy", "missing": "", "snapshots": 12, "layers": []}, ' \
+              '"claims": [{"claim": "c", "measured": "m", "verdict": %s}]}'
+WROTE = r"^wrote reports/RESULTS.md$"
+
+
+def results_file_holds(*texts: str) -> Callable[[Path], None]:
+    def check(root: Path) -> None:
+        written = (root / RESULTS).read_text()
+        assert all(text in written for text in texts) and "<script>" not in written, written
+        untouched_outside(root)
+    return check
+
+
+RESULTS_ROWS = [
+    Row("breach", "reports-folder-is-a-link-out-of-the-project", linked("reports", "elsewhere"),
+        expect=r"^error: reports is a symbolic link: not written through", check=untouched_outside),
+    Row("breach", "results-file-is-a-link-out-of-the-project",
+        lambda r: ((r / "reports").mkdir(), linked(RESULTS, "victim.md")(r))[1],
+        expect=r"^error: reports/RESULTS.md is a symbolic link: not written through", check=untouched_outside),
+    Row("breach", "markup-in-a-findings-verdict", spoil(reports__findings_json=FINDINGS_OF % '"<script>x</script> | y"'),
+        code=0, expect=WROTE, writes=(RESULTS,),
+        check=results_file_holds("&lt;script&gt;x&lt;/script&gt; \\| y")),
+    Row("breach", "markup-as-a-class-name", spoil(plots__data__class_accuracy_csv="class,accuracy\n<b>cat</b>,0.4\n"),
+        expect=r"^error: plots/data/class_accuracy.csv: row"),
+    Row("silent-wrong", "nan-accuracy", spoil(metrics__eval_json='{"test_acc": NaN, "test_loss": 1}'),
+        expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(NaN is not a finite number\)$"),
+    Row("silent-wrong", "accuracy-past-a-float", spoil(metrics__eval_json='{"test_acc": 1e309, "test_loss": 1}'),
+        expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(1e309 is not a finite number\)$"),
+    Row("silent-wrong", "accuracy-in-percent", spoil(metrics__eval_json='{"test_acc": 5.0, "test_loss": 1}'),
+        expect=r"^error: metrics/eval.json: test_acc is 5.0, not what the pipeline writes"),
+    Row("silent-wrong", "infinite-loss-in-the-history",
+        spoil(plots__data__history_csv=HISTORY_HEAD + "1,1.8,0.35,inf,0.49,0.001,200\n"),
+        expect=r"^error: plots/data/history.csv: epoch 1 holds a value that is not a finite number"),
+    Row("hang", "eval-json-is-a-fifo", special("metrics/eval.json", "fifo"),
+        expect=r"^error: metrics/eval.json is a FIFO \(named pipe\), not a regular file"),
+    Row("hang", "flops-json-is-dev-zero", special("metrics/flops.json", "dev-zero"),
+        expect=r"^error: metrics/flops.json is a device, not a regular file"),
+    Row("hang", "results-file-is-a-fifo", lambda r: ((r / "reports").mkdir(), special(RESULTS, "fifo")(r))[1],
+        expect=r"^error: reports/RESULTS.md is not a regular file: not overwritten$"),
+    Row("traceback", "train-json-not-utf8", spoil(metrics__train_json=b'{"heldout_split": "t\xe9st"}'),
+        expect=r"^error: metrics/train.json: not UTF-8"),
+    Row("traceback", "flops-json-cut-short", spoil(metrics__flops_json="{"),
+        expect=r"^error: metrics/flops.json: not a JSON document"),
+    Row("traceback", "eval-json-nested-past-the-parser", spoil(metrics__eval_json="[" * 100000 + "]" * 100000),
+        expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(nested deeper than any file"),
+    Row("traceback", "history-field-past-the-csv-limit",
+        spoil(plots__data__history_csv=HISTORY_HEAD + "1,1.8,0.35,1.4,0.49,0.001," + "9" * 200000 + "\n"),
+        expect=r"^error: plots/data/history.csv: not a CSV file the pipeline writes \(field larger than field limit"),
+    Row("traceback", "findings-of-the-wrong-shape", spoil(reports__findings_json='{"flow_health": 3}'),
+        expect=r"^error: reports/findings.json: not as the pipeline writes it \(TypeError"),
+    Row("misleading", "history-missing", lambda r: (r / "plots/data/history.csv").unlink() or [],
+        expect=r"^error: plots/data/history.csv: not found"),
+    Row("misleading", "eval-json-is-a-directory", special("metrics/eval.json", "directory"),
+        expect=r"^error: metrics/eval.json is a directory, not a regular file"),
+    Row("lost-work", "stdout-on-a-full-disk", spoil(), stdout="/dev/full", writes=(RESULTS,),
+        expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+    Row("lost-work", "results-file-past-the-file-size-limit", lambda r: write(r, {RESULTS: "the previous results\n"}) or [],
+        fsize=1000, expect=r"^error: reports/RESULTS.md: cannot write \(File too large\)$"),
+]
+
+
+@pytest.mark.parametrize("row", RESULTS_ROWS, ids=str)
+def test_results(row, results_project):
+    run_row(command("results"), row, results_project)
+
+
+def test_every_class_has_two_rows():
+    every_class_twice(RESULTS_ROWS)

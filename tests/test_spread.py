@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from cifar_study.analysis import stats
 from cifar_study.core.history import EpochRecord
 from cifar_study.results import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
 from tests.conftest import ROOT
+from tests.hostile import ESC, Row, command, every_class_twice, run_row, special, write
 
 BASE_PARAMS = {"data": {"source": "download", "path": ""}, "train": {"seed": 42, "epochs": 3, "amp": "none",
                "channels_last": False, "lr": 0.001}, "wandb": {"mode": "offline"}}
@@ -254,3 +256,96 @@ def test_a_spread_of_thousands_of_epochs_takes_seconds_not_hours():
     for epoch in range(5000):  # each epoch's interval over 3 runs, as summarize computes them
         interval([0.5, 0.6, 0.55 + epoch * 1e-6])
     assert time.monotonic() - started < 10
+
+
+# --- hostile input, by class (issue 27; the classes and the runner: tests/hostile.py) ----------------------------
+
+def summary_of(change: Callable[[dict], object] | None = None, raw: bytes | None = None) -> Callable[[Path], list[str]]:
+    """A setup that writes a GPU check's summary.json into the project (the default, changed, or `raw` bytes)."""
+    def setup(root: Path) -> list[str]:
+        summary = gpu_summary("0" * 32)
+        if change:
+            summary = change(summary) or summary  # a lambda that edits in place returns None
+        write(root, {"summary.json": raw if raw is not None else json.dumps(summary)})
+        return ["--from-gpu-check", "summary.json"]
+    return setup
+
+
+def replicas_of(**train) -> Callable[[Path], list[str]]:
+    """A setup that rewrites the workspace's replicas run with `train` changed."""
+    def setup(root: Path) -> list[str]:
+        replicas_run(root, FINALS, **train)
+        return []
+    return setup
+
+
+def replicas_json(content: str | bytes) -> Callable[[Path], list[str]]:
+    return lambda root: write(root, {"reports/replicas.json": content}) or []
+
+
+def spread_written_before(root: Path) -> list[str]:
+    """The spread of the replicas, written once: a later failed run must keep it."""
+    assert subprocess.run(command("spread"), cwd=root, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120).returncode == 0
+    return []
+
+
+def spread_folder_linked_out(root: Path) -> list[str]:
+    (root.parent / "elsewhere").mkdir()
+    (root / "reports/spread").symlink_to(root.parent / "elsewhere")
+    return []
+
+
+def outside_untouched(root: Path) -> None:
+    assert not any((root.parent / "elsewhere").iterdir())
+
+
+NOT_A_RUN = r"^error: summary.json: not what a study run writes \("
+SPREAD_ROWS = [
+    Row("breach", "spread-folder-is-a-link-out-of-the-project", spread_folder_linked_out,
+        expect=r"^error: reports/spread is a symbolic link: not written through \(replace it with a regular folder\)$",
+        check=outside_untouched),
+    Row("breach", "param-value-with-a-terminal-escape", replicas_of(note=f"x{ESC}"), code=0,
+        expect=r"^spread: 3 runs", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE)),
+    Row("breach", "param-value-with-mathtext-that-matplotlib-cannot-parse", replicas_of(note="$\\frac{"), code=0,
+        expect=r"^spread: 3 runs", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE)),
+    Row("silent-wrong", "nan-accuracy-of-a-seed", summary_of(lambda s: s["spread"]["43"].update(test_acc=float("nan"))),
+        expect=NOT_A_RUN + r"ValueError: NaN is not a finite number\)$"),
+    Row("silent-wrong", "accuracy-in-percent", summary_of(lambda s: s["spread"]["43"].update(test_acc=81.69)),
+        expect=r"run gpu-seed-43: test_acc 81.69 is not an accuracy"),
+    Row("silent-wrong", "seed-not-an-integer",
+        summary_of(lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7)),
+        expect=r"train.seed 42.7 is not an integer"),
+    Row("hang", "summary-is-a-fifo", special("summary.json", "fifo", ["--from-gpu-check", "summary.json"]),
+        expect=r"^error: summary.json is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "summary-is-dev-zero", special("summary.json", "dev-zero", ["--from-gpu-check", "summary.json"]),
+        expect=r"^error: summary.json is a device, not a regular file$"),
+    Row("hang", "replicas-json-is-a-fifo", special("reports/replicas.json", "fifo"),
+        expect=r"^error: reports/replicas.json is a FIFO \(named pipe\), not a regular file$"),
+    Row("traceback", "summary-empty", summary_of(raw=b""), expect=NOT_A_RUN),
+    Row("traceback", "summary-not-utf8", summary_of(raw=b"\xff\xfe{"), expect=NOT_A_RUN),
+    Row("traceback", "summary-nested-past-the-parser", summary_of(raw=b"[" * 200_000 + b"]" * 200_000), expect=NOT_A_RUN),
+    Row("traceback", "studies-a-list", summary_of(lambda s: {**s, "studies": []}), expect=NOT_A_RUN + "AttributeError"),
+    Row("traceback", "replica-without-a-history", replicas_json('[{"seed": 42}, {"seed": 43}, {"seed": 44}]'),
+        expect=r"^error: reports/replicas.json: not what a study run writes \(KeyError: 'history'\)$"),
+    Row("misleading", "summary-is-a-directory", special("summary.json", "directory", ["--from-gpu-check", "summary.json"]),
+        expect=r"^error: summary.json is a directory, not a regular file$"),
+    Row("misleading", "replicas-stale-against-params", replicas_of(replicas=5),
+        expect=r"^error: reports/replicas.json holds 3 replicas but params.yaml says train.replicas: 5 \(stale"),
+    Row("misleading", "one-replica", lambda r: replicas_run(r, {42: 0.8}) or [],
+        expect=r"^error: reports/replicas.json: 1 replica\(s\); the spread needs at least 2 \(dvc exp run -S"),
+    Row("lost-work", "stdout-on-a-full-disk", lambda r: [], stdout="/dev/full", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE),
+        expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+    Row("lost-work", "outputs-past-the-file-size-limit-keep-the-last-spread",
+        lambda r: (spread_written_before(r), replicas_run(r, {42: 0.7, 43: 0.75, 44: 0.72}))[0], fsize=20_000,
+        expect=r"^error: reports/spread/\S+: cannot write \(File too large\); no output was changed$"),
+]
+
+
+@pytest.mark.parametrize("row", SPREAD_ROWS, ids=str)
+def test_spread(row, repo):
+    run_row(command("spread"), row, repo)
+
+
+def test_every_class_has_two_rows():
+    every_class_twice(SPREAD_ROWS)

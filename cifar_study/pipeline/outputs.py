@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -119,6 +120,24 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def refuse_links(path: Path) -> None:
+    """Refuse to write `path` through a symbolic link (the file, or a folder on its way: each one of a
+    relative path) or over anything but a regular file: a command writes where the name says, never where
+    a planted link points. (Not for stage outputs: DVC may link those to its cache, and rename replaces a link.)"""
+    steps = [Path(*path.parts[:i]) for i in range(1, len(path.parts) + 1)] if not path.is_absolute() else \
+        [path.parent, path]
+    for step in steps:
+        try:
+            mode = os.lstat(step).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise OutputError(f"{step} is a symbolic link: not written through (replace it with a regular "
+                              f"{'file' if step == path else 'folder'})")
+        if step == path and not stat.S_ISREG(mode):
+            raise OutputError(f"{step} is not a regular file: not overwritten")
 
 
 def write_bytes(path: str | Path, data: bytes | memoryview, now: bool = False) -> None:
