@@ -210,11 +210,11 @@ def train(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldou
                 history.append(r)
         if on_epoch_end:
             on_epoch_end(result)
-        logger.log_epoch(record, state.step, heldout_name)
-        if state.dist.main:
+        if state.dist.main:  # the terminal's line first: what the live files and W&B show was printed
             spread = (f" | {len(records)} replicas: {heldout_name} acc mean "
                       f"{statistics.fmean(r.heldout_acc for r in records):.4f}") if len(records) > 1 else ""
             print(f"epoch {epoch}/{p.epochs}: train loss {record.train_loss:.4f} acc {record.train_acc:.4f} | "
                   f"{heldout_name} loss {record.heldout_loss:.4f} acc {record.heldout_acc:.4f} | {seconds:.1f}s{spread}",
                   flush=True)
+        logger.log_epoch(record, state.step, heldout_name)
     return result
