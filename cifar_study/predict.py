@@ -2,9 +2,9 @@
 
     python -m cifar_study.predict IMAGE [IMAGE ...] [--model models/model.pt] [--top 3]
 
-Any PNG or JPEG of any size: it is converted to RGB, cropped to its central square and scaled to
-32x32 with an antialiasing filter (CIFAR-10's images are small photos scaled the same way), then
-normalised with the mean and std stored in the checkpoint, as the training data was. The model is
+Any PNG or JPEG of any size: it is turned upright (its EXIF orientation), converted to RGB, cropped to
+its central square and scaled to 32x32 with an antialiasing filter (CIFAR-10's images are small photos
+scaled the same way), then normalised with the mean and std stored in the checkpoint, as the training data was. The model is
 the checkpoint's (replica 0 of a `train.replicas` run), on the CPU. Prints one line per image;
 exit 0, or 2 with one line naming the file on a bad image or checkpoint.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar_study.core.cifar10 import IMAGE_SIZE
 from cifar_study.core.loader import make_loader
@@ -45,9 +45,11 @@ def load_image(path: str | Path) -> np.ndarray:
                     raise DataError(f"{path}: {im.width}x{im.height}, more than the {MAX_PIXELS:,} pixels allowed")
                 if im.mode.startswith(("I", "F")):  # PIL's conversion to RGB clips 16-bit and float pixels to white
                     raise DataError(f"{path}: {im.mode} pixels (16-bit or floating point); convert it to an 8-bit image")
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                square = im.convert("RGB").crop((left, top, left + side, top + side))
+                # Upright as a viewer shows it: a phone stores a portrait photo sideways, with an EXIF orientation
+                upright = ImageOps.exif_transpose(im)
+                side = min(upright.size)
+                left, top = (upright.width - side) // 2, (upright.height - side) // 2
+                square = upright.convert("RGB").crop((left, top, left + side, top + side))
                 return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
     except UnidentifiedImageError:  # its message names a BytesIO object, not the file
         raise DataError(f"{path}: not a PNG or JPEG image") from None

@@ -67,6 +67,18 @@ def test_any_size_and_mode_is_cropped_to_its_centre_and_scaled_to_32px(tmp_path,
     assert out.min() > 150, "the crop kept part of the border"
 
 
+def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """Phones store a portrait photo as landscape pixels with an EXIF orientation; a viewer shows it upright."""
+    upright = np.zeros((64, 64, 3), dtype=np.uint8)
+    upright[:32] = 255  # white top half, black bottom half
+    stored = Image.fromarray(np.rot90(upright, k=-1).copy())  # turned 90° clockwise: white on the right
+    exif = Image.Exif()
+    exif[0x0112] = 8  # EXIF Orientation: rotate 90° counter-clockwise to view
+    stored.save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    out = load_image(tmp_path / "portrait.jpg").astype(int)
+    assert out[:8].mean() > 200 and out[-8:].mean() < 50, "not turned upright"
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cifar_study.predict", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
