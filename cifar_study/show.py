@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,15 @@ def number(value: Any) -> str:
     return (text if len(text) <= INVALID_WIDTH else text[:INVALID_WIDTH - 1] + "…") + INVALID
 
 
+def columns_of(text: str) -> int:
+    """How many terminal columns `text` takes: two for a wide (CJK) character, none for a combining mark."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    return text + " " * (width - columns_of(text))
+
+
 def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
     """The table's lines and the columns left out to fit `width`."""
     changed = sorted(k for k in {k for r in rows for k in r.params} if not k.startswith(NOT_COMPARED)
@@ -121,13 +131,13 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
                    **{k: PENDING if live else number(r.metrics.get(k)) for k in METRICS}}
     columns = ["experiment", "test_acc", *changed, *(k for k in METRICS if any(k in r.metrics for r in rows))]
     titles = {c: printable(c) for c in columns}  # a param's name is text from params.yaml too
-    widths = {c: max(len(titles[c]), *(len(r.cells[c]) for r in rows)) for c in columns}
+    widths = {c: max(columns_of(titles[c]), *(columns_of(r.cells[c]) for r in rows)) for c in columns}
     kept = []
     for c in columns:
         if sum(widths[k] + 2 for k in kept) + widths[c] <= width or not kept:
             kept.append(c)
-    lines = ["  ".join(titles[c].ljust(widths[c]) for c in kept).rstrip()]
-    lines += ["  ".join(r.cells[c].ljust(widths[c]) for c in kept).rstrip() for r in rows]
+    lines = ["  ".join(pad(titles[c], widths[c]) for c in kept).rstrip()]
+    lines += ["  ".join(pad(r.cells[c], widths[c]) for c in kept).rstrip() for r in rows]
     return lines, [titles[c] for c in columns if c not in kept]
 
 

@@ -1,7 +1,7 @@
 """`make show` (python -m cifar_study.show): the experiments table within a terminal's width."""
 from __future__ import annotations
 
-from cifar_study.show import PENDING, rows_of, table
+from cifar_study.show import PENDING, columns_of, rows_of, table
 
 
 def rev(name: str, lr: float, acc: float | None, extra_params: dict | None = None, **metrics) -> dict:
@@ -41,3 +41,11 @@ def test_a_running_experiment_shows_no_metric_of_the_previous_run():
 def test_replicas_show_mean_and_sd():
     lines, _ = table(rows_of(report((rev("exp-d", 0.002, 0.8, test_acc_mean=0.81, test_acc_sd=0.004), "success"))), 120)
     assert "0.81 ± 0.004" in next(line for line in lines if "exp-d" in line)
+
+
+def test_wide_characters_take_two_columns_and_the_table_stays_aligned():
+    """A param value in Chinese or Japanese takes two terminal columns a character: counted as characters, the
+    columns after it would shift and the table overrun the width."""
+    lines, _ = table(rows_of(report((rev("exp-c", 0.002, 0.80, {"note": "学习率调整实验"}), "success"))), 120)
+    starts = [columns_of(line[:line.index(" 0.5 ")]) for line in lines[1:]]  # test_loss's column, after the note's
+    assert len(lines) == 4 and len(set(starts)) == 1 and max(map(columns_of, lines)) <= 120, lines
