@@ -14,6 +14,8 @@ PACKAGES = ("cifar_study", "stages")
 # 30-epoch training for a change in how it is logged. tests/test_wandb.py checks that the outputs are
 # identical with W&B on and off.
 OBSERVERS = frozenset({"cifar_study/observe/wandb_run.py", "cifar_study/observe/live.py"})
+# A package's __init__.py runs before its modules but is not followed here: cifar_study/__init__.py (which
+# stages/__init__.py imports) only turns a Ctrl-C during the imports into one line, and decides no output.
 
 
 def _module_file(module: str, root: Path) -> Path | None:
