@@ -32,7 +32,6 @@ import argparse
 import csv
 import importlib.util
 import json
-import math
 import os
 import shlex
 import shutil
@@ -552,13 +551,17 @@ def module_found(name: str) -> bool:
         return False
 
 
+MAX_BUDGET_S = 24 * 3600  # a day: longer bounds nothing a user would wait for
+
+
 def budget_s(text: str) -> float | None:
-    """The time budget in seconds; None for what bounds nothing (NaN, infinity, 0 or less) or is no number."""
+    """The time budget in seconds; None for what bounds nothing (NaN, past a day), leaves no step time
+    (less than MIN_STEP_S) or is no number."""
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) and value > 0 else None
+    return value if MIN_STEP_S <= value <= MAX_BUDGET_S else None  # NaN fails both comparisons
 
 
 def refuse(message: str) -> int:
@@ -584,8 +587,8 @@ def main() -> int:
         return refuse(f"{sys.executable} lacks {', '.join(missing)}: install them (pip install -r requirements.txt)")
     budget = budget_s(os.environ.get("GPU_CHECK_BUDGET_S", str(BUDGET_S)))
     if budget is None:
-        return refuse(f"GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds above 0 "
-                      f"(default {BUDGET_S})")
+        return refuse(f"GPU_CHECK_BUDGET_S={os.environ['GPU_CHECK_BUDGET_S']!r} is not a number of seconds from "
+                      f"{MIN_STEP_S} to {MAX_BUDGET_S} (default {BUDGET_S})")
     data_from = "--data" if args.data else "GPU_CHECK_DATA"
     data = Path(args.data or os.environ.get("GPU_CHECK_DATA") or DATA).expanduser()
     data = data if data.is_absolute() else ROOT / data
@@ -593,6 +596,8 @@ def main() -> int:
         data_md5 = md5_file(data) if data.exists() else None
     except UserError as exc:  # a FIFO or device (which would block or never end), larger than any CIFAR-10 archive
         return refuse(f"{data_from}: {exc}")
+    except OSError as exc:  # a name too long, a folder that cannot be searched
+        return refuse(f"{data_from}: {data}: {exc.strerror or exc}")
     out = Path(args.out)
     try:  # a results folder holds one check: an earlier one's files (committed logs) are never overwritten
         if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):

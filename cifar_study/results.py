@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from cifar_study.analysis.figures import FIGURES
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import EpochRecord, history_of
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, emit, error_line, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
-from cifar_study.pipeline.outputs import atomic_path, read_text, refuse_links
-from cifar_study.pipeline.untrusted import finite_number, json_numbers
+from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links
+from cifar_study.pipeline.untrusted import finite_number, json_numbers, parse_yaml, read_bounded
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -100,14 +99,9 @@ def _count(v: Any) -> bool:
 
 def _history(root: Path) -> list[EpochRecord]:
     try:
-        history = [EpochRecord.from_row(r) for r in _csv(root, paths.HISTORY)]
+        return history_of(_csv(root, paths.HISTORY))
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"{paths.HISTORY}: not a per-epoch history ({type(exc).__name__}: {exc})") from None
-    for r in history:
-        if not all(math.isfinite(v) for v in r.row().values()) or not (_fraction(r.train_acc) and _fraction(r.heldout_acc)):
-            raise ResultsError(f"{paths.HISTORY}: epoch {r.epoch} holds a value that is not a finite number, "
-                               f"or an accuracy outside 0..1")
-    return history
 
 
 def _class_accuracy(root: Path) -> list[tuple[str, float]]:
@@ -117,17 +111,17 @@ def _class_accuracy(root: Path) -> list[tuple[str, float]]:
             accuracy = float(r["accuracy"])
         except (KeyError, ValueError):
             accuracy = math.nan
-        if not CLASS_NAME.fullmatch(r.get("class") or "") or not 0 <= accuracy <= 1:
-            raise ResultsError(f"{paths.CLASS_ACCURACY}: row {r!r} is not a class name and an accuracy in 0..1")
+        if not CLASS_NAME.fullmatch(r.get("class") or "") or not 0 <= accuracy <= 1 or r["class"] in dict(out):
+            raise ResultsError(f"{paths.CLASS_ACCURACY}: row {r!r} is not a class name (once) and an accuracy in 0..1")
         out.append((r["class"], accuracy))
     return out
 
 
 def _fetch_params(root: Path) -> dict:
     try:
-        lock = yaml.safe_load(_text(root, "dvc.lock"))
+        lock = parse_yaml(_text(root, "dvc.lock"), "dvc.lock")
         return lock["stages"]["fetch_data"]["params"]["params.yaml"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise ResultsError(f"dvc.lock: no fetch_data params ({type(exc).__name__}: {first_line(exc)})") from None
 
 
@@ -138,14 +132,16 @@ def render(root: Path = Path(".")) -> str:
     train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in ("test", "val")})
     evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": _fraction, "test_loss": _finite})
     flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": _finite})
+    if abs(flops["gflops"] - flops["flops"] / 1e9) > 1e-4:  # flops.json holds one count, in two units
+        raise ResultsError(f"{paths.FLOPS_METRICS}: gflops {flops['gflops']!r} is not flops / 1e9")
     data = _json(root, paths.DATA_METRICS, {"train_count": _count, "test_count": _count})
     per_class = _class_accuracy(root)
     fetch = _fetch_params(root)
     split = train["heldout_split"]
     hours = sum(r.seconds for r in history) / 3600
     # The archive by its name: where it lay is one machine's business (reports/data.json and dvc.lock identify it).
-    source = f"`{fetch['data.source']}`" + (f", the archive `{Path(str(fetch['data.path'])).name}`"
-                                            if fetch["data.source"] == "folder" else "")
+    source = f"`{_cell(fetch['data.source'])}`" + (f", the archive `{_cell(Path(str(fetch['data.path'])).name)}`"
+                                                   if fetch["data.source"] == "folder" else "")
     lines = [
         f"Made by `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
         f"({data['train_count']:,} training / {data['test_count']:,} test images); the {len(history)} epochs took "
@@ -184,6 +180,9 @@ def render_findings(root: Path = Path(".")) -> str:
         return "No findings are committed yet: `make repro` produces them."
     findings = _json(root, paths.FINDINGS)
     health = findings["flow_health"]
+    if type(health["snapshots"]) is not int or not all(isinstance(h["flags"], list) and all(isinstance(f, str) for f in
+                                                         h["flags"]) for h in health["layers"]):
+        raise ValueError("snapshots is not a count, or a layer's flags are not a list of names")
     flagged = [f"{_cell(h['layer'])} ({_cell(', '.join(h['flags']))})" for h in health["layers"] if h["flags"]]
     lines = [
         f"Generated from `{paths.FINDINGS}` and `{paths.FINDINGS_METRICS}` (the `findings` stage) of the run above. "
@@ -207,6 +206,7 @@ def render_spread(root: Path = Path(".")) -> str:
     if not _present(root, SPREAD):
         return "No spread is committed yet: `python -m cifar_study.spread` makes one."
     spread = _json(root, SPREAD)
+    _check_spread(spread)
     final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
     options = ", ".join(f"`{_cell(k)}={_cell(v)}`" for k, v in spread["changed_params"].items()) or "the defaults"
     device = f", on {_cell(spread['device'])}" if spread.get("device") else ""
@@ -243,6 +243,19 @@ def render_spread(root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
+def _check_spread(spread: dict) -> None:
+    """ValueError unless spread.json's numbers are what cifar_study.spread writes: accuracies in 0..1, a count
+    of at least 2 runs, epochs 1, 2, ... in order, wall times not negative, a confidence level below 1."""
+    final, per_epoch = spread["final_test_acc"], spread["heldout_acc_per_epoch"]
+    accuracies = [final[k] for k in ("mean", "sd", "min", "max")] + [r["test_acc"] for r in spread["runs"]] + \
+        [r[k] for r in per_epoch for k in ("mean", "sd")]
+    if not all(_fraction(v) for v in accuracies) or type(final["n"]) is not int or final["n"] < 2 \
+            or [r["epoch"] for r in per_epoch] != list(range(1, len(per_epoch) + 1)) \
+            or not all(_finite(r["seconds"]) for r in spread["runs"]) or not (_fraction(spread["confidence"]) and
+                                                                            0 < spread["confidence"] < 1):
+        raise ValueError("a number out of the range cifar_study.spread writes")
+
+
 def _where(value: float, low: float, high: float) -> str:
     if value < low:
         return f"below, by {(low - value) * 100:.2f} points"
@@ -253,11 +266,13 @@ def _where(value: float, low: float, high: float) -> str:
 
 def _cell(text: Any) -> str:
     """Text from a results file for Markdown: HTML escaped (no markup from a file reaches a page), a bare |
-    (as in |grad|) escaped so it cannot end a table cell, one line."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+    (as in |grad|) escaped so it cannot end a table cell, one line, control characters as their escapes."""
+    return html.escape(printable(" ".join(str(text).split())), quote=False).replace("|", "\\|")
 
 
 def _num(value: float | None, spec: str) -> str:
+    if value is not None and not finite_number(value):
+        raise ValueError(f"{value!r} is not a finite number")
     return "–" if value is None else format(value, spec)
 
 
@@ -293,7 +308,7 @@ def main() -> None:
         refuse_links(target)
         new = document()
         if args.check:
-            if not target.is_file() or read_text(target) != new:
+            if not target.is_file() or read_bounded(target, MAX_READ_BYTES) != new.encode():  # bytes: UTF-8 or not
                 sys.exit(f"{RESULTS} is out of date: run python -m cifar_study.results")
             return
         try:

@@ -25,18 +25,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_study.analysis.figures import save_figure
 from cifar_study.analysis.stats import CONFIDENCE, interval
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import history_of
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, write_json
-from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yaml, md5_file, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yaml, md5_file, parse_yaml, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
@@ -98,7 +97,7 @@ def _git(repo: Path, *args: str) -> str:
 
 def _run_at(repo: Path, commit: str, name: str, seed: int) -> SeedRun:
     """The per-epoch history and test accuracy a commit holds (an experiment's, or the baseline's)."""
-    history = [EpochRecord.from_row(r) for r in csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}")))]
+    history = history_of(csv.DictReader(io.StringIO(_git(repo, "show", f"{commit}:{paths.HISTORY}"))))
     test = json_numbers(_git(repo, "show", f"{commit}:{paths.EVAL_METRICS}"))
     return SeedRun(name, seed, test["test_acc"], [r.heldout_acc for r in history], round(sum(r.seconds for r in history), 1))
 
@@ -114,7 +113,7 @@ def _baseline_commit(repo: Path) -> str:
 def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     """The run committed at the experiments' baseline commit (dvc.lock, metrics/, plots/data/), with the
     params dvc.lock recorded for it (those of every stage, flattened)."""
-    lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock"))
+    lock = parse_yaml(_git(repo, "show", f"{commit}:dvc.lock"), f"dvc.lock at {commit[:7]}")
     # dvc.lock records a stage's params as dotted keys or, for a whole section, as a nested mapping.
     params = _flat({k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()})
     run = _run_at(repo, commit, f"baseline at {commit[:7]}", _seed(params["train.seed"]))
@@ -131,12 +130,12 @@ def collect_replicas(repo: Path) -> dict[str, Any]:
     if not isinstance(replicas, list) or len(replicas) < 2:
         raise SpreadError(f"{paths.REPLICAS}: {len(replicas) if isinstance(replicas, list) else 'no'} replica(s); "
                           "the spread needs at least 2 (dvc exp run -S train.replicas=5)")
-    if params.get("train.replicas") != len(replicas):
+    if type(params.get("train.replicas")) is not int or params["train.replicas"] != len(replicas):
         raise SpreadError(f"{paths.REPLICAS} holds {len(replicas)} replicas but params.yaml says train.replicas: "
                           f"{params.get('train.replicas')} (stale: run dvc repro)")
     runs = []
     for j, r in enumerate(replicas):
-        history = [EpochRecord.from_row(row) for row in r["history"]]
+        history = history_of(r["history"])
         seed = _seed(r["seed"])
         # Epoch times are the stacked run's: a replica's share is 1/k of them.
         runs.append((SeedRun(f"replica-{j}", seed, r["test_acc"], [h.heldout_acc for h in history],
@@ -157,7 +156,7 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
         common = kept
     if len({run.seed for run, _ in runs}) < len(runs):
         raise SpreadError(f"two {prefix} runs share a train.seed")
-    defaults = _flat(yaml.safe_load(_git(repo, "show", f"{base}:params.yaml")))
+    defaults = _flat(parse_yaml(_git(repo, "show", f"{base}:params.yaml"), f"params.yaml at {base[:7]}"))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
     return {"prefix": prefix, "changed_params": changed, "runs": [asdict(run) for run, _ in runs],
             "common_params": common, "baseline": baseline}
@@ -216,6 +215,7 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
     per_epoch = [{"epoch": e + 1, **interval([r.heldout_acc[e] for r in runs])} for e in range(epochs.pop())]
     final = interval([r.test_acc for r in runs])
     base = collected["baseline"]
+    SeedRun(**{k: base[k] for k in ("name", "seed", "test_acc", "heldout_acc", "seconds")})  # checked as the runs are
     same_seed = next((r for r in runs if r.seed == base["seed"]), None)
     check = None if same_seed is None or not comparable(collected) else {
         "seed": base["seed"], "baseline": base["name"], "differs_in": _differences(collected),

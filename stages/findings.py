@@ -5,7 +5,7 @@ import sys
 from cifar_study.analysis.claims import check_claims, flow_evidence
 from cifar_study.analysis.dynamics import analyse
 from cifar_study.analysis.flow_health import assess
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import EpochRecord, history_of
 from cifar_study.observe.wandb_run import Tracker, wandb_group, wandb_mode
 from cifar_study.pipeline import paths, stage_inputs
 from cifar_study.pipeline.errors import UserError
@@ -21,7 +21,8 @@ def main() -> None:
     flow = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FLOW):
         health = assess(flow)
-    history = [EpochRecord.from_row(r) for r in stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())]
+    with stage_inputs.reading(paths.HISTORY):  # epochs 1, 2, ... of finite, in-range numbers, or one line
+        history = history_of(stage_inputs.read_table(paths.HISTORY, EpochRecord.columns()))
     dynamics = analyse(history)
     claims = check_claims(health, dynamics, params.train.flow_every)
     missing = flow_evidence(health, params.train.flow_every)

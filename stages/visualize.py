@@ -1,10 +1,9 @@
 """Stage visualize: the study's figures as PNGs in plots/figures/."""
-import math
 
 import numpy as np
 
 from cifar_study.analysis import figures
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import EpochRecord, history_of
 from cifar_study.core.scores import confusion_matrix
 from cifar_study.pipeline import paths, stage_inputs
 from cifar_study.pipeline.dataset import load_dataset
@@ -21,17 +20,17 @@ def main() -> None:
     index = {c: i for i, c in enumerate(classes)}
     # Every upstream file is parsed before any figure: a missing, truncated or foreign one stops the
     # stage with one line naming it.
-    history = stage_inputs.read_table(paths.HISTORY, EpochRecord.columns())
+    with stage_inputs.reading(paths.HISTORY):  # epochs 1, 2, ... of finite, in-range numbers, or one line
+        history = history_of(stage_inputs.read_table(paths.HISTORY, EpochRecord.columns()))
     with stage_inputs.reading(paths.TRAIN_METRICS):
         heldout_name = str(read_json(paths.TRAIN_METRICS)["heldout_split"])
     snapshots = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
     with stage_inputs.reading(paths.REPLICAS):
-        replicas = [[EpochRecord.from_row(r) for r in replica["history"]] for replica in read_json(paths.REPLICAS)]
-        if any([r.epoch for r in h] != [int(r["epoch"]) for r in history] for h in replicas) or not all(
-                math.isfinite(v) for h in replicas for r in h for v in r.row().values()):
-            raise ValueError("the replicas' histories are not history.csv's epochs, or hold a value that is not finite")
+        replicas = [history_of(replica["history"]) for replica in read_json(paths.REPLICAS)]
+        if any(len(h) != len(history) for h in replicas):
+            raise ValueError("the replicas' histories are not history.csv's epochs")
     predictions = stage_inputs.read_table(paths.PREDICTIONS, ("index", "confidence"))
     with stage_inputs.reading(paths.PREDICTIONS):
         actual = np.array([index[r["actual"]] for r in predictions], dtype=np.int64)
@@ -40,7 +39,7 @@ def main() -> None:
     # A fixed, seeded choice of test images, so the grid compares like with like across runs.
     sample = np.sort(np.random.default_rng(0).choice(len(predictions), min(p.samples, len(predictions)), replace=False))
     data = figures.StudyData(
-        history=[EpochRecord.from_row(r) for r in history],
+        history=history,
         heldout_name=heldout_name,
         flow=snapshots,
         classes=classes,

@@ -99,7 +99,7 @@ def budget(value: str) -> dict[str, str]:
     return {"GPU_CHECK_BUDGET_S": value}
 
 
-NOT_A_BUDGET = r"^gpu_check: GPU_CHECK_BUDGET_S=%s is not a number of seconds above 0 \(default 480\); nothing done$"
+NOT_A_BUDGET = r"^gpu_check: GPU_CHECK_BUDGET_S=%s is not a number of seconds from 5 to 86400 \(default 480\); nothing done$"
 EXISTS = r"^gpu_check: --out/OUT: \S*%s already exists and is not an empty folder; name a new one; nothing done$"
 GPU_CHECK_ROWS = [
     Row("breach", "results-folder-is-a-link-out-of-the-project", out_is("link"), expect=EXISTS % "out",
@@ -111,6 +111,8 @@ GPU_CHECK_ROWS = [
     Row("silent-wrong", "budget-nan-would-bound-nothing", fresh_out(), env=budget("nan"), expect=NOT_A_BUDGET % "'nan'"),
     Row("silent-wrong", "budget-infinite", fresh_out(), env=budget("inf"), expect=NOT_A_BUDGET % "'inf'"),
     Row("silent-wrong", "budget-negative", fresh_out(), env=budget("-5"), expect=NOT_A_BUDGET % "'-5'"),
+    Row("silent-wrong", "budget-too-short-for-any-step", fresh_out(), env=budget("1e-300"), expect=NOT_A_BUDGET % "'1e-300'"),
+    Row("silent-wrong", "budget-past-a-day-bounds-nothing", fresh_out(), env=budget("1e300"), expect=NOT_A_BUDGET % "'1e300'"),
     Row("hang", "data-of-two-gib-is-refused-unread", fresh_out("huge"),
         expect=r"^gpu_check: --data: \S*huge.tar.gz is 2,048 MiB, more than the 1,024 MiB it may be; nothing done$"),
     Row("hang", "data-is-a-fifo", fresh_out("fifo"),
@@ -119,6 +121,8 @@ GPU_CHECK_ROWS = [
         expect=r"^gpu_check: --data: \S*data.tar.gz is a device, not a regular file; nothing done$"),
     Row("traceback", "budget-not-a-number", fresh_out(), env=budget("abc"), expect=NOT_A_BUDGET % "'abc'"),
     Row("traceback", "budget-empty", fresh_out(), env=budget(""), expect=NOT_A_BUDGET % "''"),
+    Row("traceback", "data-name-too-long", lambda r: fresh_out()(r) + ["--data", f"{r}/{'a' * 300}/x.tar.gz"],
+        expect=r"^gpu_check: --data: \S+/a{300}/x.tar.gz: File name too long; nothing done$"),
     Row("traceback", "unknown-option", lambda r: fresh_out()(r) + ["--bogus"],
         expect=r"^gpu_check: unrecognized arguments: --bogus \(see --help\); nothing done$"),
     Row("misleading", "python-missing-is-not-no-gpu", fresh_out(), env={"PYTHON": "no-such-python3"},

@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from cifar_study.results import RESULTS, document, render
+from cifar_study.results import RESULTS, SPREAD, document, render
 from tests.conftest import ROOT, workspace_or_committed
 from tests.hostile import Row, command, every_class_twice, run_row, special, write
 
@@ -154,6 +154,16 @@ FINDINGS_OF = '{"flow_health": {"verdict": "healthy", "missing": "", "snapshots"
 WROTE = r"^wrote reports/RESULTS.md$"
 
 
+def spread_json(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
+    """A setup that writes the committed spread.json, changed by `change`."""
+    def setup(root: Path) -> list[str]:
+        spread = json.loads((ROOT / SPREAD).read_text())
+        change(spread)
+        write(root, {SPREAD: json.dumps(spread)})
+        return []
+    return setup
+
+
 def results_file_holds(*texts: str) -> Callable[[Path], None]:
     def check(root: Path) -> None:
         written = (root / RESULTS).read_text()
@@ -173,15 +183,26 @@ RESULTS_ROWS = [
         check=results_file_holds("&lt;script&gt;x&lt;/script&gt; \\| y")),
     Row("breach", "markup-as-a-class-name", spoil(plots__data__class_accuracy_csv="class,accuracy\n<b>cat</b>,0.4\n"),
         expect=r"^error: plots/data/class_accuracy.csv: row"),
+    Row("breach", "markup-and-escapes-in-the-recorded-data-source",
+        lambda r: write(r, {"dvc.lock": "stages:\n  fetch_data:\n    params:\n      params.yaml:\n        data.source: "
+                                        "\"<img src=x>` | x\\n\\n# owned \\e]2;t\\a\"\n"}) or [],
+        code=0, expect=WROTE, writes=(RESULTS,), check=results_file_holds("&lt;img src=x&gt;` \\| x # owned \\x1b]2;t\\x07")),
     Row("silent-wrong", "nan-accuracy", spoil(metrics__eval_json='{"test_acc": NaN, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(NaN is not a finite number\)$"),
     Row("silent-wrong", "accuracy-past-a-float", spoil(metrics__eval_json='{"test_acc": 1e309, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(1e309 is not a finite number\)$"),
     Row("silent-wrong", "accuracy-in-percent", spoil(metrics__eval_json='{"test_acc": 5.0, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: test_acc is 5.0, not what the pipeline writes"),
+    Row("silent-wrong", "a-key-twice-the-last-would-win", spoil(metrics__eval_json='{"test_acc": 0.1, "test_loss": 1, "test_acc": 0.99}'),
+        expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(the key 'test_acc' appears twice"),
+    Row("silent-wrong", "history-epochs-out-of-order",
+        spoil(plots__data__history_csv=HISTORY_HEAD + "2,1.5,0.45,1.2,0.57,0.001,210\n1,1.8,0.35,1.4,0.49,0.001,200\n"),
+        expect=r"^error: plots/data/history.csv: not a per-epoch history \(ValueError: history row 1 is epoch 2"),
+    Row("silent-wrong", "spread-accuracy-in-percent", spread_json(lambda s: s["runs"][0].update(test_acc=81.5)),
+        expect=r"^error: reports/spread/spread.json: not as the pipeline writes it \(ValueError: a number out of the range"),
     Row("silent-wrong", "infinite-loss-in-the-history",
         spoil(plots__data__history_csv=HISTORY_HEAD + "1,1.8,0.35,inf,0.49,0.001,200\n"),
-        expect=r"^error: plots/data/history.csv: epoch 1 holds a value that is not a finite number"),
+        expect=r"^error: plots/data/history.csv: not a per-epoch history \(ValueError: history epoch 1: a value that is not a finite"),
     Row("hang", "eval-json-is-a-fifo", special("metrics/eval.json", "fifo"),
         expect=r"^error: metrics/eval.json is a FIFO \(named pipe\), not a regular file"),
     Row("hang", "flops-json-is-dev-zero", special("metrics/flops.json", "dev-zero"),
@@ -197,6 +218,10 @@ RESULTS_ROWS = [
     Row("traceback", "history-field-past-the-csv-limit",
         spoil(plots__data__history_csv=HISTORY_HEAD + "1,1.8,0.35,1.4,0.49,0.001," + "9" * 200000 + "\n"),
         expect=r"^error: plots/data/history.csv: not a CSV file the pipeline writes \(field larger than field limit"),
+    Row("traceback", "dvc-lock-nested-past-the-parser", lambda r: write(r, {"dvc.lock": "[" * 50000 + "]" * 50000}) or [],
+        expect=r"^error: dvc.lock: nested deeper than any file the pipeline reads$"),
+    Row("traceback", "check-of-a-results-file-not-utf8", lambda r: write(r, {RESULTS: b"\xff\xfe"}) or ["--check"],
+        code=1, expect=r"^reports/RESULTS.md is out of date: run python -m cifar_study.results$"),
     Row("traceback", "findings-of-the-wrong-shape", spoil(reports__findings_json='{"flow_health": 3}'),
         expect=r"^error: reports/findings.json: not as the pipeline writes it \(TypeError"),
     Row("misleading", "history-missing", lambda r: (r / "plots/data/history.csv").unlink() or [],

@@ -21,6 +21,7 @@ from cifar_study.core.history import EpochRecord
 from cifar_study.results import SPREAD, SPREAD_FIGURE, SPREAD_RUNS, render_spread
 from tests.conftest import ROOT
 from tests.hostile import ESC, Row, command, every_class_twice, run_row, special, write
+from tests.test_commands import ALIAS_BOMB
 
 BASE_PARAMS = {"data": {"source": "download", "path": ""}, "train": {"seed": 42, "epochs": 3, "amp": "none",
                "channels_last": False, "lr": 0.001}, "wandb": {"mode": "offline"}}
@@ -279,6 +280,15 @@ def replicas_of(**train) -> Callable[[Path], list[str]]:
     return setup
 
 
+def baseline_lock_of(text: str) -> Callable[[Path], list[str]]:
+    """A setup that commits `text` as the baseline's dvc.lock (the spread reads it from git)."""
+    def setup(root: Path) -> list[str]:
+        write(root, {"dvc.lock": text})
+        git(root, "commit", "-qam", "another dvc.lock")
+        return []
+    return setup
+
+
 def replicas_json(content: str | bytes) -> Callable[[Path], list[str]]:
     return lambda root: write(root, {"reports/replicas.json": content}) or []
 
@@ -313,6 +323,10 @@ SPREAD_ROWS = [
         expect=NOT_A_RUN + r"ValueError: NaN is not a finite number\)$"),
     Row("silent-wrong", "accuracy-in-percent", summary_of(lambda s: s["spread"]["43"].update(test_acc=81.69)),
         expect=r"run gpu-seed-43: test_acc 81.69 is not an accuracy"),
+    Row("silent-wrong", "history-accuracy-true", replicas_json(json.dumps(
+        [{"seed": s, "test_acc": 0.8, "test_loss": 0.5, "history": [{"epoch": 1, "train_loss": 1, "train_acc": 0.5,
+          "heldout_loss": 1, "heldout_acc": True, "lr": 0.001, "seconds": 60}]} for s in (42, 43, 44)])),
+        expect=r"^error: reports/replicas.json: not what a study run writes \(ValueError: history row 1: true/false"),
     Row("silent-wrong", "seed-not-an-integer",
         summary_of(lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7)),
         expect=r"train.seed 42.7 is not an integer"),
@@ -320,6 +334,8 @@ SPREAD_ROWS = [
         expect=r"^error: summary.json is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "summary-is-dev-zero", special("summary.json", "dev-zero", ["--from-gpu-check", "summary.json"]),
         expect=r"^error: summary.json is a device, not a regular file$"),
+    Row("hang", "baseline-dvc-lock-an-alias-bomb", baseline_lock_of(ALIAS_BOMB),
+        expect=r"^error: dvc.lock at \w{7} expands to more than 100,000 values \(nested YAML aliases\)"),
     Row("hang", "replicas-json-is-a-fifo", special("reports/replicas.json", "fifo"),
         expect=r"^error: reports/replicas.json is a FIFO \(named pipe\), not a regular file$"),
     Row("traceback", "summary-empty", summary_of(raw=b""), expect=NOT_A_RUN),
@@ -332,6 +348,8 @@ SPREAD_ROWS = [
         expect=r"^error: summary.json is a directory, not a regular file$"),
     Row("misleading", "replicas-stale-against-params", replicas_of(replicas=5),
         expect=r"^error: reports/replicas.json holds 3 replicas but params.yaml says train.replicas: 5 \(stale"),
+    Row("misleading", "spread-folder-is-a-file", lambda r: write(r, {"reports/spread": "x"}) or [],
+        expect=r"^error: reports/spread/runs.json: cannot write \(a file is in the way of its folder\)$"),
     Row("misleading", "one-replica", lambda r: replicas_run(r, {42: 0.8}) or [],
         expect=r"^error: reports/replicas.json: 1 replica\(s\); the spread needs at least 2 \(dvc exp run -S"),
     Row("lost-work", "stdout-on-a-full-disk", lambda r: [], stdout="/dev/full", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE),

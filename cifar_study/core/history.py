@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,25 @@ class EpochRecord:
         return {"epoch": self.epoch, "train/loss": self.train_loss, "train/acc": self.train_acc,
                 f"{heldout_name}/loss": self.heldout_loss, f"{heldout_name}/acc": self.heldout_acc,
                 "lr": self.lr, "epoch_seconds": self.seconds}
+
+
+def history_of(rows: Iterable[dict[str, Any]]) -> list[EpochRecord]:
+    """Epoch records from history.csv rows or saved dicts, checked as the train stage writes them: epochs
+    1, 2, ... in order; every value a finite number (not true/false); losses, lr and seconds not negative;
+    accuracies in 0..1. ValueError, naming the row, otherwise."""
+    records = []
+    for i, row in enumerate(rows, 1):
+        if any(isinstance(row.get(name), bool) for name in EpochRecord.columns()):
+            raise ValueError(f"history row {i}: true/false where a number goes")
+        r = EpochRecord.from_row(row)
+        if r.epoch != i:
+            raise ValueError(f"history row {i} is epoch {r.epoch}: epochs run 1, 2, ... in order")
+        if not all(math.isfinite(v) for v in r.row().values()) or min(r.train_loss, r.heldout_loss, r.lr, r.seconds) < 0 \
+                or not (0 <= r.train_acc <= 1 and 0 <= r.heldout_acc <= 1):
+            raise ValueError(f"history epoch {i}: a value that is not a finite number, a negative loss, lr or time, "
+                             "or an accuracy outside 0..1")
+        records.append(r)
+    return records
 
 
 @dataclass(frozen=True)

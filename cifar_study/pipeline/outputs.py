@@ -133,6 +133,8 @@ def refuse_links(path: Path) -> None:
             mode = os.lstat(step).st_mode
         except FileNotFoundError:
             continue
+        except NotADirectoryError:
+            raise OutputError(f"{path}: cannot write (a file is in the way of its folder)") from None
         if stat.S_ISLNK(mode):
             raise OutputError(f"{step} is a symbolic link: not written through (replace it with a regular "
                               f"{'file' if step == path else 'folder'})")

@@ -367,11 +367,20 @@ def _bounded_int(text: str) -> int:
     return value
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys without a word: which value a reader saw would depend on that
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+
 def json_numbers(text: str | bytes) -> Any:
     """JSON whose every number is finite and of a size the pipeline writes; ValueError otherwise (also for
     nesting deeper than Python parses)."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int,
+                          object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested deeper than any file the pipeline writes") from None
 
@@ -397,20 +406,26 @@ def load_yaml(path: Path) -> Any:
     So a stage sees the values DVC sees (`1e-4` is a float, `yes` a string), and refuses what DVC
     refuses: duplicate keys, tags that would build Python objects.
     """
+    return parse_yaml(read_bounded(path, MAX_PARAMS_BYTES, error=ParamError), str(path))
+
+
+def parse_yaml(raw: bytes | str, name: str) -> Any:
+    """`raw`, the text of the file `name` (a path, or a commit's file), as `load_yaml` reads a file."""
     from ruamel.yaml import YAML, YAMLError
     from ruamel.yaml.constructor import DuplicateKeyError
 
-    raw = read_bounded(path, MAX_PARAMS_BYTES, error=ParamError)
     try:
-        tree = YAML(typ="safe").load(raw.decode("utf-8"))
+        tree = YAML(typ="safe").load(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError:
+        raise ParamError(f"{name}: nested deeper than any file the pipeline reads") from None
     except UnicodeDecodeError as exc:
-        raise ParamError(f"{path}: not UTF-8 text ({first_line(exc)})") from None
+        raise ParamError(f"{name}: not UTF-8 text ({first_line(exc)})") from None
     except DuplicateKeyError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise ParamError(f"{path}: line {line}: {exc.problem} (DVC refuses duplicate keys too: keep one)") from None
+        raise ParamError(f"{name}: line {line}: {exc.problem} (DVC refuses duplicate keys too: keep one)") from None
     except YAMLError as exc:
-        raise ParamError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        raise ParamError(f"{name}: not valid YAML ({first_line(exc)})") from None
     if expands_past(tree, MAX_YAML_VALUES):
-        raise ParamError(f"{path} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases): DVC would "
+        raise ParamError(f"{name} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases): DVC would "
                          "copy every one out and not finish")
     return tree
