@@ -96,12 +96,15 @@ def fmt(value: Any) -> str:
     return printable(f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
-def number(value: Any) -> str:
-    """A metric as a cell; one that is no finite number (NaN, a string) is shown with INVALID after it."""
+def number(value: Any, fraction: bool = False) -> str:
+    """A metric as a cell; one that is no finite number (NaN, a string), or with `fraction` not in 0..1 (an
+    accuracy in percent), is shown with INVALID after it."""
     if value is None:
         return "-"
-    if finite_number(value):
+    if finite_number(value) and (not fraction or 0 <= value <= 1):
         return fmt(value)
+    if finite_number(value):
+        return fmt(value) + INVALID
     text = printable(repr(value))
     return (text if len(text) <= INVALID_WIDTH else text[:INVALID_WIDTH - 1] + "…") + INVALID
 
@@ -126,7 +129,7 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
         epoch = r.metrics.get("step")  # dvclive/metrics.json's: the last epoch a running experiment finished
         r.cells = {"experiment": r.name + (f" ({r.state}{f', epoch {fmt(epoch)}' if epoch is not None else ''})" if live
                                            else f" {UNREAD}" if r.error else ""),
-                   "test_acc": PENDING if live else number(acc) + (f" ± {number(sd)}" if sd is not None else ""),
+                   "test_acc": PENDING if live else number(acc, fraction=True) + (f" ± {number(sd, fraction=True)}" if sd is not None else ""),
                    **{k: fmt(r.params.get(k)) for k in changed},
                    **{k: PENDING if live else number(r.metrics.get(k)) for k in METRICS}}
     columns = ["experiment", "test_acc", *changed, *(k for k in METRICS if any(k in r.metrics for r in rows))]
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         lines, left_out = table(rows, args.width)
         lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
         if any(INVALID in line for line in lines):
-            lines.append(f"({INVALID.strip()} marks a metric that is not a finite number: that run's metrics file "
-                         "is broken; run it again)")
+            lines.append(f"({INVALID.strip()} marks a metric that is not a finite number, or an accuracy outside "
+                         "0..1: that run's metrics file is broken; run it again)")
         if left_out:
             lines.append(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: "
                                        "dvc exp show)", args.width))
