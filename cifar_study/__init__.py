@@ -3,10 +3,21 @@ import os
 import signal
 import sys
 
+# Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
+# error, so the launcher prints it (or "interrupted") once instead of every rank printing it.
+RANK_ERRORS_ENV = "CIFAR_STUDY_RANK_ERRORS"
+
+
+def launched_rank() -> bool:
+    """True in a rank that distributed.launch started: its launcher speaks for it."""
+    return RANK_ERRORS_ENV in os.environ and "RANK" in os.environ
+
 
 def _stop_while_importing(signum: int, frame: object) -> None:
     # Nothing is written and nothing started yet: stop at once, with the line a stop prints later.
-    os.write(2, b"interrupted\n")
+    # The launcher stops the other ranks when one fails, so a rank stays quiet, as run_stage's does.
+    if not launched_rank():
+        os.write(2, b"interrupted\n")
     os._exit(130)
 
 

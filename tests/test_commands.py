@@ -302,14 +302,19 @@ def test_every_class_has_two_rows(rows):
     every_class_twice(rows)
 
 
-@pytest.mark.parametrize("module", ["cifar_study.predict", "stages.evaluate"])
+@pytest.mark.parametrize("module,rank,says", [("cifar_study.predict", False, b"interrupted\n"),
+                                               ("stages.evaluate", False, b"interrupted\n"),
+                                               ("stages.train", True, b"")], ids=["predict", "stage", "rank"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_a_stop_while_pytorch_is_imported_is_one_line(module, sig, tmp_path):
+def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, tmp_path):
     """The first seconds of a command or stage import PyTorch, before its main runs: a stop there too is
-    `interrupted` and exit 130, not a KeyboardInterrupt traceback or a silent 143."""
+    `interrupted` and exit 130, not a KeyboardInterrupt traceback or a silent 143. A rank that the launcher
+    started says nothing: when one rank fails the launcher stops the others, and its line is the only one."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if rank:
+        env.update(RANK="1", WORLD_SIZE="2", CIFAR_STUDY_RANK_ERRORS=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", module, "cat.png"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.PIPE, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + ROW_TIMEOUT_S
         while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
@@ -320,4 +325,4 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, sig, tmp_path):
     finally:
         if alive(proc.pid, group=True):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert (proc.returncode, err, out) == (130, b"interrupted\n", b"")
+    assert (proc.returncode, err, out) == (130, says, b"")

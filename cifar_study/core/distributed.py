@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from cifar_study import RANK_ERRORS_ENV
 from cifar_study.pipeline.errors import ParamError, UserError
 
 
@@ -79,8 +80,6 @@ def launch(nproc: int, module: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    from cifar_study.pipeline.stage import ERRORS_ENV
-
     # torchrun's own log lines (thread settings, "failed (exitcode: 2)") would bury the one line that matters.
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher")):
@@ -88,7 +87,7 @@ def launch(nproc: int, module: str) -> int:
     args = ["--standalone", f"--nproc-per-node={nproc}", "-m", module]
     print(f"launching {nproc} processes: torch.distributed.run {' '.join(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rank-errors-") as errors:
-        os.environ[ERRORS_ENV] = errors  # the ranks inherit it
+        os.environ[RANK_ERRORS_ENV] = errors  # the ranks inherit it
         try:
             run(get_args_parser().parse_args(args))
         except ChildFailedError as exc:
@@ -102,5 +101,5 @@ def launch(nproc: int, module: str) -> int:
         except SignalException:  # Ctrl-C or SIGTERM: the ranks were stopped and saved their state
             raise KeyboardInterrupt from None
         finally:
-            del os.environ[ERRORS_ENV]
+            del os.environ[RANK_ERRORS_ENV]
     return 0

@@ -11,14 +11,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cifar_study import RANK_ERRORS_ENV, launched_rank
 from cifar_study.pipeline.cli import error_line, interrupt
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, remove_stale_temporaries
 from cifar_study.pipeline.paths import STAGE_FILES
-
-# Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
-# error, so the launcher prints it once instead of every rank printing it.
-ERRORS_ENV = "CIFAR_STUDY_RANK_ERRORS"
 
 LAUNCHER_POLL_S = 1.0  # how often a stage checks that its launcher is still there
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
@@ -70,13 +67,9 @@ def stop_with_launcher(poll_s: float = LAUNCHER_POLL_S) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-def _launched_rank() -> bool:
-    return ERRORS_ENV in os.environ and "RANK" in os.environ
-
-
 def report_error(message: str) -> None:
-    if _launched_rank():  # the launcher prints it, once
-        Path(os.environ[ERRORS_ENV], f"rank{int(os.environ['RANK']):06d}").write_text(message)
+    if launched_rank():  # the launcher prints it, once
+        Path(os.environ[RANK_ERRORS_ENV], f"rank{int(os.environ['RANK']):06d}").write_text(message)
     else:
         error_line(message)
 
@@ -89,7 +82,7 @@ def run_stage(main: Callable[[], None]) -> None:
     stop_with_launcher()
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
-    if stage in STAGE_FILES and not _launched_rank():  # one process cleans, before any writes
+    if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
         remove_stale_temporaries(STAGE_FILES[stage][1])
     try:
         with outputs_together():  # a stage that stops part-way changes none of its outputs
@@ -98,6 +91,6 @@ def run_stage(main: Callable[[], None]) -> None:
         report_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
-        if not _launched_rank():  # the launcher says it for all ranks
+        if not launched_rank():  # the launcher says it for all ranks
             print("interrupted", file=sys.stderr)
         sys.exit(130)
