@@ -22,7 +22,7 @@ from cifar_study.core.cifar10 import IMAGE_SIZE
 from cifar_study.core.loader import make_loader
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
 from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import CheckpointError, DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
@@ -43,6 +43,9 @@ def load_image(path: str | Path) -> np.ndarray:
             with Image.open(io.BytesIO(data), formats=FORMATS) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: {im.width}x{im.height}, more than the {MAX_PIXELS:,} pixels allowed")
+                # An animated PNG's frames may differ; a phone's JPEG (MPO) also has frames, but its first is the photo
+                if im.format == "PNG" and getattr(im, "is_animated", False):
+                    raise DataError(f"{path}: an animated PNG ({im.n_frames} frames); give one frame as its own image")
                 if im.mode.startswith(("I", "F")):  # PIL's conversion to RGB clips 16-bit and float pixels to white
                     raise DataError(f"{path}: {im.mode} pixels (16-bit or floating point); convert it to an 8-bit image")
                 # Upright as a viewer shows it: a phone stores a portrait photo sideways, with an EXIF orientation
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="python -m cifar_study.predict", description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     ap.add_argument("--model", default=paths.CHECKPOINT, help=f"a checkpoint of the train stage (default {paths.CHECKPOINT})")
-    ap.add_argument("--top", type=int, default=3, help="classes to print per image (default 3)")
+    ap.add_argument("--top", type=whole_number, default=3, help="classes to print per image (default 3)")
     args = ap.parse_args(argv)
     try:
         state = load_checkpoint(args.model)

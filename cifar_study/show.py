@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
+from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
 from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.untrusted import finite_number
@@ -146,7 +146,7 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="python -m cifar_study.show", description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=120, help="the terminal's columns (default 120)")
+    ap.add_argument("--width", type=whole_number, default=120, help="the terminal's columns (default 120)")
     args = ap.parse_args(argv)
     try:
         if args.width < 40:

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import SimpleCNN
 from cifar_study.pipeline import untrusted
 from cifar_study.pipeline.checkpoint import save_checkpoint
@@ -508,6 +509,11 @@ ROWS = [
     Row("silent-wrong", "nan-weight", "evaluate",
         r"^error: checkpoint's fc1.bias: holds values that are not finite numbers: run dvc repro train$",
         lambda c: checkpoint(c, c.tiny.classes, nan_weight=True)),
+    Row("silent-wrong", "history-epochs-reversed", "evaluate",
+        r"^error: checkpoint's history: not a list of epoch records \(history row 1 is epoch 2: epochs run 1, 2, \.\.\. "
+        r"in order\): run dvc repro train$",
+        lambda c: checkpoint(c, c.tiny.classes, epoch=2, history=[EpochRecord(e, 1.0, 0.5, 1.0, 0.5, 0.001, 1.0).row()
+                                                                  for e in (2, 1)])),
     Row("silent-wrong", "zero-std", "evaluate", r"^error: models/model.pt: std: expected 3 finite numbers above 0$",
         lambda c: checkpoint(c, c.tiny.classes, std=[0.25, 0.0, 0.25])),
     Row("traceback", "mean-too-short", "evaluate", r"^error: models/model.pt: mean: expected 3 finite numbers$",

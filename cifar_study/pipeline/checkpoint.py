@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from cifar_study.core.cifar10 import CHANNELS
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import EpochRecord, history_of as checked_history
 from cifar_study.core.model import build_model
 from cifar_study.core.replicas import Replicas
 from cifar_study.pipeline.dataset import check_class_names
@@ -133,14 +132,12 @@ def replica_payload(model: Replicas, seeds: list[int], histories: list[list[Epoc
 
 
 def history_of(raw: Any, where: str) -> list[EpochRecord]:
-    """A checkpoint's per-epoch history, checked: a list of EpochRecord rows with finite numbers."""
+    """A checkpoint's per-epoch history, checked as every reader of a history checks it (core.history)."""
     try:
-        records = [EpochRecord.from_row(r) for r in raw]
+        return checked_history(raw)
     except (TypeError, KeyError, ValueError, IndexError, OverflowError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint's {where}: not a list of epoch records ({first_line(exc)})") from None
-    if not all(math.isfinite(v) for r in records for v in r.row().values()):
-        raise CheckpointError(f"checkpoint's {where}: holds a value that is not a finite number")
-    return records
+        raise CheckpointError(f"checkpoint's {where}: not a list of epoch records ({first_line(exc)}): "
+                              "run dvc repro train") from None
 
 
 def trained_replicas(state: dict[str, Any], device: torch.device | str, batched: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from typing import Callable, NoReturn
@@ -61,3 +62,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(error_line(f"{self.prog}: {message} (see --help)"))
+
+
+def whole_number(text: str) -> int:
+    """An argparse type for counts: digits 0-9 only. int() also takes `٣`, `1_0` and ` 3`, which on a
+    command line are typos, not numbers."""
+    if not re.fullmatch(r"[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (digits 0-9)")
+    if len(text.lstrip("0")) > 9:
+        raise argparse.ArgumentTypeError(f"{text if len(text) <= 12 else text[:12] + '...'} is too large")
+    return int(text)

@@ -81,13 +81,19 @@ def kind_of(mode: int) -> str:
     return "socket" if stat.S_ISSOCK(mode) else "special file"
 
 
+def _where(path: str | Path, label: str) -> str:
+    """How an error names the file: `label: path`, and an empty name shown as one (`''`)."""
+    shown = str(path) or "'' (an empty file name)"
+    return f"{label}: {shown}" if label else shown
+
+
 def open_regular(path: str | Path, limit: int, label: str = "", error: type[UserError] = DataError) -> BinaryIO:
     """`path` opened for reading if it is a regular file of at most `limit` bytes; anything else is refused.
 
     A device or FIFO is refused before it is opened (reading /dev/zero never ends; opening a FIFO
     waits for a writer), and checked again on the open descriptor in case the path changed between.
     """
-    where = f"{label}: {path}" if label else str(path)
+    where = _where(path, label)
     fd = None
     try:
         st = os.stat(path)
@@ -113,9 +119,9 @@ def read_bounded(path: str | Path, limit: int, label: str = "", error: type[User
         try:
             data = f.read(limit + 1)
         except OSError as exc:
-            raise error(f"{label + ': ' if label else ''}{path}: cannot read ({exc.strerror or first_line(exc)})") from None
+            raise error(f"{_where(path, label)}: cannot read ({exc.strerror or first_line(exc)})") from None
     if len(data) > limit:  # it grew after it was opened
-        raise error(f"{label + ': ' if label else ''}{path} is more than the {mib(limit)} it may be")
+        raise error(f"{_where(path, label)} is more than the {mib(limit)} it may be")
     return data
 
 
