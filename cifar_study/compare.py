@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from cifar_study.pipeline.params import REPLICAS_MAX
 from cifar_study.pipeline.untrusted import finite_number, json_numbers, read_bounded
 
 SPREAD = "reports/spread/spread.json"
+UNPARSED = "unable to parse"  # what DVC shows in place of every metric of a file it cannot read as metrics
+GIT_TIMEOUT_S = 30
 # Params that cannot cause a difference in test accuracy: W&B settings, and the replica count (the noise's sample size).
 NOT_CAUSES = ("wandb.", "train.replicas")
 
@@ -62,17 +65,21 @@ def _number(values: dict[str, Any], key: str, where: str) -> float:
 
 def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
     """One side's test accuracy: the replicas' mean and sd, or a single run's value."""
-    if not metrics or all(v is None for v in metrics.values()):
+    if not metrics or all(v is None or v == UNPARSED for v in metrics.values()):
         raise CompareError(f"{name}: no test accuracy in {paths.EVAL_METRICS} (the file is absent, or not what "
                            f"evaluate writes: run dvc repro, or name a revision that has one)")
+    if all(v is None for v in params.values()):  # DVC diffs an empty params.yaml as one without any key
+        raise CompareError(f"{name}: params.yaml holds no params (empty, or absent there): run dvc repro with the "
+                           f"project's params.yaml, or name a revision that has one")
     replicas = 1 if metrics.get("replicas") is None else metrics["replicas"]  # a single run writes no count
     if type(replicas) is not int or not 1 <= replicas <= REPLICAS_MAX:
         raise CompareError(f"{paths.EVAL_METRICS} at {name}: replicas is {str(replicas)[:40]}, not a count of "
                            f"1 to {REPLICAS_MAX} replicas")
-    declared = 1 if params.get("train.replicas") is None else params["train.replicas"]
-    if replicas != declared:
+    declared = params.get("train.replicas")
+    if replicas != (1 if declared is None else declared):  # a revision from before replicas: one run
+        says = "has no train.replicas (one run)" if declared is None else f"says train.replicas: {declared}"
         raise CompareError(f"{name}: {paths.EVAL_METRICS} comes from {replicas} replica(s) but its params.yaml "
-                           f"says train.replicas: {declared} (stale metrics: run dvc repro there)")
+                           f"{says} (stale metrics: run dvc repro there)")
     if replicas == 1:
         acc = _number(metrics, "test_acc", name)
         sample = Sample(acc, 0.0, 1)
@@ -98,6 +105,23 @@ def spread_sd() -> float | None:
         raise CompareError(f"{SPREAD}: final_test_acc.sd is {sd!r}, not an sd of accuracies above 0 (run "
                            f"python -m cifar_study.spread)")
     return float(sd)
+
+
+def check_revision(rev: str) -> None:
+    """Refuse a revision that git resolves to a file or folder (`HEAD:params.yaml`, `HEAD^{tree}`): DVC fails on
+    it with an error about pygit2. One git does not know is left to DVC, which also knows experiment names."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    found = git("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
+    kind = found and git("cat-file", "-t", found)
+    if kind in ("blob", "tree"):
+        raise CompareError(f"revision {rev!r} names a {kind} ({'a file' if kind == 'blob' else 'a folder'}), not a "
+                           f"commit: give a commit, branch, tag or experiment name")
 
 
 def describe(s: Side) -> str:
@@ -157,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:  # git allows neither in a revision; DVC's own error on them names nothing
         return error_line(f"revision {bad!r}: empty or holding control characters, so no git revision or experiment")
     try:
+        for rev in args.revs:
+            check_revision(rev)
         emit("\n".join(map(printable, compare(args.revs, args.several))))
     except UserError as exc:
         return error_line(str(exc))
