@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 from cifar_study.analysis.stats import Sample, replicas_needed, welch
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
-from cifar_study.pipeline.dvc_query import check_workspace, dvc_json
+from cifar_study.pipeline.dvc_query import check_revision, check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.params import REPLICAS_MAX
 from cifar_study.pipeline.untrusted import finite_number, json_numbers, read_bounded
 
 SPREAD = "reports/spread/spread.json"
 UNPARSED = "unable to parse"  # what DVC shows in place of every metric of a file it cannot read as metrics
-GIT_TIMEOUT_S = 30
 # Params that cannot cause a difference in test accuracy: W&B settings, and the replica count (the noise's sample size).
 NOT_CAUSES = ("wandb.", "train.replicas")
 
@@ -107,23 +105,6 @@ def spread_sd() -> float | None:
     return float(sd)
 
 
-def check_revision(rev: str) -> None:
-    """Refuse a revision that git resolves to a file or folder (`HEAD:params.yaml`, `HEAD^{tree}`): DVC fails on
-    it with an error about pygit2. One git does not know is left to DVC, which also knows experiment names."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    found = git("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
-    kind = found and git("cat-file", "-t", found)
-    if kind in ("blob", "tree"):
-        raise CompareError(f"revision {rev!r} names a {kind} ({'a file' if kind == 'blob' else 'a folder'}), not a "
-                           f"commit: give a commit, branch, tag or experiment name")
-
-
 def describe(s: Side) -> str:
     t = s.test_acc
     return f"{t.mean:.2%} ± {t.sd:.2%} ({t.n} replicas)" if t.n > 1 else f"{t.mean:.2%} (1 run)"
@@ -133,8 +114,11 @@ def compare(revs: list[str], several: bool = False) -> list[str]:
     """The report's lines for `revs` (0, 1 or 2 revisions, as `dvc metrics diff` takes them); `several`:
     judge sides that differ in more than one param (the verdict is then about all the changes together)."""
     names = (revs + ["workspace"])[:2] if revs else ["HEAD", "workspace"]
-    if len(revs) < 2:  # the workspace is a side
+    if "workspace" in names:  # DVC's name for it, given or implied
         check_workspace(CompareError)
+    commits = [check_revision(rev, CompareError) for rev in names if rev != "workspace"]
+    if len(commits) == 2 and commits[0] and commits[0] == commits[1]:  # DVC diffs a commit with itself as empty
+        raise CompareError(f"{names[0]} and {names[1]} are the same commit ({commits[0][:7]}): nothing to compare")
     metrics = _section(dvc_json("metrics", "diff", "--all", "--targets", paths.EVAL_METRICS, "--", *revs,
                                 error=CompareError), paths.EVAL_METRICS)
     params = _section(dvc_json("params", "diff", "--all", "--", *revs, error=CompareError), "params.yaml")
@@ -181,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:  # git allows neither in a revision; DVC's own error on them names nothing
         return error_line(f"revision {bad!r}: empty or holding control characters, so no git revision or experiment")
     try:
-        for rev in args.revs:
-            check_revision(rev)
         emit("\n".join(map(printable, compare(args.revs, args.several))))
     except UserError as exc:
         return error_line(str(exc))

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 
 from cifar_study.analysis.figures import FIGURES
-from cifar_study.core.history import EpochRecord, history_of
+from cifar_study.analysis.stats import CONFIDENCE, interval, t_quantile
+from cifar_study.core.history import EpochRecord, history_of, written_number
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME
@@ -108,7 +109,7 @@ def _class_accuracy(root: Path) -> list[tuple[str, float]]:
     out = []
     for r in _csv(root, paths.CLASS_ACCURACY):
         try:
-            accuracy = float(r["accuracy"])
+            accuracy = written_number(r["accuracy"])
         except (KeyError, ValueError):
             accuracy = math.nan
         if not CLASS_NAME.fullmatch(r.get("class") or "") or not 0 <= accuracy <= 1 or r["class"] in dict(out):
@@ -244,16 +245,39 @@ def render_spread(root: Path = Path(".")) -> str:
 
 
 def _check_spread(spread: dict) -> None:
-    """ValueError unless spread.json's numbers are what cifar_study.spread writes: accuracies in 0..1, a count
-    of at least 2 runs, epochs 1, 2, ... in order, wall times not negative, a confidence level below 1."""
-    final, per_epoch = spread["final_test_acc"], spread["heldout_acc_per_epoch"]
-    accuracies = [final[k] for k in ("mean", "sd", "min", "max")] + [r["test_acc"] for r in spread["runs"]] + \
-        [r[k] for r in per_epoch for k in ("mean", "sd")]
-    if not all(_fraction(v) for v in accuracies) or type(final["n"]) is not int or final["n"] < 2 \
-            or [r["epoch"] for r in per_epoch] != list(range(1, len(per_epoch) + 1)) \
-            or not all(_finite(r["seconds"]) for r in spread["runs"]) or not (_fraction(spread["confidence"]) and
-                                                                            0 < spread["confidence"] < 1):
-        raise ValueError("a number out of the range cifar_study.spread writes")
+    """ValueError unless spread.json's numbers are what cifar_study.spread writes: accuracies in 0..1, whole seeds,
+    each once, epochs 1, 2, ... in order, wall times not negative, and every interval, count and difference what
+    the runs' numbers give (analysis.stats.interval), so no edited bound or verdict reaches the page."""
+    final, per_epoch, runs, check = (spread["final_test_acc"], spread["heldout_acc_per_epoch"], spread["runs"],
+                                     spread["baseline_check"])
+    seeds = [r["seed"] for r in runs]
+    if spread["confidence"] != CONFIDENCE or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds) \
+            or not all(_fraction(r["test_acc"]) and _finite(r["seconds"]) for r in runs) \
+            or [r["epoch"] for r in per_epoch] != list(range(1, len(per_epoch) + 1)):
+        raise ValueError("a confidence, seed, accuracy, time or epoch other than cifar_study.spread writes")
+    for row in [final, *per_epoch]:
+        if not (_fraction(row["mean"]) and _fraction(row["sd"]) and type(row["n"]) is int and row["n"] == len(runs) >= 2):
+            raise ValueError("a mean, sd or run count other than cifar_study.spread writes")
+        t = t_quantile(0.5 + CONFIDENCE / 2, row["n"] - 1)
+        half_ci, half_pi = t * row["sd"] / math.sqrt(row["n"]), t * row["sd"] * math.sqrt(1 + 1 / row["n"])
+        bounds = {"t": t, "ci_low": row["mean"] - half_ci, "ci_high": row["mean"] + half_ci,
+                  "pi_low": row["mean"] - half_pi, "pi_high": row["mean"] + half_pi}
+        if not all(_same(row[k], v) for k, v in bounds.items()) or not (_fraction(row["min"]) and _fraction(row["max"])
+                                                                         and row["min"] <= row["mean"] <= row["max"]):
+            raise ValueError("an interval other than the one its mean, sd and count give")
+    if not all(_same(final[k], v) for k, v in interval([r["test_acc"] for r in runs]).items()):
+        raise ValueError("final_test_acc is not what the runs' test accuracies give")
+    if check is not None:
+        run = next((r for r in runs if r["seed"] == check["seed"] and type(check["seed"]) is int), None)
+        base = check["baseline_test_acc"]
+        if run is None or not _fraction(base) or not _same(check["spread_run_test_acc"], run["test_acc"]) \
+                or not _same(check["difference"], base - run["test_acc"]) \
+                or check["within_prediction_interval"] is not (final["pi_low"] <= base <= final["pi_high"]):
+            raise ValueError("a baseline check other than its seed's run and the prediction interval give")
+
+
+def _same(value: Any, expected: float) -> bool:
+    return finite_number(value) and math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _where(value: float, low: float, high: float) -> str:

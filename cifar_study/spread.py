@@ -209,6 +209,9 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
     runs = [SeedRun(**r) for r in collected["runs"]]
     if len(runs) < 2:
         raise SpreadError(f"{len(runs)} run(s) in {RUNS}; the spread needs at least 2")
+    seeds = [r.seed for r in runs]
+    if len(set(seeds)) != len(seeds):  # one run listed twice would shrink the sd
+        raise SpreadError(f"{RUNS}: two runs share a train.seed ({sorted(seeds)}); each seed is one run")
     epochs = {len(r.heldout_acc) for r in runs}
     if len(epochs) != 1:
         raise SpreadError(f"the runs have different epoch counts ({sorted(epochs)})")

@@ -98,6 +98,7 @@ def test_welch_matches_a_hand_computation():
 
 def test_replicas_needed_shrinks_with_the_difference():
     assert replicas_needed(0.0, 0.01) is None
+    assert replicas_needed(1e-200, 0.01) is None and replicas_needed(5e-324, 0.01) is None  # no overflow: past any limit
     assert replicas_needed(0.05, 0.01) == 2
     many = replicas_needed(0.01, 0.0096)
     assert many is not None and many > replicas_needed(0.03, 0.0096)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -128,3 +129,17 @@ def test_the_median_layer_ratio_is_numpys_median():
     assert claim.verdict == "does not hold"
 
 
+
+
+def test_a_best_loss_of_zero_or_a_weight_of_zero_gives_no_number_that_is_not_finite():
+    """A held-out loss of 0 and a mean |W| of 0 at the start leave no ratio: findings.json stays JSON (no
+    Infinity) and the weights claim is insufficient data, not judged from NaN."""
+    zero_then_up = analyse(history([0.5, 0.7, 0.8, 0.8, 0.8, 0.8], [0.0] * 5 + [0.5]))
+    assert zero_then_up.overfitting and zero_then_up.loss_rise == math.inf
+    json.dumps(zero_then_up.detail(), allow_nan=False)
+    assert zero_then_up.detail()["loss_rise"] is None
+    assert analyse(history([0.5, 0.7], [0.0, 0.0])).loss_rise == 0.0
+    zero_start = flow_health.assess(snapshots([1e-2] * 10, weights=[0.0] + [0.1] * 9))
+    judged = check_claims(zero_start, analyse(history([0.5] * 3, [1.0] * 3)), flow_every=1)
+    assert judged[2].verdict == "insufficient data" and judged[2].measured == \
+        "mean |W| was 0 at the start for a: no end/start ratio"

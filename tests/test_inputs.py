@@ -65,7 +65,7 @@ class Ctx:
     tmp: Path  # this row's scratch folder (outside the project)
     tiny: object  # the session's tiny synthetic dataset
     stack: contextlib.ExitStack
-    env: dict = field(default_factory=dict)
+    kept: dict = field(default_factory=dict)  # what a setup keeps for its row's `after` check
 
 
 @dataclass
@@ -334,6 +334,20 @@ def file_in_place_of(ctx: Ctx, path: str, directory: bool) -> dict:
     return {"data": {"seed": 1}}
 
 
+def linked_folder(ctx: Ctx, path: str) -> dict:
+    """The folder `path` moved outside the project, a symbolic link to it in its place (a planted link)."""
+    target, outside = ctx.repo / path, ctx.tmp / "outside"
+    shutil.move(target, outside)
+    target.symlink_to(outside, target_is_directory=True)
+    ctx.kept["outside"] = {f.name: f.read_bytes() for f in outside.iterdir()}
+    ctx.stack.callback(lambda: (target.unlink(), shutil.move(outside, target)))
+    return {"data": {"seed": 1}}
+
+
+def outside_unchanged(ctx: Ctx) -> None:
+    assert {f.name: f.read_bytes() for f in (ctx.tmp / "outside").iterdir()} == ctx.kept["outside"]
+
+
 def tiny_files(ctx: Ctx, fmt: str = "PNG") -> dict[str, bytes]:
     return image_folder_files(ctx.tiny, fmt)
 
@@ -407,6 +421,11 @@ ROWS = [
     Row("traceback", "duplicate-key-fetch_data", "fetch_data",
         r'^error: params.yaml: line \d+: found duplicate key "lr" with value "0.001" \(original value: "0.5"\) '
         r"\(DVC refuses duplicate keys too: keep one\)$", lambda c: params_text_with(c, "train", "lr: 0.5")),
+    Row("traceback", "keys-of-mixed-types", "fetch_data", r"^error: train\.1: unknown key \(allowed in train: epochs, ",
+        lambda c: params_text_with(c, "train", "1: a\n  ~: b\n  2020-01-01: c")),
+    Row("silent-wrong", "params-yaml-false-is-not-the-defaults", "fetch_data",
+        r"^error: params.yaml: expected a mapping of keys, got False$",
+        lambda c: ((c.repo / "params.yaml").write_text("false\n"), {})[1]),
     Row("traceback", "duplicate-section", "fetch_data", r'params.yaml: line \d+: found duplicate key "data"',
         lambda c: _duplicate_section(c)),
     Row("silent-wrong", "lr-nan", "fetch_data", r"^error: train.lr: nan is not a finite number$",
@@ -488,6 +507,9 @@ ROWS = [
     Row("lost-work", "read-only-metrics-folder", "fetch_data",
         r"^error: metrics/data.json: cannot write \(Permission denied\); no output was changed$",
         lambda c: read_only(c, "metrics"), unprivileged=True),
+    Row("breach", "output-folder-is-a-link-out-of-the-project", "fetch_data",
+        r"^error: metrics is a symbolic link: not written through \(replace it with a regular folder\)$",
+        lambda c: linked_folder(c, "metrics"), after=outside_unchanged),
     Row("lost-work", "metrics-is-a-file", "fetch_data",
         r"^error: metrics/data.json: cannot create its folder metrics \(File exists\)$",
         lambda c: file_in_place_of(c, "metrics", directory=False)),

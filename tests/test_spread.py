@@ -300,6 +300,12 @@ def spread_written_before(root: Path) -> list[str]:
     return []
 
 
+def runs_of(root: Path, change: Callable[[list], list]) -> None:
+    """Rewrite the runs the spread keeps in reports/spread/runs.json (what --from-runs reads)."""
+    collected = json.loads((root / SPREAD_RUNS).read_text())
+    write(root, {SPREAD_RUNS: json.dumps({**collected, "runs": change(collected["runs"])})})
+
+
 def spread_folder_linked_out(root: Path) -> list[str]:
     (root.parent / "elsewhere").mkdir()
     (root / "reports/spread").symlink_to(root.parent / "elsewhere")
@@ -330,6 +336,9 @@ SPREAD_ROWS = [
     Row("silent-wrong", "seed-not-an-integer",
         summary_of(lambda s: s["spread"]["43"]["params"]["train"].update(seed=42.7)),
         expect=r"train.seed 42.7 is not an integer"),
+    Row("silent-wrong", "one-run-listed-three-times", lambda r: (spread_written_before(r), runs_of(r, lambda runs: [runs[0]] * 3),
+                                                                 ["--from-runs"])[2],
+        expect=r"^error: reports/spread/runs.json: two runs share a train.seed \(\[42, 42, 42\]\); each seed is one run$"),
     Row("hang", "summary-is-a-fifo", special("summary.json", "fifo", ["--from-gpu-check", "summary.json"]),
         expect=r"^error: summary.json is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "summary-is-dev-zero", special("summary.json", "dev-zero", ["--from-gpu-check", "summary.json"]),

@@ -2,6 +2,7 @@
 or insufficient data when the run is too short or its flow snapshots too few to judge it."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Callable
@@ -55,6 +56,12 @@ def epoch_evidence(dynamics: Dynamics, needed: int) -> str:
     return ""
 
 
+def weight_ratio_missing(health: FlowHealth) -> str:
+    """A layer whose mean |W| was 0 at the first snapshot has no end/start ratio to judge by."""
+    layers = [h.layer for h in health.layers if not math.isfinite(h.weight_mean_change)]
+    return f"mean |W| was 0 at the start for {', '.join(layers)}: no end/start ratio" if layers else ""
+
+
 def _judge(claim: str, missing: str, measured: Callable[[], tuple[str, bool]]) -> Claim:
     if missing:
         return Claim(claim, missing, INSUFFICIENT)
@@ -96,7 +103,8 @@ def check_claims(health: FlowHealth, dynamics: Dynamics, flow_every: int) -> lis
         _judge("No layer shows consistently zero, vanishing or exploding gradients", flow_missing, no_bad_gradients),
         _judge("Max gradient magnitudes are typically one to two orders of magnitude larger than mean magnitudes",
                flow_missing, max_to_mean),
-        _judge("Weight magnitudes are relatively stable across layers", flow_missing, stable_weights),
+        _judge("Weight magnitudes are relatively stable across layers", flow_missing or weight_ratio_missing(health),
+               stable_weights),
         _judge("Convergence is stable with no severe overfitting", epoch_evidence(dynamics, MIN_EPOCHS_STABLE),
                stable_convergence),
         _judge("Most of the gain occurs in the first 15–20 epochs", epoch_evidence(dynamics, MIN_EPOCHS_GAIN), early_gain),

@@ -1,10 +1,12 @@
 """Training dynamics from the per-epoch history: how fast, how far and how steadily the run learned."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cifar_study.analysis.flow_health import finite_or_none
 from cifar_study.core.history import EpochRecord
 
 LAST_EPOCHS = 5  # the window for "the last epochs": stability and the held-out loss trend
@@ -23,7 +25,7 @@ class Dynamics:
     best_epoch: int
     gap_acc: float  # train − held-out accuracy at the end (train accuracy is on augmented images)
     gap_loss: float  # held-out − train loss at the end
-    loss_rise: float  # last held-out loss over its best, − 1
+    loss_rise: float  # last held-out loss over its best, − 1 (infinite after a best of 0)
     loss_trend: float  # least-squares slope of held-out loss per epoch over the last epochs
     overfitting: bool
     epoch_90: int  # first epoch at which 90% of the final held-out accuracy was reached
@@ -37,7 +39,8 @@ class Dynamics:
         return {"best_epoch": self.best_epoch, "epoch_95": self.epoch_95, "overfitting": int(self.overfitting)}
 
     def detail(self) -> dict:
-        return {**asdict(self), "thresholds": {"LAST_EPOCHS": LAST_EPOCHS, "OVERFIT_LOSS_RISE": OVERFIT_LOSS_RISE}}
+        return finite_or_none({**asdict(self), "thresholds": {"LAST_EPOCHS": LAST_EPOCHS,
+                                                              "OVERFIT_LOSS_RISE": OVERFIT_LOSS_RISE}})
 
 
 def analyse(history: list[EpochRecord]) -> Dynamics:
@@ -46,7 +49,8 @@ def analyse(history: list[EpochRecord]) -> Dynamics:
     last = slice(-min(LAST_EPOCHS, len(history)), None)
     reached = {f: int(np.argmax(acc >= f * acc[-1])) + 1 for f in REACHED}
     trend = float(np.polyfit(np.arange(len(loss[last])), loss[last], 1)[0]) if len(loss[last]) >= 2 else 0.0
-    loss_rise = float(loss[-1] / loss.min() - 1)
+    # A best held-out loss of 0 (every image certain and right) leaves no ratio: any loss after it is a rise.
+    loss_rise = float(loss[-1] / loss.min() - 1) if loss.min() > 0 else 0.0 if loss[-1] == 0 else math.inf
     end = history[-1]
     return Dynamics(
         epochs=len(history), final_acc=round(float(acc[-1]), 6), best_acc=round(float(acc.max()), 6),

@@ -73,11 +73,11 @@ class FlowHealth:
 
     def metrics(self) -> dict[str, float | int]:
         """The few numbers `dvc metrics diff` compares."""
-        return _finite_or_none({"flagged_layers": len(self.flagged),
+        return finite_or_none({"flagged_layers": len(self.flagged),
                                 "update_ratio": _round(float(np.median([h.update_ratio for h in self.layers])))})
 
     def detail(self) -> dict:
-        return _finite_or_none({"healthy": self.healthy, "snapshots": self.snapshots,
+        return finite_or_none({"healthy": self.healthy, "snapshots": self.snapshots,
                                 "thresholds": thresholds(), "layers": [asdict(h) for h in self.layers]})
 
 
@@ -87,12 +87,12 @@ def thresholds() -> dict[str, float]:
             "STALLED_UPDATE": STALLED_UPDATE, "UNSTABLE_UPDATE": UNSTABLE_UPDATE, "RUNAWAY_WEIGHTS": RUNAWAY_WEIGHTS}
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """NaN and infinity as null: JSON has no such numbers, and DVC and browsers refuse them."""
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 

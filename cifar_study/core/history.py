@@ -3,8 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+# An int or float as Python writes it (str, csv): what this pipeline's CSVs hold. float() and int() also take
+# "1_5", " 3" and other scripts' digits ("٢"); in a results file those are damage, not numbers.
+WRITTEN_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(nan|inf)")
+
+
+def written_number(text: str) -> float:
+    """A CSV cell's number; ValueError for text that Python would not have written for one."""
+    if not WRITTEN_NUMBER.fullmatch(text):
+        raise ValueError(f"{text[:20]!r} is not a number as Python writes one")
+    return float(text)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,9 @@ def history_of(rows: Iterable[dict[str, Any]]) -> list[EpochRecord]:
     for i, row in enumerate(rows, 1):
         if any(isinstance(row.get(name), bool) for name in EpochRecord.columns()):
             raise ValueError(f"history row {i}: true/false where a number goes")
+        for name in EpochRecord.columns():
+            if isinstance(row.get(name), str):
+                written_number(row[name])
         r = EpochRecord.from_row(row)
         if r.epoch != i:
             raise ValueError(f"history row {i} is epoch {r.epoch}: epochs run 1, 2, ... in order")

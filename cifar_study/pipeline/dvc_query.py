@@ -5,7 +5,7 @@ DVC opens params.yaml and the metrics files as they are: a FIFO in place of one 
 every file it would read for params or metrics must be a regular file (or absent) before it runs. It also
 flattens a params file's YAML aliases into copies: a 3 KB file of nested aliases ("billion laughs") kept
 `dvc params diff` busy past 30 s (measured), so a params file is read first as the stages read it
-(untrusted.load_yaml: no aliases that expand past a bound, no duplicate keys, UTF-8).
+(untrusted.parse_yaml: no aliases that expand past a bound, no duplicate keys, UTF-8).
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import os
 import signal
 import stat
 import subprocess
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from cifar_study.pipeline.errors import ParamError, UserError, first_line
-from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, larger, load_yaml, read_bounded
+from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, larger, parse_yaml, read_bounded, unique_keys
 
 DVC_TIMEOUT_S = 300
+GIT_TIMEOUT_S = 30
 MAX_FILE_BYTES = 1 << 20  # this project's params and metrics files are a few KB; dvc.lock about 20 KB
 DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
 ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml")
@@ -41,15 +41,20 @@ def _paths(entries: Any, strings: bool = True) -> list[str]:
     return out
 
 
-def read_by_dvc(error: type[UserError]) -> list[str]:
-    """The workspace files DVC reads for params and metrics: its own, and those its dvc.yaml files declare
-    (the project's, and DVCLive's of a running or interrupted run, whose paths are relative to dvclive/)."""
+def _read_workspace(path: str) -> bytes:
+    return read_bounded(path, MAX_PARAMS_BYTES)
+
+
+def read_by_dvc(read: Callable[[str], bytes] = _read_workspace) -> list[str]:
+    """The files DVC reads for params and metrics (`read` gives a file's bytes: the workspace's, or a commit's):
+    its own, and those its dvc.yaml files declare (the project's, and DVCLive's of a running or interrupted
+    run, whose paths are relative to dvclive/)."""
     files = list(ALWAYS_READ)
     for dvc_yaml in DVC_YAMLS:
         try:
-            spec = yaml.safe_load(read_bounded(dvc_yaml, MAX_PARAMS_BYTES, error=error))
-        except (UserError, yaml.YAMLError, UnicodeDecodeError):
-            continue  # absent, special or unparsable: DVC says so, or check_workspace does
+            spec = yaml.safe_load(read(dvc_yaml))
+        except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue  # absent, special or unparsable: DVC says so, or the checks below do
         if not isinstance(spec, dict):
             continue
         declared = _paths(spec.get("metrics")) + _paths(spec.get("params"))
@@ -57,14 +62,14 @@ def read_by_dvc(error: type[UserError]) -> list[str]:
         for stage in filter(lambda s: isinstance(s, dict), stages.values()):
             # A stage's params are keys of params.yaml (strings) or {file: keys}: only the second names a file.
             declared += _paths(stage.get("metrics")) + _paths(stage.get("params"), strings=False)
-        files += [os.path.join(os.path.dirname(dvc_yaml), path) for path in declared]
-    return files
+        files += [os.path.normpath(os.path.join(os.path.dirname(dvc_yaml), path)) for path in declared]
+    return list(dict.fromkeys(files))
 
 
 def check_workspace(error: type[UserError]) -> None:
     """Refuse, in one line, a workspace file that DVC would block on, could not read as a file, or would
     not finish flattening."""
-    for path in dict.fromkeys(read_by_dvc(error)):
+    for path in read_by_dvc():
         try:
             st = os.stat(path)
             if stat.S_ISREG(st.st_mode):
@@ -78,11 +83,76 @@ def check_workspace(error: type[UserError]) -> None:
         if st.st_size > MAX_FILE_BYTES:  # DVC parses it whole: 29 MB of metrics took compare 23 s and 900 MB
             raise error(f"{path} in the workspace is {larger(st.st_size, MAX_FILE_BYTES)} a params or metrics file "
                         "may be")
-        if path.endswith((".yaml", ".yml")) and os.path.basename(path) != "dvc.yaml":
-            try:  # DVC only warns about a params file it cannot read, and diffs it as if empty
-                load_yaml(Path(path))
-            except ParamError as exc:
-                raise error(str(exc)) from None
+        _check_content(path, lambda: read_bounded(path, MAX_FILE_BYTES), path, error)
+
+
+def _check_content(path: str, read: Callable[[], bytes], name: str, error: type[UserError]) -> None:
+    """A YAML file's aliases (DVC flattens them, and would not finish: dvc.yaml's `vars` too) and a JSON metrics
+    file's keys (DVC keeps the last of two, silently), checked before DVC reads the file."""
+    if path.endswith((".yaml", ".yml")):
+        try:  # DVC only warns about a params file it cannot read, and diffs it as if empty
+            parse_yaml(read(), name)
+        except ParamError as exc:
+            raise error(str(exc)) from None
+    elif path.endswith(".json"):
+        try:
+            json.loads(read(), object_pairs_hook=unique_keys)
+        except ValueError as exc:
+            if "appears twice" in str(exc):
+                raise error(f"{name}: {exc}") from None  # anything else unreadable: DVC says so
+
+
+def _git(*args: str) -> bytes | None:
+    """git's output, or None where git fails (an unknown name: DVC may still know it as an experiment)."""
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, timeout=GIT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_text(*args: str) -> str | None:
+    out = _git(*args)
+    return None if out is None else out.decode(errors="replace").strip()
+
+
+def check_revision(rev: str, error: type[UserError]) -> str | None:
+    """Refuse a revision that names a file or folder (`HEAD:params.yaml`, `HEAD^{tree}`: DVC fails on it about
+    pygit2) or whose files DVC would not finish reading (as check_workspace for the workspace). Returns its
+    commit; None for a name git does not know, left to DVC, which also knows experiment names."""
+    found = _git_text("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
+    kind = found and _git_text("cat-file", "-t", found)
+    if kind in ("blob", "tree"):
+        raise error(f"revision {rev!r} names a {kind} ({'a file' if kind == 'blob' else 'a folder'}), not a commit: "
+                    f"give a commit, branch, tag or experiment name")
+    commit = found and _git_text("rev-parse", "--verify", "--quiet", f"{found}^{{commit}}")
+    if not commit:
+        return None
+
+    def read(path: str) -> bytes:
+        size = _git_text("cat-file", "-s", f"{commit}:{path}")
+        if size is None or _git_text("cat-file", "-t", f"{commit}:{path}") != "blob":
+            raise FileNotFoundError(path)
+        if int(size) > MAX_FILE_BYTES:  # DVC parses it whole
+            raise error(f"{path} at {rev} is {larger(int(size), MAX_FILE_BYTES)} a params or metrics file may be")
+        data = _git("cat-file", "blob", f"{commit}:{path}")
+        if data is None:
+            raise FileNotFoundError(path)
+        return data
+
+    for path in read_by_dvc(read):
+        try:
+            data = read(path)
+        except FileNotFoundError:
+            continue
+        _check_content(path, lambda: data, f"{path} at {rev}", error)
+    return commit
+
+
+def experiment_commits() -> list[str]:
+    """The commits of this repository's DVC experiments (refs/exps), which `dvc exp show` reads."""
+    out = _git_text("for-each-ref", "--format=%(objectname)", "refs/exps")
+    return out.split() if out else []
 
 
 def dvc_json(*args: str, error: type[UserError]) -> Any:

@@ -98,6 +98,8 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     staged = None if now else _staged.get()
+    if not path.is_absolute():  # the project's own outputs: never into a folder a planted link points to
+        refuse_links(path, folders_only=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -122,13 +124,14 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def refuse_links(path: Path) -> None:
+def refuse_links(path: Path, folders_only: bool = False) -> None:
     """Refuse to write `path` through a symbolic link (the file, or a folder on its way: each one of a
     relative path) or over anything but a regular file: a command writes where the name says, never where
-    a planted link points. (Not for stage outputs: DVC may link those to its cache, and rename replaces a link.)"""
+    a planted link points. `folders_only` for stage outputs: DVC may link those files to its cache (rename
+    replaces such a link), never a folder."""
     steps = [Path(*path.parts[:i]) for i in range(1, len(path.parts) + 1)] if not path.is_absolute() else \
         [path.parent, path]
-    for step in steps:
+    for step in steps[:-1] if folders_only else steps:
         try:
             mode = os.lstat(step).st_mode
         except FileNotFoundError:

@@ -123,7 +123,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamError(f"{path}: file not found (run from the project root)")
-    return parse_params(load_yaml(path) or {})
+    raw = load_yaml(path)
+    return parse_params({} if raw is None else raw)  # an empty file holds defaults; `false` or `[]` is no mapping
 
 
 def parse_params(raw: Any) -> Params:
@@ -168,7 +169,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ParamError(f"{where}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted((k if isinstance(k, str) else repr(k) for k in raw if k not in fields))  # YAML keys: 1, ~, dates
     if unknown:
         raise ParamError(f"{prefix}{unknown[0]}: unknown key (allowed in {where}: {', '.join(fields)})")
     values = {}

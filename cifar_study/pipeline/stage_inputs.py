@@ -19,6 +19,7 @@ import numpy as np
 
 from cifar_study.core.flow import COLUMNS as FLOW_COLUMNS
 from cifar_study.core.flow import STATS, FlowSnapshot, snapshots_from_rows
+from cifar_study.core.history import written_number
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import read_csv
@@ -60,7 +61,7 @@ def read_table(path: str, numeric: Sequence[str], finite: bool = True) -> list[d
             if None in r.values() or None in r:  # a short or long row: the file was cut or mixed
                 raise ValueError(f"line {line} has the wrong number of fields")
             for key in numeric:
-                if not math.isfinite(float(r[key])) and finite:
+                if not math.isfinite(written_number(r[key])) and finite:
                     raise ValueError(f"line {line}: {key} is {r[key]}, not a finite number")
         return rows
 

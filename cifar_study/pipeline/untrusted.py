@@ -373,7 +373,7 @@ def _bounded_int(text: str) -> int:
     return value
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of two equal keys without a word: which value a reader saw would depend on that
     keys = [k for k, _ in pairs]
     if len(set(keys)) < len(keys):
@@ -386,7 +386,7 @@ def json_numbers(text: str | bytes) -> Any:
     nesting deeper than Python parses)."""
     try:
         return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int,
-                          object_pairs_hook=_unique_keys)
+                          object_pairs_hook=unique_keys)
     except RecursionError:
         raise ValueError("nested deeper than any file the pipeline writes") from None
 
