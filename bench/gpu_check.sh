@@ -19,7 +19,8 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
     printf 'gpu_check: PYTHON=%q: not found; nothing done\n' "$PYTHON"  # %q: a control character as its escape
     exit 2
 fi
-if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+# Found, not imported: importing PyTorch takes seconds, and a refusal of the options below should not wait for it.
+if ! "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1; then
     printf 'gpu_check: %q cannot import torch: install the requirements (make install); nothing done\n' "$PYTHON"
     exit 2
 fi

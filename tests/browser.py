@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 INSTALL_HINT = ("Chromium not found: install it (Debian: `sudo apt-get install chromium`, which `make test` runs "
                 "as root) or set CHROMIUM=/path/to/chromium-or-chrome")
@@ -83,6 +84,11 @@ class PageResult:
     @property
     def drawn(self) -> bool:
         return all(p.drawn for p in self.vega) and all(i["loaded"] for i in self.images)
+
+    @property
+    def settled(self) -> bool:
+        """Every chart drawn or refused with its error, every image loaded: nothing more will change."""
+        return all(p.drawn or p.error is not None for p in self.vega) and all(i["loaded"] for i in self.images)
 
 
 class Chromium:
@@ -166,8 +172,9 @@ class Chromium:
 
     # --- pages ---
 
-    def open(self, page: Path, screenshot: Path | None = None, timeout: float = 60) -> PageResult:
-        """Load `page` (a local file) with the network refused; wait until every chart drew or `timeout`."""
+    def open(self, page: Path, screenshot: Path | None = None, timeout: float = 60,
+             until: Callable[[PageResult], bool] = lambda r: r.drawn) -> PageResult:
+        """Load `page` (a local file) with the network refused; wait until `until` (every chart drew) or `timeout`."""
         self._blocked = []
         self._events.clear()
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -182,7 +189,7 @@ class Chromium:
             deadline = time.monotonic() + timeout
             while True:  # vega draws asynchronously after the load event
                 result = self._inspect(session, ids)
-                if result.drawn or time.monotonic() > deadline:
+                if until(result) or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
             result.errors += [self._describe(e) for e in self._events

@@ -161,7 +161,10 @@ def test_text_that_would_close_a_script_in_plot_data_runs_nothing(repo, browser,
     try:
         page = render(repo, f"breach-{column}", "show")
         assert PAYLOAD in page.read_text()  # DVC's page carries it as it is
-        result = browser.open(page, ARTIFACTS / f"plots_show_breach_{column}.png", timeout=20)
+        # Until every chart drew or showed its refusal: the spoiled one never draws, so waiting for all to draw
+        # would wait out the timeout.
+        result = browser.open(page, ARTIFACTS / f"plots_show_breach_{column}.png", timeout=20,
+                              until=lambda r: len(r.vega) == len(VEGA_TITLES) and r.settled)
     finally:
         path.write_text(original)
     assert result.errors == []  # in particular no "PWNED": the planted script never ran
