@@ -19,14 +19,27 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
     printf 'gpu_check: PYTHON=%q: not found; nothing done\n' "$PYTHON"  # %q: a control character as its escape
     exit 2
 fi
-# Found, not imported: importing PyTorch takes seconds, and a refusal of the options below should not wait for it.
-if ! "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1; then
+# Found, not imported (importing PyTorch takes seconds): the CUDA check below imports it, and --cpu-smoke's options
+# are refused before the steps that import it.
+no_torch() {
     printf 'gpu_check: %q cannot import torch: install the requirements (make install); nothing done\n' "$PYTHON"
     exit 2
-fi
-if [[ "${1:-}" != "--cpu-smoke" ]] &&
-   ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    printf 'gpu_check: no CUDA device visible to PyTorch (%q) on this machine; nothing done\n' "$PYTHON"
-    exit 0
+}
+"$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1 || no_torch
+if [[ "${1:-}" != "--cpu-smoke" ]]; then
+    # exit 3: PyTorch is there but does not import (a broken install), which is not "no GPU"
+    cuda=0
+    "$PYTHON" -c 'import sys
+try:
+    import torch
+except Exception:
+    sys.exit(3)
+sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1 || cuda=$?
+    if [[ $cuda == 3 ]]; then
+        no_torch
+    elif [[ $cuda != 0 ]]; then
+        printf 'gpu_check: no CUDA device visible to PyTorch (%q) on this machine; nothing done\n' "$PYTHON"
+        exit 0
+    fi
 fi
 exec "$PYTHON" bench/gpu_check.py "$@"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 
 from cifar_study.analysis.figures import FIGURES
-from cifar_study.analysis.stats import CONFIDENCE, interval, t_quantile
+from cifar_study.analysis.stats import CONFIDENCE, bounds, interval
 from cifar_study.core.history import EpochRecord, history_of, written_number
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
@@ -258,12 +258,9 @@ def _check_spread(spread: dict) -> None:
     for row in [final, *per_epoch]:
         if not (_fraction(row["mean"]) and _fraction(row["sd"]) and type(row["n"]) is int and row["n"] == len(runs) >= 2):
             raise ValueError("a mean, sd or run count other than cifar_study.spread writes")
-        t = t_quantile(0.5 + CONFIDENCE / 2, row["n"] - 1)
-        half_ci, half_pi = t * row["sd"] / math.sqrt(row["n"]), t * row["sd"] * math.sqrt(1 + 1 / row["n"])
-        bounds = {"t": t, "ci_low": row["mean"] - half_ci, "ci_high": row["mean"] + half_ci,
-                  "pi_low": row["mean"] - half_pi, "pi_high": row["mean"] + half_pi}
-        if not all(_same(row[k], v) for k, v in bounds.items()) or not (_fraction(row["min"]) and _fraction(row["max"])
-                                                                         and row["min"] <= row["mean"] <= row["max"]):
+        # The mean of equal values may land a rounding error outside them (fmean([0.1] * 3) > 0.1)
+        inside = _fraction(row["min"]) and _fraction(row["max"]) and row["min"] - 1e-12 <= row["mean"] <= row["max"] + 1e-12
+        if not inside or not all(_same(row[k], v) for k, v in bounds(row["mean"], row["sd"], row["n"]).items()):
             raise ValueError("an interval other than the one its mean, sd and count give")
     if not all(_same(final[k], v) for k, v in interval([r["test_acc"] for r in runs]).items()):
         raise ValueError("final_test_acc is not what the runs' test accuracies give")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
-from cifar_study.pipeline.dvc_query import check_revision, check_workspace, dvc_json, experiment_commits
+from cifar_study.pipeline.dvc_query import check_experiments_of_head, check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.untrusted import finite_number
 
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.width < 40:
             raise ShowError(f"--width: {args.width} is too narrow; at least 40")
         check_workspace(ShowError)
-        for rev in ["HEAD", *experiment_commits()]:  # every commit whose files `dvc exp show` reads
-            check_revision(rev, ShowError)
+        check_experiments_of_head(ShowError)
         rows = rows_of(dvc_json("exp", "show", error=ShowError))
         lines, left_out = table(rows, args.width)
         lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]

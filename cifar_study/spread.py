@@ -154,8 +154,6 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
             key = sorted(k for k in kept.keys() | common.keys() if kept.get(k) != common.get(k))[0]
             raise SpreadError(f"run {run.name} differs from {runs[0][0].name} in {key}, not only in train.seed")
         common = kept
-    if len({run.seed for run, _ in runs}) < len(runs):
-        raise SpreadError(f"two {prefix} runs share a train.seed")
     defaults = _flat(parse_yaml(_git(repo, "show", f"{base}:params.yaml"), f"params.yaml at {base[:7]}"))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
     return {"prefix": prefix, "changed_params": changed, "runs": [asdict(run) for run, _ in runs],
@@ -211,7 +209,7 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
         raise SpreadError(f"{len(runs)} run(s) in {RUNS}; the spread needs at least 2")
     seeds = [r.seed for r in runs]
     if len(set(seeds)) != len(seeds):  # one run listed twice would shrink the sd
-        raise SpreadError(f"{RUNS}: two runs share a train.seed ({sorted(seeds)}); each seed is one run")
+        raise SpreadError(f"two runs share a train.seed ({', '.join(map(str, sorted(seeds)))}): each seed is one run")
     epochs = {len(r.heldout_acc) for r in runs}
     if len(epochs) != 1:
         raise SpreadError(f"the runs have different epoch counts ({sorted(epochs)})")

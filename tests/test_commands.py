@@ -159,6 +159,8 @@ COMPARE_ROWS = [
     Row("silent-wrong", "metric-key-twice-the-last-would-win",
         files(metrics='{"test_acc": 0.5, "replicas": 3, "test_acc_mean": 0.1, "test_acc_sd": 0.01, "test_acc_mean": 0.6}'),
         expect=r"^error: metrics/eval.json: the key 'test_acc_mean' appears twice in one object$"),
+    Row("traceback", "metrics-nested-past-the-parser", files(metrics="[" * 100_000 + "]" * 100_000),
+        expect=r"^error: metrics/eval.json: nested deeper than any metrics file$"),
     Row("lost-work", "sigterm-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGTERM),
     Row("lost-work", "sigint-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGINT),
     Row("lost-work", "stdout-on-a-full-disk", files(params="train:\n  lr: 0.1\n  replicas: 3\n",

@@ -143,3 +143,6 @@ def test_a_best_loss_of_zero_or_a_weight_of_zero_gives_no_number_that_is_not_fin
     judged = check_claims(zero_start, analyse(history([0.5] * 3, [1.0] * 3)), flow_every=1)
     assert judged[2].verdict == "insufficient data" and judged[2].measured == \
         "mean |W| was 0 at the start for a: no end/start ratio"
+    # Weights that end as NaN have a ratio, and it is no stable one: judged, not missing
+    diverged = flow_health.assess(snapshots([1e-2] * 10, weights=[0.1] * 9 + [math.nan]))
+    assert check_claims(diverged, analyse(history([0.5] * 3, [1.0] * 3)), flow_every=1)[2].verdict == "does not hold"

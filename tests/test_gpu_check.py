@@ -85,6 +85,12 @@ def python_without_torch(root: Path) -> list[str]:
     return ["--cpu-smoke", "--out", str(root / "out")]
 
 
+def broken_torch(root: Path) -> list[str]:
+    (root / "block" / "torch").mkdir(parents=True)  # installed, but its import fails (a broken install)
+    (root / "block" / "torch" / "__init__.py").write_text("raise ImportError('libcudart.so: cannot open')\n")
+    return ["--out", str(root / "out")]
+
+
 def blocked_ruamel(root: Path) -> list[str]:
     (root / "block" / "ruamel").mkdir(parents=True)
     (root / "block" / "ruamel" / "__init__.py").write_text("raise ImportError('no ruamel here')\n")
@@ -130,6 +136,8 @@ GPU_CHECK_ROWS = [
     Row("misleading", "python-without-torch-is-not-no-gpu", python_without_torch, env={"PYTHON": "{project}/python-without-torch"},
         expect=r"^gpu_check: \S+/python-without-torch cannot import torch: install the requirements \(make install\); "
                r"nothing done$"),
+    Row("misleading", "broken-pytorch-is-not-no-gpu", broken_torch, env={"PYTHONPATH": "{project}/block"},
+        expect=r"^gpu_check: \S+ cannot import torch: install the requirements \(make install\); nothing done$"),
     Row("misleading", "a-missing-requirement-is-named-before-any-step", blocked_ruamel, env={"PYTHONPATH": "{project}/block"},
         expect=r"^gpu_check: \S+ lacks ruamel.yaml: install them \(pip install -r requirements.txt\); nothing done$"),
     Row("lost-work", "results-folder-holds-an-earlier-check", out_is("non-empty folder"), expect=EXISTS % "out"),

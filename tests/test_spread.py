@@ -114,12 +114,12 @@ def test_collects_the_seed_replicas_and_aggregates_them(repo):
     (lambda repo: replicas_run(repo, FINALS, replicas=5), "reports/replicas.json holds 3 replicas but params.yaml "
                                                           "says train.replicas: 5 (stale: run dvc repro)"),
     (lambda repo: (repo / "reports/replicas.json").write_text(json.dumps(
-        [{"seed": 42, "test_acc": 0.8, "history": []}] * 3)), "two replicas runs share a train.seed"),
+        [{"seed": 42, "test_acc": 0.8, "history": []}] * 3)), "two runs share a train.seed"),
 ])
 def test_too_few_stale_or_duplicated_replicas_are_refused(repo, change, message):
     change(repo)
     with pytest.raises(spread.SpreadError, match=re.escape(message)):
-        spread.collect_replicas(repo)
+        spread.summarize(spread.collect_replicas(repo))  # the seeds are checked where every source meets
 
 
 def test_command_line_collects_then_resummarises_the_same(repo):
@@ -338,7 +338,7 @@ SPREAD_ROWS = [
         expect=r"train.seed 42.7 is not an integer"),
     Row("silent-wrong", "one-run-listed-three-times", lambda r: (spread_written_before(r), runs_of(r, lambda runs: [runs[0]] * 3),
                                                                  ["--from-runs"])[2],
-        expect=r"^error: reports/spread/runs.json: two runs share a train.seed \(\[42, 42, 42\]\); each seed is one run$"),
+        expect=r"^error: two runs share a train.seed \(42, 42, 42\): each seed is one run$"),
     Row("hang", "summary-is-a-fifo", special("summary.json", "fifo", ["--from-gpu-check", "summary.json"]),
         expect=r"^error: summary.json is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "summary-is-dev-zero", special("summary.json", "dev-zero", ["--from-gpu-check", "summary.json"]),

@@ -2,7 +2,6 @@
 or insufficient data when the run is too short or its flow snapshots too few to judge it."""
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 from typing import Callable
@@ -58,7 +57,7 @@ def epoch_evidence(dynamics: Dynamics, needed: int) -> str:
 
 def weight_ratio_missing(health: FlowHealth) -> str:
     """A layer whose mean |W| was 0 at the first snapshot has no end/start ratio to judge by."""
-    layers = [h.layer for h in health.layers if not math.isfinite(h.weight_mean_change)]
+    layers = [h.layer for h in health.layers if h.weight_mean_change is None]
     return f"mean |W| was 0 at the start for {', '.join(layers)}: no end/start ratio" if layers else ""
 
 

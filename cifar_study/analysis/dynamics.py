@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cifar_study.analysis.flow_health import finite_or_none
 from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline.outputs import finite_or_none
 
 LAST_EPOCHS = 5  # the window for "the last epochs": stability and the held-out loss trend
 # Overfitting: the held-out loss of the last epoch more than 5% above its best, and still rising

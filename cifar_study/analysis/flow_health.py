@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
 from cifar_study.core.flow import FlowSnapshot
+from cifar_study.pipeline.outputs import finite_or_none
 
 # Vanishing: a layer's mean |grad| more than 4 decades below the output layer's at the same snapshot,
 # in more than a quarter of the snapshots. Layers differ by fan-in: in the default run the smallest
@@ -54,7 +54,7 @@ class LayerHealth:
     vanishing_fraction: float  # snapshots where mean |grad| is VANISHING_RATIO below the output layer's
     trend_decades: float  # least-squares slope of log10 mean |grad| from the run's start to its end
     update_ratio: float  # median |ΔW| / |W| of the steps at the snapshots after the first (NaN: none)
-    weight_mean_change: float  # last / first mean |W|
+    weight_mean_change: float | None  # last / first mean |W|; None where the first is 0 (no ratio)
     flags: list[str] = field(default_factory=list)
 
 
@@ -85,15 +85,6 @@ def thresholds() -> dict[str, float]:
     return {"VANISHING_RATIO": VANISHING_RATIO, "VANISHING_FRACTION": VANISHING_FRACTION,
             "VANISHING_ABS": VANISHING_ABS, "EXPLODING_SPIKE": EXPLODING_SPIKE, "DEAD_FRACTION": DEAD_FRACTION,
             "STALLED_UPDATE": STALLED_UPDATE, "UNSTABLE_UPDATE": UNSTABLE_UPDATE, "RUNAWAY_WEIGHTS": RUNAWAY_WEIGHTS}
-
-
-def finite_or_none(value: Any) -> Any:
-    """NaN and infinity as null: JSON has no such numbers, and DVC and browsers refuse them."""
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _round(x: float) -> float:
@@ -131,7 +122,7 @@ def assess(snapshots: list[FlowSnapshot]) -> FlowHealth:
             trend_decades=_round(_slope(progress[ok][nonzero], np.log10(mean[nonzero]))),
             update_ratio=_round(_median(updates[:, i][np.isfinite(updates[:, i])])),
             weight_mean_change=_round(float(stats["weight_mean"][-1, i] / stats["weight_mean"][0, i]))
-            if stats["weight_mean"][0, i] > 0 else math.nan)
+            if stats["weight_mean"][0, i] > 0 else None)
         h.flags = _flags(h)
         result.append(h)
     return FlowHealth(result, len(snapshots))
@@ -148,7 +139,7 @@ def _flags(h: LayerHealth) -> list[str]:
         flags.append("dead")
     if h.update_ratio < STALLED_UPDATE:  # NaN (no step after the first) compares False: no flag
         flags.append("stalled")
-    runaway = math.isfinite(h.weight_mean_change) and not 1 / RUNAWAY_WEIGHTS <= h.weight_mean_change <= RUNAWAY_WEIGHTS
+    runaway = h.weight_mean_change is not None and math.isfinite(h.weight_mean_change) and not 1 / RUNAWAY_WEIGHTS <= h.weight_mean_change <= RUNAWAY_WEIGHTS
     if h.update_ratio > UNSTABLE_UPDATE or runaway:
         flags.append("unstable")
     return flags

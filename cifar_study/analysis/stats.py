@@ -65,12 +65,16 @@ def replica_band(histories: list[list[EpochRecord]]) -> list[dict[str, float]]:
 def interval(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation, the 95% confidence interval of the mean and the 95%
     prediction interval of one more run (where a single run such as the original study's should fall)."""
-    n = len(values)
     mean, sd = mean_sd(values)
+    return {"n": len(values), "mean": mean, "sd": sd, "min": min(values), "max": max(values),
+            **bounds(mean, sd, len(values))}
+
+
+def bounds(mean: float, sd: float, n: int) -> dict[str, float]:
+    """`interval`'s t and bounds from a sample's mean, sd and size."""
     t = t_quantile(0.5 + CONFIDENCE / 2, n - 1)
     half_ci, half_pi = t * sd / math.sqrt(n), t * sd * math.sqrt(1 + 1 / n)
-    return {"n": n, "mean": mean, "sd": sd, "min": min(values), "max": max(values), "t": t,
-            "ci_low": mean - half_ci, "ci_high": mean + half_ci, "pi_low": mean - half_pi, "pi_high": mean + half_pi}
+    return {"t": t, "ci_low": mean - half_ci, "ci_high": mean + half_ci, "pi_low": mean - half_pi, "pi_high": mean + half_pi}
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def replicas_needed(diff: float, sd: float, limit: int = 1000) -> int | None:
     to be resolved: the smallest n whose 95% interval (t with 2n - 2 df) excludes zero. None past `limit`."""
     # t > z, so the normal approximation's n is a lower bound: a few steps up from it find n. Tested before it is
     # computed: for a difference of 1e-200 the square overflows.
-    if 1.959964 * sd > abs(diff) * math.sqrt(limit / 2):
+    if diff == 0 or 1.959964 * sd > abs(diff) * math.sqrt(limit / 2):
         return None
     n = max(2, math.ceil(2 * (1.959964 * sd / abs(diff)) ** 2))
     while n <= limit:

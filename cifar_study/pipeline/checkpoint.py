@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cifar_study.core.cifar10 import CHANNELS
-from cifar_study.core.history import EpochRecord, history_of as checked_history
+from cifar_study.core.history import EpochRecord, history_of
 from cifar_study.core.model import build_model
 from cifar_study.core.replicas import Replicas
 from cifar_study.pipeline.dataset import check_class_names
@@ -131,10 +131,10 @@ def replica_payload(model: Replicas, seeds: list[int], histories: list[list[Epoc
             for seed, state, history in zip(seeds, states, histories, strict=True)]
 
 
-def history_of(raw: Any, where: str) -> list[EpochRecord]:
+def checkpoint_history(raw: Any, where: str) -> list[EpochRecord]:
     """A checkpoint's per-epoch history, checked as every reader of a history checks it (core.history)."""
     try:
-        return checked_history(raw)
+        return history_of(raw)
     except (TypeError, KeyError, ValueError, IndexError, OverflowError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint's {where}: not a list of epoch records ({first_line(exc)}): "
                               "run dvc repro train") from None
@@ -147,14 +147,14 @@ def trained_replicas(state: dict[str, Any], device: torch.device | str, batched:
     if records is None:  # one run: its seed is a label only, so an older or odd train section is no reason to stop
         train = state.get("train")
         seed = train.get("seed") if isinstance(train, dict) and type(train.get("seed")) is int else None
-        return [seed], model_from_checkpoint(state, device), [history_of(state.get("history"), "history")]
+        return [seed], model_from_checkpoint(state, device), [checkpoint_history(state.get("history"), "history")]
     if not isinstance(records, list) or len(records) < 2 or not all(
             isinstance(r, dict) and type(r.get("seed")) is int and isinstance(r.get("model_state"), dict) for r in records):
         raise CheckpointError("checkpoint's replicas: expected a list of at least 2 {seed, model_state, history} "
                               "records (run dvc repro train)")
     models = [model_from_checkpoint({**state, "model_state": r["model_state"], "weights_sha256": r.get("weights_sha256")},
                                     device) for r in records]
-    histories = [history_of(r.get("history"), f"replica {j} history") for j, r in enumerate(records)]
+    histories = [checkpoint_history(r.get("history"), f"replica {j} history") for j, r in enumerate(records)]
     if len({tuple(r.epoch for r in h) for h in histories}) != 1 or len({r["seed"] for r in records}) != len(records):
         raise CheckpointError("checkpoint's replicas: their histories cover different epochs or their seeds repeat")
     return [r["seed"] for r in records], Replicas(models, batched).to(device), histories

@@ -10,6 +10,7 @@ flattens a params file's YAML aliases into copies: a 3 KB file of nested aliases
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ from typing import Any, Callable
 import yaml
 
 from cifar_study.pipeline.errors import ParamError, UserError, first_line
-from cifar_study.pipeline.untrusted import MAX_PARAMS_BYTES, kind_of, larger, parse_yaml, read_bounded, unique_keys
+from cifar_study.pipeline.untrusted import (MAX_PARAMS_BYTES, DuplicateKeyError, kind_of, larger, parse_yaml,
+                                           read_bounded, unique_keys)
 
 DVC_TIMEOUT_S = 300
 GIT_TIMEOUT_S = 30
@@ -53,7 +55,7 @@ def read_by_dvc(read: Callable[[str], bytes] = _read_workspace) -> list[str]:
     for dvc_yaml in DVC_YAMLS:
         try:
             spec = yaml.safe_load(read(dvc_yaml))
-        except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError):
+        except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
             continue  # absent, special or unparsable: DVC says so, or the checks below do
         if not isinstance(spec, dict):
             continue
@@ -83,12 +85,13 @@ def check_workspace(error: type[UserError]) -> None:
         if st.st_size > MAX_FILE_BYTES:  # DVC parses it whole: 29 MB of metrics took compare 23 s and 900 MB
             raise error(f"{path} in the workspace is {larger(st.st_size, MAX_FILE_BYTES)} a params or metrics file "
                         "may be")
-        _check_content(path, lambda: read_bounded(path, MAX_FILE_BYTES), path, error)
+        _refuse_unflattenable(path, lambda: read_bounded(path, MAX_FILE_BYTES), path, error)
 
 
-def _check_content(path: str, read: Callable[[], bytes], name: str, error: type[UserError]) -> None:
-    """A YAML file's aliases (DVC flattens them, and would not finish: dvc.yaml's `vars` too) and a JSON metrics
-    file's keys (DVC keeps the last of two, silently), checked before DVC reads the file."""
+def _refuse_unflattenable(path: str, read: Callable[[], bytes], name: str, error: type[UserError]) -> None:
+    """Refuse what DVC would not finish or would misread: a YAML file's nested aliases (DVC flattens them:
+    dvc.yaml's `vars` too), a JSON metrics file's key given twice (DVC keeps the last, silently) or nesting
+    deeper than Python parses."""
     if path.endswith((".yaml", ".yml")):
         try:  # DVC only warns about a params file it cannot read, and diffs it as if empty
             parse_yaml(read(), name)
@@ -97,9 +100,12 @@ def _check_content(path: str, read: Callable[[], bytes], name: str, error: type[
     elif path.endswith(".json"):
         try:
             json.loads(read(), object_pairs_hook=unique_keys)
-        except ValueError as exc:
-            if "appears twice" in str(exc):
-                raise error(f"{name}: {exc}") from None  # anything else unreadable: DVC says so
+        except DuplicateKeyError as exc:
+            raise error(f"{name}: {exc}") from None
+        except RecursionError:
+            raise error(f"{name}: nested deeper than any metrics file") from None
+        except ValueError:
+            pass  # not JSON: DVC says so
 
 
 def _git(*args: str) -> bytes | None:
@@ -119,8 +125,10 @@ def _git_text(*args: str) -> str | None:
 def check_revision(rev: str, error: type[UserError]) -> str | None:
     """Refuse a revision that names a file or folder (`HEAD:params.yaml`, `HEAD^{tree}`: DVC fails on it about
     pygit2) or whose files DVC would not finish reading (as check_workspace for the workspace). Returns its
-    commit; None for a name git does not know, left to DVC, which also knows experiment names."""
-    found = _git_text("rev-parse", "--verify", "--quiet", "--end-of-options", rev)
+    commit; None for a name neither git nor this repository's experiments know (left to DVC)."""
+    if rev.startswith("-"):  # git would take it for an option; DVC gets it after `--`
+        return None
+    found = _git_text("rev-parse", "--verify", "--quiet", rev) or _experiment(rev)
     kind = found and _git_text("cat-file", "-t", found)
     if kind in ("blob", "tree"):
         raise error(f"revision {rev!r} names a {kind} ({'a file' if kind == 'blob' else 'a folder'}), not a commit: "
@@ -129,6 +137,7 @@ def check_revision(rev: str, error: type[UserError]) -> str | None:
     if not commit:
         return None
 
+    @functools.cache  # dvc.yaml is read for the paths it declares, then checked itself
     def read(path: str) -> bytes:
         size = _git_text("cat-file", "-s", f"{commit}:{path}")
         if size is None or _git_text("cat-file", "-t", f"{commit}:{path}") != "blob":
@@ -145,14 +154,27 @@ def check_revision(rev: str, error: type[UserError]) -> str | None:
             data = read(path)
         except FileNotFoundError:
             continue
-        _check_content(path, lambda: data, f"{path} at {rev}", error)
+        _refuse_unflattenable(path, lambda: data, f"{path} at {rev}", error)
     return commit
 
 
-def experiment_commits() -> list[str]:
-    """The commits of this repository's DVC experiments (refs/exps), which `dvc exp show` reads."""
-    out = _git_text("for-each-ref", "--format=%(objectname)", "refs/exps")
-    return out.split() if out else []
+def _experiments(baseline: str = "") -> dict[str, str]:
+    """DVC's experiments ({name: commit}), of one baseline commit or of all: refs/exps/<ab>/<cdef...>/<name>."""
+    prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}" if baseline else "refs/exps"
+    out = _git_text("for-each-ref", "--format=%(objectname) %(refname)", prefix) or ""
+    return {ref.rsplit("/", 1)[1]: commit for commit, ref in (line.split(" ", 1) for line in out.splitlines())
+            if ref.count("/") == 4}
+
+
+def _experiment(name: str) -> str | None:
+    return _experiments().get(name)
+
+
+def check_experiments_of_head(error: type[UserError]) -> None:
+    """check_revision for HEAD and each of its experiments: the commits `dvc exp show` reads."""
+    head = check_revision("HEAD", error)
+    for name in _experiments(head or "") if head else []:
+        check_revision(name, error)
 
 
 def dvc_json(*args: str, error: type[UserError]) -> Any:

@@ -13,6 +13,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import stat
 import tempfile
@@ -150,6 +151,15 @@ def write_bytes(path: str | Path, data: bytes | memoryview, now: bool = False) -
     failing write reports its OS error rather than a serialiser's)."""
     with atomic_path(path, now) as tmp:
         tmp.write_bytes(data)
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinity as null: JSON has no such numbers, and DVC and browsers refuse them."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -14,8 +14,8 @@ from typing import Callable
 from cifar_study import RANK_ERRORS_ENV, launched_rank
 from cifar_study.pipeline.cli import error_line, interrupt
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import outputs_together, remove_stale_temporaries
-from cifar_study.pipeline.paths import STAGE_FILES
+from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
+from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
 
 LAUNCHER_POLL_S = 1.0  # how often a stage checks that its launcher is still there
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
@@ -74,6 +74,15 @@ def report_error(message: str) -> None:
         error_line(message)
 
 
+def _refuse_linked_folders(stage: str) -> None:
+    """A symlinked folder on the way of any of the stage's outputs, refused before any work (atomic_path refuses it
+    too, at the write: for train that would be after the epochs)."""
+    outputs = [*STAGE_FILES.get(stage, ((), ()))[1], *((RESUME, LIVE) if stage == "train" else ())]
+    for output in map(Path, outputs):
+        # A folder output (no suffix: plots/figures, dvclive) is checked itself: DVC links files to its cache, not folders
+        refuse_links(output / "-" if not output.suffix else output, folders_only=True)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
@@ -85,6 +94,7 @@ def run_stage(main: Callable[[], None]) -> None:
     if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
         remove_stale_temporaries(STAGE_FILES[stage][1])
     try:
+        _refuse_linked_folders(stage)
         with outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
     except UserError as exc:

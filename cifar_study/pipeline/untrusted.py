@@ -373,11 +373,17 @@ def _bounded_int(text: str) -> int:
     return value
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object with a key twice."""
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of two equal keys without a word: which value a reader saw would depend on that
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) < len(keys):
-        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"the key {key!r} appears twice in one object")
+        seen.add(key)
     return dict(pairs)
 
 
