@@ -356,6 +356,7 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
     `interrupted` and exit 130, not a KeyboardInterrupt traceback or a silent 143. A rank that the launcher
     started says nothing: when one rank fails the launcher stops the others, and its line is the only one."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shutil.copy(ROOT / "params.yaml", tmp_path)  # a stage checks it first
     if rank:
         env.update(RANK="1", WORLD_SIZE="2", CIFAR_STUDY_RANK_ERRORS=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", module, "cat.png"], cwd=tmp_path, stdout=subprocess.PIPE,

@@ -132,14 +132,17 @@ def test_bad_params_stop_the_stage_with_one_line_and_change_nothing(trained, cha
                           "fused_adam, nproc, normalize, replicas)"),
     ("wandb", "mode", "ofline", "error: wandb.mode: 'ofline' is not one of offline, online, disabled"),
 ])
-def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, key, value, message):
+def test_bad_param_of_any_section_is_refused_by_every_stage(trained, section, key, value, message, tmp_path):
+    """Before the stage imports PyTorch, too: a PyTorch that cannot be imported changes nothing."""
     repo, outputs = trained
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params[section][key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('PyTorch imported before params.yaml was checked')\n")
     try:
         for name in ("check_params", "fetch_data", "flops", "train", "evaluate", "findings", "visualize"):
-            code, _, err = run_stage(repo, name)
+            code, _, err = run_stage(repo, name, env={"PYTHONPATH": str(tmp_path)})
             assert code == 2 and err.strip() == message, (name, err)
     finally:
         short_project(repo.parent)
