@@ -17,6 +17,7 @@ import yaml
 
 from cifar_study.core.model import SimpleCNN
 from cifar_study.core.training import setup, train
+from cifar_study.pipeline import cli
 from cifar_study.pipeline import outputs as cio
 from cifar_study.pipeline.dataset import Split, fetch, from_folder
 from cifar_study.pipeline.errors import DataError, UserError
@@ -262,3 +263,21 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny):
                          device=torch.device("cpu"))
     with pytest.raises(UserError, match="out of cpu memory at train.batch_size=32: lower train.batch_size"):
         train(setup(OutOfMemoryModel(), TrainParams(epochs=1, batch_size=32), torch.device("cpu")), loader, loader, "test")
+
+
+def test_a_stop_during_the_epochs_waits_for_the_next_check():
+    """Inside the epochs a signal only asks to stop, and the loop stops at its next batch: KeyboardInterrupt
+    raised at an arbitrary point can land in Python's import machinery, which ignores it and may keep a lock
+    (CI saw a run train on after Ctrl-C, then hang)."""
+    previous = signal.signal(signal.SIGINT, cli.interrupt)
+    reached = False
+    try:
+        with pytest.raises(KeyboardInterrupt), cli.stops_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now, and raised nothing
+            reached = True
+            cli.check_stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        cli._stop["requested"] = False
+    assert reached

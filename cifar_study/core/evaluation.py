@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar_study.pipeline.cli import check_stop
 from cifar_study.pipeline.errors import ParamError
 
 
@@ -48,6 +49,7 @@ def evaluate_replicas(model: nn.Module, loader: Iterable, device: torch.device, 
     model.eval()
     logits, labels = [], []
     for x, y in loader:
+        check_stop()  # a stop during training's held-out pass (cli.stops_deferred) waits a batch, not the pass
         with autocast(device, amp):
             # A copy even in fp32: a CUDA-graph replay (compile_mode reduce-overhead) overwrites its outputs.
             logits.append(model(prepare_input(x, device, channels_last)).to(torch.float32, copy=True))

@@ -4,11 +4,12 @@ reaches stdout or is an error, and text that comes from data made harmless befor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from cifar_study.pipeline.errors import OutputError
 
@@ -40,15 +41,40 @@ def emit(text: str) -> None:
         raise OutputError(f"standard output: cannot write ({exc.strerror or exc})") from None
 
 
-def interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) takes the same clean path as Ctrl-C
+_stop = {"requested": False, "deferred": False}
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C and SIGTERM (a scheduler, `kill`): KeyboardInterrupt, at once, or inside `stops_deferred()` at the
+    next `check_stop()`."""
+    _stop["requested"] = True
+    if not _stop["deferred"]:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """A stop inside waits for the next `check_stop()` (the training loop calls it every batch). Raised anywhere,
+    KeyboardInterrupt can land in Python's import machinery, which ignores it ("Exception ignored in
+    _get_module_lock") and may keep a module lock: CI saw a run train on after Ctrl-C and then hang."""
+    _stop["deferred"] = True
+    try:
+        yield
+    finally:
+        _stop["deferred"] = False
+
+
+def check_stop() -> None:
+    """KeyboardInterrupt if a stop was asked for."""
+    if _stop["requested"]:
+        raise KeyboardInterrupt
 
 
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """Exit with `main()`'s status; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process
     it started (subprocess.run) is killed on the way out instead of running on."""
     signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    signal.signal(signal.SIGINT, interrupt)  # also when started in the background
     try:
         code = main()
     except KeyboardInterrupt:

@@ -87,7 +87,7 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
     # still stop a stage cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, interrupt)
     stop_with_launcher()
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
