@@ -21,7 +21,7 @@ MARK = {True: "\u2713", False: "\u2717"}  # ✓ / ✗: right and wrong are told 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def learning_curves(history: list[EpochRecord], heldout_name: str, replicas: list[list[EpochRecord]] = ()) -> Figure:
@@ -60,7 +60,7 @@ def learning_curves(history: list[EpochRecord], heldout_name: str, replicas: lis
 
 
 def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
-    fig = Figure(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(confusion, cmap="Blues")
     fig.colorbar(image, ax=ax, label="images")
@@ -79,7 +79,7 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
 
 
 def class_accuracy_figure(accuracy: np.ndarray, classes: list[str]) -> Figure:
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     bars = ax.barh(classes, accuracy * 100, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{a:.1%}" for a in accuracy], padding=3, fontsize=8)
@@ -93,7 +93,7 @@ def class_accuracy_figure(accuracy: np.ndarray, classes: list[str]) -> Figure:
 def prediction_grid(images: np.ndarray, actual: list[str], predicted: list[str]) -> Figure:
     cols = min(8, len(images))
     rows = (len(images) + cols - 1) // cols
-    fig = Figure(figsize=(cols * 1.6, rows * 1.9))
+    fig = Figure(figsize=(cols * 1.6, rows * 1.9), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -144,7 +144,7 @@ def flow_bars(snapshots: list[FlowSnapshot], quantity: str) -> Figure:
 def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
     """Mean |gradient| of every layer at every snapshot: the whole run in one picture."""
     values = _loggable(np.array([snap.stat("grad_mean") for snap in snapshots]).T)  # (layers, steps)
-    fig = Figure(figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, aspect="auto", cmap="viridis", norm=_log_norm(values), interpolation="nearest")
     fig.colorbar(image, ax=ax, label="mean |gradient| (log scale)")
@@ -161,7 +161,7 @@ def flow_heatmap(snapshots: list[FlowSnapshot]) -> Figure:
 def flow_health_figure(snapshots: list[FlowSnapshot], flags: dict[str, list[str]]) -> Figure:
     """The whole run's gradient picture with flagged layers marked, and each layer's update ratio over the run."""
     layers, steps = snapshots[0].layers, [snap.step for snap in snapshots]
-    fig = Figure(figsize=(14, 4.8))
+    fig = Figure(figsize=(14, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(1.1, 1))
     values = _loggable(np.array([snap.stat("grad_mean") for snap in snapshots]).T)
     image = left.imshow(values, aspect="auto", cmap="viridis", norm=_log_norm(values), interpolation="nearest")

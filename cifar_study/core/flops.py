@@ -62,18 +62,28 @@ def torch_flop_count(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAP
     return int(counter.get_total_flops())
 
 
-def flops_report(model: nn.Module) -> dict:
-    layers = count_flops(model)
+def model_cost(model: nn.Module) -> dict:
+    """FLOPs (the original study's count) and parameters per image. Without the cross-check: FlopCounterMode
+    imports torch._dynamo, seconds of start-up that a stage logging the numbers to W&B need not pay."""
+    return _cost(model, count_flops(model))
+
+
+def _cost(model: nn.Module, layers: list[LayerFlops]) -> dict:
     total = sum(layer.flops for layer in layers)
+    return {"flops": total, "gflops": round(total / 1e9, 4), "params": count_parameters(model)}
+
+
+def flops_report(model: nn.Module) -> dict:
+    """model_cost, per layer, cross-checked with PyTorch's own counter."""
+    layers = count_flops(model)
+    cost = _cost(model, layers)
     reference = torch_flop_count(model)
     return {
-        "flops": total,
-        "gflops": round(total / 1e9, 4),
-        "params": count_parameters(model),
+        **cost,
         "flop_counter_mode_flops": reference,
         # Both count 2 FLOPs per multiply-add of convolutions and matmuls and skip biases,
         # BatchNorm, ReLU and pooling, so for Conv2d/Linear models they agree exactly.
-        "flop_counter_mode_matches": reference == total,
+        "flop_counter_mode_matches": reference == cost["flops"],
         "layers": [asdict(layer) for layer in layers],
     }
 

@@ -189,44 +189,36 @@ def train(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldou
     `on_epoch_end` is called after each epoch with everything produced so far (the train stage
     saves its resume state there).
     """
-    p = state.p
+    p, device = state.p, state.device
     logger, result = logger or NullLogger(), result or TrainResult()
     with stops_deferred():  # Ctrl-C and SIGTERM stop the epochs between batches (cli.stops_deferred)
         for epoch in range(len(result.history) + 1, p.epochs + 1):
-            _train_one_epoch(state, train_loader, heldout_loader, heldout_name, logger, result, on_epoch_end, epoch)
+            started = time.perf_counter()
+            try:
+                train_loss, train_acc = train_epoch(state, train_loader, epoch, logger, result.flow)
+            except torch.OutOfMemoryError:
+                raise UserError(f"out of {device.type} memory at train.batch_size={p.batch_size}: "
+                                f"lower train.batch_size (or use train.amp: bf16)") from None
+            # Every rank evaluates the whole held-out set with the same weights: no collectives needed.
+            heldout = evaluate_replicas(state.model if state.dist.active else state.forward, heldout_loader, device,
+                                        p.amp, p.channels_last)
+            seconds = time.perf_counter() - started
+            records = [EpochRecord(epoch, loss, acc, h.loss, h.acc, state.optimizer.param_groups[0]["lr"], seconds)
+                       for loss, acc, h in zip(train_loss, train_acc, heldout)]
+            record = records[0]
+            result.history.append(record)
+            if state.replicas > 1:
+                result.replicas = result.replicas or [[] for _ in records]
+                for history, r in zip(result.replicas, records):
+                    history.append(r)
+            if on_epoch_end:
+                on_epoch_end(result)
+            if state.dist.main:  # the terminal's line first: what the live files and W&B show was printed
+                spread = (f" | {len(records)} replicas: {heldout_name} acc mean "
+                          f"{statistics.fmean(r.heldout_acc for r in records):.4f}") if len(records) > 1 else ""
+                print(f"epoch {epoch}/{p.epochs}: train loss {record.train_loss:.4f} acc {record.train_acc:.4f} | "
+                      f"{heldout_name} loss {record.heldout_loss:.4f} acc {record.heldout_acc:.4f} | "
+                      f"{seconds:.1f}s{spread}", flush=True)
+            logger.log_epoch(record, state.step, heldout_name)
             check_stop()
     return result
-
-
-def _train_one_epoch(state: TrainState, train_loader: Any, heldout_loader: Iterable, heldout_name: str,
-                     logger: TrainLogger, result: TrainResult, on_epoch_end: Callable[[TrainResult], None] | None,
-                     epoch: int) -> None:
-    """One epoch, its held-out evaluation and its record, saved (on_epoch_end), printed and logged."""
-    p, device = state.p, state.device
-    started = time.perf_counter()
-    try:
-        train_loss, train_acc = train_epoch(state, train_loader, epoch, logger, result.flow)
-    except torch.OutOfMemoryError:
-        raise UserError(f"out of {device.type} memory at train.batch_size={p.batch_size}: "
-                        f"lower train.batch_size (or use train.amp: bf16)") from None
-    # Every rank evaluates the whole held-out set with the same weights: no collectives needed.
-    heldout = evaluate_replicas(state.model if state.dist.active else state.forward, heldout_loader, device,
-                                p.amp, p.channels_last)
-    seconds = time.perf_counter() - started
-    records = [EpochRecord(epoch, loss, acc, h.loss, h.acc, state.optimizer.param_groups[0]["lr"], seconds)
-               for loss, acc, h in zip(train_loss, train_acc, heldout)]
-    record = records[0]
-    result.history.append(record)
-    if state.replicas > 1:
-        result.replicas = result.replicas or [[] for _ in records]
-        for history, r in zip(result.replicas, records):
-            history.append(r)
-    if on_epoch_end:
-        on_epoch_end(result)
-    if state.dist.main:  # the terminal's line first: what the live files and W&B show was printed
-        spread = (f" | {len(records)} replicas: {heldout_name} acc mean "
-                  f"{statistics.fmean(r.heldout_acc for r in records):.4f}") if len(records) > 1 else ""
-        print(f"epoch {epoch}/{p.epochs}: train loss {record.train_loss:.4f} acc {record.train_acc:.4f} | "
-              f"{heldout_name} loss {record.heldout_loss:.4f} acc {record.heldout_acc:.4f} | {seconds:.1f}s{spread}",
-              flush=True)
-    logger.log_epoch(record, state.step, heldout_name)

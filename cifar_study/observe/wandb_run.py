@@ -102,14 +102,14 @@ def git_state() -> dict[str, Any]:
 
 
 def model_cost(p: ModelParams, num_classes: int) -> dict[str, Any]:
-    """FLOPs and parameters per image (flops_report), without drawing from the RNG that training uses."""
+    """FLOPs and parameters per image (core.flops.model_cost), without drawing from the RNG that training uses."""
     import torch  # here, not at the top: findings logs to W&B without PyTorch
 
-    from cifar_study.core.flops import flops_report
+    from cifar_study.core import flops
     from cifar_study.core.model import build_model
 
     with torch.random.fork_rng(devices=[]):  # building a model initialises weights from the global RNG
-        return flops_report(build_model(p, num_classes))
+        return flops.model_cost(build_model(p, num_classes))
 
 
 def model_metadata(path: str, checkpoint: dict[str, Any], test_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def figure_image(fig: Any) -> Any:
     from PIL import Image
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)
     buf.seek(0)
     return Image.open(buf)
 
