@@ -14,18 +14,20 @@ import io
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar_study.core.cifar10 import IMAGE_SIZE
-from cifar_study.core.loader import make_loader
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
 from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import CheckpointError, DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is a decompression bomb, refused unread
@@ -64,6 +66,10 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def predict(model: torch.nn.Module, images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """Class probabilities, one row per (N, 32, 32, 3) uint8 image, normalised by evaluate's own loader."""
+    import torch
+
+    from cifar_study.core.loader import make_loader
+
     split = Split(images, np.zeros(len(images), dtype=np.int64))
     # In batches of 256: one batch of 2,000 images peaked at 1,833 MiB of RSS, in batches 747 MiB (541 MiB before).
     loader = make_loader("tensor", split, mean, std, augment=False, shuffle=False, batch_size=PREDICT_BATCH, seed=0,
@@ -79,12 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=whole_number, default=3, help="classes to print per image (default 3)")
     args = ap.parse_args(argv)
     try:
+        # Every file checked before any is classified, and before PyTorch loads (seconds): a wrong name is
+        # answered at once.
+        images = np.stack([load_image(p) for p in args.images])
+        from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+
         state = load_checkpoint(args.model)
         classes = state["classes"]
         if not 1 <= args.top <= len(classes):
             raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
         model = model_from_checkpoint(state)
-        images = np.stack([load_image(p) for p in args.images])  # every file checked before any is classified
         probabilities = predict(model, images, state["mean"], state["std"])
         if not probabilities.isfinite().all():  # finite weights and normalisation can still overflow
             raise CheckpointError(f"{args.model}: the model's outputs are not finite numbers (its weights, mean or "

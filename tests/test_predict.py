@@ -142,3 +142,12 @@ def test_bad_model_and_top_are_one_line_and_exit_2(checkpoint, tmp_path, capsys)
              ("--model", str(path), "--top", "11"): r"--top: 11 must be between 1 and the model's 10 classes"}
     for args, message in cases.items():
         assert re.search(message, one_line_exit_2(capsys, good, *args))
+
+
+def test_a_bad_image_is_answered_before_pytorch_loads(tmp_path):
+    """Images are checked before the model: PyTorch's import takes seconds, a misspelt file name none."""
+    (tmp_path / "block" / "torch").mkdir(parents=True)
+    (tmp_path / "block" / "torch" / "__init__.py").write_text("raise ImportError('PyTorch imported first')\n")
+    proc = subprocess.run([sys.executable, "-m", "cifar_study.predict", str(tmp_path / "missing.png")], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "block")})
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'missing.png'} does not exist\n", proc.stderr
