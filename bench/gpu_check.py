@@ -6,8 +6,9 @@ stage timed and the train stage's phases recorded (data, setup, W&B start, epoch
 finish); and the run-to-run spread: the default study's train and evaluate again for more
 `train.seed` values, side by side on the one GPU (`python -m cifar_study.spread --from-gpu-check
 summary.json` aggregates them). summary.json's top level holds the device, the commit, whether the
-tree was clean, the W&B mode, default_train_s, fastest_train_s, replicas8_train_s and repro_s (every
-stage after fetch_data, default options); ratios are only ever taken within one run.
+tree was clean, the W&B mode, default_train_s, fastest_train_s, replicas8_train_s (replicas2_train_s
+in --cpu-smoke) and repro_s (every stage after fetch_data, default options); ratios are only ever
+taken within one run.
 
 Started by bench/gpu_check.sh, which first makes sure PyTorch sees a CUDA device. The data is the
 CIFAR-10 image-folder archive at data/raw/cifar10-jpg.tar.gz (git-ignored), or wherever --data or
@@ -82,6 +83,7 @@ SMOKE_SPREAD_SEEDS = (43,)
 UPSTREAM = ("fetch_data", "flops")
 SPREAD_STAGES = ("train", "evaluate")  # what a seed changes
 REPLICAS = 8  # the replicas study: train.replicas seeds trained together, against the default study's one
+SMOKE_REPLICAS = 2  # --cpu-smoke: the CPU computes every replica in full, so two show the script works
 RESULT_STAGES = ("fetch_data", "flops", "train", "evaluate")  # what study_results reads
 # What the stages and this script import; a machine without one of them is told so before any step.
 MODULES = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "yaml", "ruamel.yaml", "tqdm", "pytest")
@@ -349,9 +351,10 @@ def headline(s: dict[str, Any]) -> dict[str, Any]:
         return round(sum(record[st]["seconds"] for st in stages), 2)
 
     default, replicas = stage_s("default", "train"), stage_s("replicas", "train")
+    n = studies.get("replicas", {}).get("options", {}).get("replicas", REPLICAS)  # SMOKE_REPLICAS in a smoke
     return {"wandb": s.get("wandb"), "default_train_s": default, "fastest_train_s": stage_s("fastest", "train"),
-            f"replicas{REPLICAS}_train_s": replicas,
-            f"replicas{REPLICAS}_over_one": round(replicas / default, 3) if replicas and default else None,
+            f"replicas{n}_train_s": replicas,
+            f"replicas{n}_over_one": round(replicas / default, 3) if replicas and default else None,
             "repro_s": stage_s("default", *STAGES[STAGES.index("fetch_data") + 1:])}
 
 
@@ -624,7 +627,7 @@ def main() -> int:
         fastest = study(check, work / "fastest", SMOKE_FASTEST if check.smoke else FASTEST, upstream=upstream)
         if fastest["stages"].get("train", {}).get("status") == "failed" and not check.smoke:
             study(check, work / "fastest-no-cuda-graphs", NO_CUDA_GRAPHS, upstream=upstream)
-        study(check, work / "replicas", {"replicas": REPLICAS}, upstream=upstream)
+        study(check, work / "replicas", {"replicas": SMOKE_REPLICAS if check.smoke else REPLICAS}, upstream=upstream)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cuda_tests(check)

@@ -191,14 +191,14 @@ def test_cpu_smoke_runs_every_step_without_wandb_or_dvc(tmp_path, tiny):
     assert s["wandb"] == "disabled" and s["device"] and len(s["commit"]) == 40 and isinstance(s["tree_clean"], bool)
     assert s["default_train_s"] == studies["default"]["stages"]["train"]["seconds"]
     assert s["fastest_train_s"] == studies["fastest"]["stages"]["train"]["seconds"]
-    assert s["replicas8_train_s"] == studies["replicas"]["stages"]["train"]["seconds"]
-    assert s["replicas8_over_one"] == pytest.approx(s["replicas8_train_s"] / s["default_train_s"], abs=1e-3)
+    assert s["replicas2_train_s"] == studies["replicas"]["stages"]["train"]["seconds"]  # SMOKE_REPLICAS
+    assert s["replicas2_over_one"] == pytest.approx(s["replicas2_train_s"] / s["default_train_s"], abs=1e-3)
     assert s["repro_s"] == pytest.approx(sum(studies["default"]["stages"][st]["seconds"] for st in
                                              ("flops", "train", "evaluate", "findings", "visualize")), abs=0.02)
     phases = studies["default"]["stages"]["train"]["phases"]
     assert set(phases) == {"data", "setup", "wandb_start", "epochs", "outputs", "wandb_finish"}
     assert sum(phases.values()) < studies["default"]["stages"]["train"]["seconds"]  # the rest is start-up
-    assert studies["replicas"]["options"] == {"replicas": 8} and studies["replicas"]["epochs"] == 2
+    assert studies["replicas"]["options"] == {"replicas": gpu_check.SMOKE_REPLICAS} and studies["replicas"]["epochs"] == 2
     tests = s["tests"]
     assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == []  # no CUDA here: collected, skipped
 
