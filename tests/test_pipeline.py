@@ -220,11 +220,12 @@ def predicted_classes(repo: Path, model: Path, tmp: Path, n: int = 5) -> list[st
 
 
 def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
-    """A sweep runs in temporary copies of the repository; its W&B runs must land in the project's wandb/."""
-    for lr in ("0.002", "0.004"):  # up to evaluate: two stages' W&B runs show where a temporary copy puts them,
-        # and findings and visualize add time, not coverage (tests/test_wandb.py checks every stage's run)
-        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=1", "-S", "wandb.mode=offline",
-            "evaluate")
+    """A sweep runs in temporary copies of the repository; its W&B runs must land in the project's wandb/.
+    One queued experiment shows it as well as several (each adds a minute of W&B and PyTorch start-up here)."""
+    # Up to evaluate: two stages' W&B runs show where a temporary copy puts them, and findings and visualize add
+    # time, not coverage (tests/test_wandb.py checks every stage's run).
+    dvc(repo, "exp", "run", "--queue", "-S", "train.lr=0.002", "-S", "train.epochs=1", "-S", "wandb.mode=offline",
+        "evaluate")
     out = dvc(repo, "exp", "run", "--run-all", WANDB_MODE=None, WANDB_DIR=None)
     runs = {}
     for log in (repo / "wandb").glob("offline-run-*/run-*.wandb"):
@@ -232,7 +233,7 @@ def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
         lr = config(log)["train"]["lr"]
         runs[info["job_type"], lr] = log.parent
         assert f"{info['job_type']}: W&B offline run in {log.parent}; upload it with: wandb sync {log.parent}" in out
-    assert set(runs) == {(stage, lr) for stage in ("train", "evaluate") for lr in (0.002, 0.004)}, out
+    assert set(runs) == {("train", 0.002), ("evaluate", 0.002)}, out
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     found = {}
     for rev in table:
@@ -243,14 +244,13 @@ def test_queued_experiments_run_are_listed_and_keep_their_wandb_runs(repo):
                 metrics = data.get("metrics", {}).get("metrics/eval.json", {}).get("data", {})
                 if lr is not None:
                     found[lr] = metrics
-    assert {0.002, 0.004} <= set(found), table
-    assert all("test_acc" in found[lr] for lr in (0.002, 0.004))
+    assert 0.002 in found and "test_acc" in found[0.002], table
     # make show: every row in 120 columns, the changed params among the columns.
     proc = subprocess.run([sys.executable, "-m", "cifar_study.show"], cwd=repo, env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert max(map(len, lines)) <= 120 and "train.lr" in lines[0] and "test_acc" in lines[0], proc.stdout
-    assert sum(" 0.002 " in line or " 0.004 " in line for line in lines) == 2, proc.stdout
+    assert sum(" 0.002 " in line for line in lines) == 1, proc.stdout
 
 
 def stage_processes(repo: Path, name: str) -> list[int]:
