@@ -2,10 +2,11 @@
 
     python -m cifar_study.predict IMAGE [IMAGE ...] [--model models/model.pt] [--top 3]
 
-Any PNG or JPEG of any size: it is turned upright (its EXIF orientation), converted to RGB, cropped to
-its central square and scaled to 32x32 with an antialiasing filter (CIFAR-10's images are small photos
-scaled the same way), then normalised with the mean and std stored in the checkpoint, as the training data was. The model is
-the checkpoint's (replica 0 of a `train.replicas` run), on the CPU. Prints one line per image;
+Any PNG or JPEG of any size: it is turned upright (its EXIF orientation), converted to RGB (transparent
+pixels as white, as on a page), cropped to its central square and scaled to 32x32 with an antialiasing
+filter (CIFAR-10's images are small photos scaled the same way), then normalised with the mean and std
+stored in the checkpoint, as the training data was. The model is the checkpoint's (replica 0 of a
+`train.replicas` run), on the CPU. Prints one line per image;
 exit 0, or 2 with one line naming the file on a bad image or checkpoint.
 """
 from __future__ import annotations
@@ -54,6 +55,8 @@ def load_image(path: str | Path) -> np.ndarray:
                 upright = ImageOps.exif_transpose(im)
                 side = min(upright.size)
                 left, top = (upright.width - side) // 2, (upright.height - side) // 2
+                if upright.has_transparency_data:  # as a viewer shows it on a white page, not the hidden colours
+                    upright = Image.alpha_composite(Image.new("RGBA", upright.size, "white"), upright.convert("RGBA"))
                 square = upright.convert("RGB").crop((left, top, left + side, top + side))
                 return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
     except UnidentifiedImageError:  # its message names a BytesIO object, not the file

@@ -27,9 +27,19 @@ from cifar_study.pipeline.untrusted import finite_number
 METRICS = ("test_loss", "best_heldout_acc", "flagged_layers", "epoch_95", "overfitting", "gflops")
 NOT_COMPARED = ("wandb.",)  # W&B settings change no result
 PENDING = "…"  # a metric a queued or running experiment has not produced yet
-INVALID = " (!)"  # after a metric that is no finite number: explained below the table
+INVALID = " (!)"  # after a metric that is no finite number, or outside what it can be: explained below the table
 INVALID_WIDTH = 24  # such a value is shown cut to this many characters (a 400-digit integer, a long string)
 UNREAD = "(not read)"  # after a revision DVC could not read: its error is below the table
+
+
+def _fraction(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+# What each metric shown can be; a value outside is a broken metrics file, not a result
+VALID = {"test_acc": _fraction, "test_acc_sd": _fraction, "best_heldout_acc": _fraction, "test_loss": lambda v: v >= 0,
+         "flagged_layers": lambda v: v >= 0 and v == int(v), "epoch_95": lambda v: v >= 1 and v == int(v),
+         "overfitting": lambda v: v in (0, 1), "gflops": lambda v: v > 0}
 
 
 class ShowError(UserError):
@@ -96,15 +106,13 @@ def fmt(value: Any) -> str:
     return printable(f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
-def number(value: Any, fraction: bool = False) -> str:
-    """A metric as a cell; one that is no finite number (NaN, a string), or with `fraction` not in 0..1 (an
-    accuracy in percent), is shown with INVALID after it."""
+def number(value: Any, metric: str) -> str:
+    """`metric`'s value as a cell; one that is no finite number (NaN, a string), or not VALID for it (an accuracy
+    in percent, a negative loss), is shown with INVALID after it."""
     if value is None:
         return "-"
-    if finite_number(value) and (not fraction or 0 <= value <= 1):
-        return fmt(value)
     if finite_number(value):
-        return fmt(value) + INVALID
+        return fmt(value) + ("" if VALID[metric](value) else INVALID)
     text = printable(repr(value))
     return (text if len(text) <= INVALID_WIDTH else text[:INVALID_WIDTH - 1] + "…") + INVALID
 
@@ -129,9 +137,10 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
         epoch = r.metrics.get("step")  # dvclive/metrics.json's: the last epoch a running experiment finished
         r.cells = {"experiment": r.name + (f" ({r.state}{f', epoch {fmt(epoch)}' if epoch is not None else ''})" if live
                                            else f" {UNREAD}" if r.error else ""),
-                   "test_acc": PENDING if live else number(acc, fraction=True) + (f" ± {number(sd, fraction=True)}" if sd is not None else ""),
+                   "test_acc": PENDING if live else number(acc, "test_acc") + (f" ± {number(sd, 'test_acc_sd')}"
+                                                                            if sd is not None else ""),
                    **{k: fmt(r.params.get(k)) for k in changed},
-                   **{k: PENDING if live else number(r.metrics.get(k)) for k in METRICS}}
+                   **{k: PENDING if live else number(r.metrics.get(k), k) for k in METRICS}}
     columns = ["experiment", "test_acc", *changed, *(k for k in METRICS if any(k in r.metrics for r in rows))]
     titles = {c: printable(c) for c in columns}  # a param's name is text from params.yaml too
     widths = {c: max(columns_of(titles[c]), *(columns_of(r.cells[c]) for r in rows)) for c in columns}
@@ -158,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
         if any(INVALID in line for line in lines):
             lines.append(f"({INVALID.strip()} marks a metric that is not a finite number, or an accuracy outside "
-                         "0..1: that run's metrics file is broken; run it again)")
+                         "0..1, a negative loss or count, a GFLOPs not above 0: that run's metrics file is broken; "
+                         "run it again)")
         if left_out:
             lines.append(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: "
                                        "dvc exp show)", args.width))

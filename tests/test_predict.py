@@ -67,6 +67,21 @@ def test_any_size_and_mode_is_cropped_to_its_centre_and_scaled_to_32px(tmp_path,
     assert out.min() > 150, "the crop kept part of the border"
 
 
+def test_transparent_pixels_are_white_as_on_a_page_not_their_hidden_colour(tmp_path):
+    """A PNG's fully transparent pixels still store colours (here red) that no viewer shows; half-transparent
+    ones blend with the white a page puts behind them."""
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere, hidden on the left, opaque on the right
+    rgba[:, 20:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    out = load_image(tmp_path / "cutout.png").astype(int)
+    assert (out[:, :10] == 255).all()  # white where transparent (the columns near the edge blend in the scaling)
+    assert (out[:, 22:] == [255, 0, 0]).all()  # red where opaque
+    grey = np.full((40, 40, 2), [0, 128], dtype=np.uint8)  # black at half opacity, in a grey+alpha PNG
+    Image.fromarray(grey, "LA").save(tmp_path / "shade.png")
+    assert np.abs(load_image(tmp_path / "shade.png").astype(int) - 127).max() <= 1
+
+
 def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(tmp_path):
     """Phones store a portrait photo as landscape pixels with an EXIF orientation; a viewer shows it upright."""
     upright = np.zeros((64, 64, 3), dtype=np.uint8)
