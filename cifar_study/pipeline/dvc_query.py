@@ -16,7 +16,7 @@ import os
 import signal
 import stat
 import subprocess
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -108,13 +108,39 @@ def _refuse_unflattenable(path: str, read: Callable[[], bytes], name: str, error
             pass  # not JSON: DVC says so
 
 
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """`argv` started in a session of its own, so that it and whatever it starts (DVC's update check) end with
+    this command, on every way out. A Ctrl-C or SIGTERM landing while it starts waits, blocked, until the
+    process is owned here: inside Popen() it would leave the child running."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS), **popen)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+        raise
+    with proc:
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _git(*args: str) -> bytes | None:
     """git's output, or None where git fails (an unknown name: DVC may still know it as an experiment)."""
     try:
-        done = subprocess.run(["git", *args], capture_output=True, timeout=GIT_TIMEOUT_S)
+        with _child(["git", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            stdout, _ = proc.communicate(timeout=GIT_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout if done.returncode == 0 else None
+    return stdout if proc.returncode == 0 else None
 
 
 def _git_text(*args: str) -> str | None:
@@ -180,29 +206,14 @@ def check_experiments_of_head(error: type[UserError]) -> None:
 def dvc_json(*args: str, error: type[UserError]) -> Any:
     """`dvc <args[0]> <args[1]> --json <args[2:]>`, parsed; DVC's error as one line of `error`."""
     command = f"dvc {' '.join(args[:2])}"
-    # Until the try below, a Ctrl-C or SIGTERM would leave DVC running: they wait, blocked, until then. DVC gets
-    # a session of its own, so that it and any process it starts (its update check) end with this command.
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
-        proc = subprocess.Popen(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}, start_new_session=True,
-                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stops))
-    except BaseException as exc:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-        if isinstance(exc, FileNotFoundError):
-            raise error("dvc: command not found (activate the project's environment: source .venv/bin/activate)") from None
-        raise
-    with proc:
-        try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        with _child(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}) as proc:
             stdout, stderr = proc.communicate(timeout=DVC_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise error(f"{command}: no answer within {DVC_TIMEOUT_S} s") from None
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except FileNotFoundError:
+        raise error("dvc: command not found (activate the project's environment: source .venv/bin/activate)") from None
+    except subprocess.TimeoutExpired:
+        raise error(f"{command}: no answer within {DVC_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         message = next((line for line in stderr.splitlines() if line.startswith("ERROR")),
                        first_line(RuntimeError(stderr.strip() or stdout.strip())))
