@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from cifar_study.analysis.figures import FIGURES
 from cifar_study.analysis.stats import CONFIDENCE, bounds, interval
 from cifar_study.core.history import EpochRecord, history_of, written_number
 from cifar_study.pipeline import paths
@@ -167,6 +166,8 @@ def render(root: Path = Path(".")) -> str:
     lines += ["", "| class | test accuracy |", "|---|---:|"]
     lines += [f"| {name} | {accuracy:.2%} |" for name, accuracy in per_class]
     lines.append("")
+    from cifar_study.analysis.figures import FIGURES  # here: matplotlib's import would slow every refusal by ~1 s
+
     lines += [f"![{name}]({_link(f'{paths.FIGURES}/{name}.png')})" for name in FIGURES]
     return "\n".join(lines)
 

@@ -23,12 +23,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
-from cifar_study.analysis.figures import save_figure
 from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import history_of
 from cifar_study.pipeline import paths
@@ -39,6 +35,9 @@ from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yam
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NOT_RESULTS = ("wandb.",)  # W&B settings change no result: runs may differ in them
 # The baseline may differ from the runs in these and still be the same protocol: the seed (the check
@@ -229,6 +228,10 @@ def summarize(collected: dict[str, Any]) -> dict[str, Any]:
 
 
 def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
+    # matplotlib imported here, not at the top: it would slow every refusal of this command by about a second
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     band, finals = fig.subplots(1, 2, width_ratios=(2.2, 1))
     rows = spread["heldout_acc_per_epoch"]
@@ -295,6 +298,8 @@ def _project_relative(value: Any, root: Path) -> Any:
 
 
 def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
+    from cifar_study.analysis.figures import save_figure  # matplotlib: only for the figure (see spread_figure)
+
     collected = _project_relative(collected, root)
     spread = summarize(collected)
     for name in (RUNS, SPREAD, FIGURE):
