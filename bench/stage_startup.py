@@ -38,6 +38,15 @@ TINY = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
 STAGES = ("flops", "train", "evaluate", "findings", "visualize")
 
 
+def commit_of(rev: str) -> str | None:
+    """`rev`'s commit, or None where it names none (a file, a tree, nothing; a leading '-' would be a git option)."""
+    if not rev or rev.startswith("-"):
+        return None
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def tree(rev: str | None, into: Path) -> Path:
     """A project folder `into` with the package and stage scripts of `rev` (this working tree if None)."""
     into.mkdir(parents=True)
@@ -73,9 +82,14 @@ def main() -> int:
     stages = args.stages.split(",")
     if not set(stages) <= set(STAGES) or args.rounds < 1:
         ap.error(f"--stages from {', '.join(STAGES)}; --rounds at least 1")
+    if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
+        ap.error(f"--out: {args.out!r} is a folder, or its folder does not exist")
+    against = commit_of(args.against)
+    if against is None:
+        ap.error(f"--against: {args.against!r} names no commit of this repository")
     wandb = subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True).returncode == 0
     with tempfile.TemporaryDirectory(prefix="stage-startup-") as tmp:
-        projects = {"this": tree(None, Path(tmp) / "this"), "other": tree(args.against, Path(tmp) / "other")}
+        projects = {"this": tree(None, Path(tmp) / "this"), "other": tree(against, Path(tmp) / "other")}
         params = dataclasses.asdict(Params())
         for section, values in TINY.items():
             params[section].update(values)
