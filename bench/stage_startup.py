@@ -118,8 +118,10 @@ def main() -> int:
         print(f"{stage:<10} {r['this_s']:>9.2f} {r['other_s']:>14.2f} {r['other_over_this']:>5.2f}x")
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        Path(args.out).write_text(json.dumps({
-            "this": commit, "against": args.against, "wandb": "offline" if wandb else "disabled", "tiny": TINY,
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "cifar_study", "stages"], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip()
+        Path(args.out).write_text(json.dumps({  # "this" is the working tree: HEAD, plus its changes where not clean
+            "this": commit, "this_tree_clean": not changed, "against": against, "wandb": "offline" if wandb else "disabled", "tiny": TINY,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rounds": args.rounds,
             "stages": rows}, indent=2) + "\n")
     return 0

@@ -377,3 +377,20 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
         if alive(proc.pid, group=True):
             os.killpg(proc.pid, signal.SIGKILL)
     assert (proc.returncode, err, out) == (130, says, b"")
+
+
+@pytest.mark.parametrize("runner, ends, code", [
+    ("stage.run_stage", "return", 0), ("stage.run_stage", "raise UserError('bad')", 2),
+    ("stage.run_stage", "raise KeyboardInterrupt", 130), ("cli.run_command", "return 0", 0),
+    ("cli.run_command", "return 2", 2), ("cli.run_command", "raise KeyboardInterrupt", 130)])
+def test_every_way_out_skips_the_last_collection(runner, ends, code, tmp_path):
+    """Python's exit collects garbage over every live object: seconds per process with PyTorch imported
+    (notes/2026-11-29-exit-costs.md), 2 to 3.5 s of a stage's 5 s after Ctrl-C. Stages and commands freeze
+    the objects first, on every way out."""
+    script = (f"import atexit, gc\nfrom cifar_study.pipeline import cli, stage\n"
+              f"from cifar_study.pipeline.errors import UserError\n"
+              f"atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+              f"def main():\n    {ends}\n{runner}(main)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=ROW_TIMEOUT_S)
+    assert (proc.returncode, proc.stdout) == (code, "frozen True\n"), proc.stderr

@@ -252,8 +252,9 @@ class Tracker:
         try:
             return call()
         except Exception as exc:  # any W&B failure: warn once, then W&B is off
-            self._warn(what, exc)
-            self._shutdown()
+            if self._on or always:  # off already: the stage closed the run while this call was running
+                self._warn(what, exc)
+                self._shutdown()
             return None
 
     def _submit(self, what: str, call: Callable[[], Any]) -> None:
@@ -419,13 +420,18 @@ class Tracker:
             except (FutureTimeout, RuntimeError):  # RuntimeError: the worker was already shut down
                 print("warning: W&B: logs still queued when the stage stopped were dropped", file=sys.stderr,
                       flush=True)
-            # The task running now (a flow image, say) ends by itself while the run is closed: not waited for.
+            # The task running now (a flow image, say) fails quietly once the run is closed; Python's exit waits
+            # for it (a second at most). A daemon thread would not be waited for, but one still drawing while
+            # the interpreter shut down crashed it (SIGSEGV, SIGABRT: 2 of 6 interrupted runs).
             self._worker.shutdown(wait=False, cancel_futures=True)
         else:
             self._worker.shutdown(wait=True)
-        if self.run is not None:  # None: W&B failed, or the interrupt came before wandb.init was started
-            self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
-        self.run, self._on = None, False
+        run, self.run, self._on = self.run, None, False  # off first: a call still running fails quietly
+        if run is not None:  # None: W&B failed, or the interrupt came before wandb.init was started
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                self._warn("finish", exc)
         if exit_code == 0 and self.wandb is not None:
             self._forget()  # the stage completed (W&B on or not): its next run is a new W&B run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -70,6 +71,13 @@ def check_stop() -> None:
         raise KeyboardInterrupt
 
 
+def skip_exit_collection() -> None:
+    """Python's exit runs a garbage collection over every object still alive; with PyTorch imported that pass
+    took seconds per process (notes/2026-11-29-exit-costs.md). Nothing there needs collecting, so the
+    objects are frozen out of it; atexit handlers and weakref finalizers still run."""
+    gc.freeze()
+
+
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """Exit with `main()`'s status; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process
     it started (subprocess.run) is killed on the way out instead of running on."""
@@ -80,6 +88,7 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    skip_exit_collection()
     sys.exit(code)
 
 

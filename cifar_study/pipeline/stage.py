@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from cifar_study import RANK_ERRORS_ENV, launched_rank
-from cifar_study.pipeline.cli import error_line, interrupt
+from cifar_study.pipeline.cli import error_line, interrupt, skip_exit_collection
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
@@ -104,3 +104,5 @@ def run_stage(main: Callable[[], None]) -> None:
         if not launched_rank():  # the launcher says it for all ranks
             print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        skip_exit_collection()
