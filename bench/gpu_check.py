@@ -253,7 +253,8 @@ def environment(check: Check) -> None:
 
 def cuda_tests(check: Check) -> None:
     xml = check.out / "pytest-cuda.xml"
-    check.run("cuda tests", [check.python, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs",
+    # -n0: one process; the CUDA tests share one device, and each xdist worker would start PyTorch and CUDA again
+    check.run("cuda tests", [check.python, "-m", "pytest", "-n0", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs",
                              "-p", "no:cacheprovider", f"--junitxml={xml}"], cap_s=300)
     if xml.is_file():
         suite = ET.parse(xml).getroot()

@@ -22,7 +22,7 @@ from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_co
 from cifar_study.pipeline.dvc_query import check_revision, check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.params import REPLICAS_MAX
-from cifar_study.pipeline.untrusted import finite_number, json_numbers, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, read_bounded
 
 SPREAD = "reports/spread/spread.json"
 UNPARSED = "unable to parse"  # what DVC shows in place of every metric of a file it cannot read as metrics
@@ -83,9 +83,9 @@ def side(name: str, metrics: dict[str, Any], params: dict[str, Any]) -> Side:
         sample = Sample(acc, 0.0, 1)
     else:
         sample = Sample(_number(metrics, "test_acc_mean", name), _number(metrics, "test_acc_sd", name), replicas)
-        if not 0 <= sample.sd <= 1:
+        if not fraction(sample.sd):
             raise CompareError(f"{paths.EVAL_METRICS} at {name}: test_acc_sd {sample.sd!r} is not an sd of accuracies (0..1)")
-    if not 0 <= sample.mean <= 1:
+    if not fraction(sample.mean):
         raise CompareError(f"{paths.EVAL_METRICS} at {name}: test accuracy {sample.mean!r} is not a fraction in 0..1")
     return Side(name, sample)
 

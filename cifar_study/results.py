@@ -25,7 +25,7 @@ from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_co
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links
-from cifar_study.pipeline.untrusted import finite_number, json_numbers, parse_yaml, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, parse_yaml, read_bounded
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -85,10 +85,6 @@ def _csv(root: Path, name: str) -> list[dict[str, str]]:
     return rows
 
 
-def _fraction(v: Any) -> bool:
-    return type(v) in (int, float) and 0 <= v <= 1
-
-
 def _finite(v: Any) -> bool:
     return finite_number(v) and v >= 0
 
@@ -111,7 +107,7 @@ def _class_accuracy(root: Path) -> list[tuple[str, float]]:
             accuracy = written_number(r["accuracy"])
         except (KeyError, ValueError):
             accuracy = math.nan
-        if not CLASS_NAME.fullmatch(r.get("class") or "") or not 0 <= accuracy <= 1 or r["class"] in dict(out):
+        if not CLASS_NAME.fullmatch(r.get("class") or "") or not fraction(accuracy) or r["class"] in dict(out):
             raise ResultsError(f"{paths.CLASS_ACCURACY}: row {r!r} is not a class name (once) and an accuracy in 0..1")
         out.append((r["class"], accuracy))
     return out
@@ -130,7 +126,7 @@ def render(root: Path = Path(".")) -> str:
         return "No baseline run is committed yet: `make repro` produces one."
     history = _history(root)
     train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in ("test", "val")})
-    evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": _fraction, "test_loss": _finite})
+    evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": fraction, "test_loss": _finite})
     flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": _finite})
     if abs(flops["gflops"] - flops["flops"] / 1e9) > 1e-4:  # flops.json holds one count, in two units
         raise ResultsError(f"{paths.FLOPS_METRICS}: gflops {flops['gflops']!r} is not flops / 1e9")
@@ -253,14 +249,14 @@ def _check_spread(spread: dict) -> None:
                                      spread["baseline_check"])
     seeds = [r["seed"] for r in runs]
     if spread["confidence"] != CONFIDENCE or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds) \
-            or not all(_fraction(r["test_acc"]) and _finite(r["seconds"]) for r in runs) \
+            or not all(fraction(r["test_acc"]) and _finite(r["seconds"]) for r in runs) \
             or [r["epoch"] for r in per_epoch] != list(range(1, len(per_epoch) + 1)):
         raise ValueError("a confidence, seed, accuracy, time or epoch other than cifar_study.spread writes")
     for row in [final, *per_epoch]:
-        if not (_fraction(row["mean"]) and _fraction(row["sd"]) and type(row["n"]) is int and row["n"] == len(runs) >= 2):
+        if not (fraction(row["mean"]) and fraction(row["sd"]) and type(row["n"]) is int and row["n"] == len(runs) >= 2):
             raise ValueError("a mean, sd or run count other than cifar_study.spread writes")
         # The mean of equal values may land a rounding error outside them (fmean([0.1] * 3) > 0.1)
-        inside = _fraction(row["min"]) and _fraction(row["max"]) and row["min"] - 1e-12 <= row["mean"] <= row["max"] + 1e-12
+        inside = fraction(row["min"]) and fraction(row["max"]) and row["min"] - 1e-12 <= row["mean"] <= row["max"] + 1e-12
         if not inside or not all(_same(row[k], v) for k, v in bounds(row["mean"], row["sd"], row["n"]).items()):
             raise ValueError("an interval other than the one its mean, sd and count give")
     if not all(_same(final[k], v) for k, v in interval([r["test_acc"] for r in runs]).items()):
@@ -268,7 +264,7 @@ def _check_spread(spread: dict) -> None:
     if check is not None:
         run = next((r for r in runs if r["seed"] == check["seed"] and type(check["seed"]) is int), None)
         base = check["baseline_test_acc"]
-        if run is None or not _fraction(base) or not _same(check["spread_run_test_acc"], run["test_acc"]) \
+        if run is None or not fraction(base) or not _same(check["spread_run_test_acc"], run["test_acc"]) \
                 or not _same(check["difference"], base - run["test_acc"]) \
                 or check["within_prediction_interval"] is not (final["pi_low"] <= base <= final["pi_high"]):
             raise ValueError("a baseline check other than its seed's run and the prediction interval give")

@@ -31,7 +31,7 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, write_json
-from cifar_study.pipeline.untrusted import finite_number, json_numbers, load_yaml, md5_file, parse_yaml, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, load_yaml, md5_file, parse_yaml, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
 from cifar_study.results import SPREAD_RUNS as RUNS
@@ -65,7 +65,7 @@ class SeedRun:
         """Refuse what no study run writes (a NaN, a percentage, a float seed) before it skews the statistics."""
         _seed(self.seed)
         for what, value in (("test_acc", self.test_acc), *(("heldout_acc", v) for v in self.heldout_acc)):
-            if not finite_number(value) or not 0 <= value <= 1:
+            if not fraction(value):
                 raise ValueError(f"run {self.name}: {what} {value!r} is not an accuracy between 0 and 1")
         if not finite_number(self.seconds) or self.seconds < 0:
             raise ValueError(f"run {self.name}: seconds {self.seconds!r} is not a wall time")

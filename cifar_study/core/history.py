@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from cifar_study.pipeline.untrusted import fraction
+
 # An int or float as Python writes it (str, csv): what this pipeline's CSVs hold. float() and int() also take
 # "1_5", " 3" and other scripts' digits ("٢"); in a results file those are damage, not numbers.
 WRITTEN_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(nan|inf)")
@@ -68,7 +70,7 @@ def history_of(rows: Iterable[dict[str, Any]]) -> list[EpochRecord]:
         if r.epoch != i:
             raise ValueError(f"history row {i} is epoch {r.epoch}: epochs run 1, 2, ... in order")
         if not all(math.isfinite(v) for v in r.row().values()) or min(r.train_loss, r.heldout_loss, r.lr, r.seconds) < 0 \
-                or not (0 <= r.train_acc <= 1 and 0 <= r.heldout_acc <= 1):
+                or not (fraction(r.train_acc) and fraction(r.heldout_acc)):
             raise ValueError(f"history epoch {i}: a value that is not a finite number, a negative loss, lr or time, "
                              "or an accuracy outside 0..1")
         records.append(r)

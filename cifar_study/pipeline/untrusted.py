@@ -355,6 +355,11 @@ def finite_number(value: Any) -> bool:
         return False
 
 
+def fraction(value: Any) -> bool:
+    """A finite number in 0..1: an accuracy, or an sd of accuracies."""
+    return finite_number(value) and 0 <= value <= 1
+
+
 def _refuse_constant(word: str) -> float:
     raise ValueError(f"{word} is not a finite number")
 
