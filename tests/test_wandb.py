@@ -193,6 +193,32 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
         assert tracker.run_id != first
 
 
+def test_a_log_still_running_when_ctrl_c_closes_the_run_fails_quietly(monkeypatch, tmp_path, capsys):
+    """Ctrl-C: queued logs get INTERRUPT_WAIT_S, then the run is closed under the one still running (a flow
+    image being drawn). That one's failure is no news: one warning (logs dropped), not a second."""
+    import threading
+
+    from cifar_study.observe import wandb_run
+    from cifar_study.pipeline.params import WandbParams
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setattr(wandb_run, "INTERRUPT_WAIT_S", 0.05)
+    release = threading.Event()
+
+    def slow_log() -> None:  # logs after the run is closed, like a flow image drawn across the interrupt
+        release.wait(10)
+        tracker.run.log({"x": 1})
+
+    with pytest.raises(KeyboardInterrupt):
+        with wandb_run.Tracker(WandbParams(mode="offline"), "train", "run-q", {}) as tracker:
+            tracker._submit("log", slow_log)
+            raise KeyboardInterrupt
+    release.set()
+    tracker._worker.shutdown(wait=True)  # the logging thread, done with slow_log and its guard
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert warnings == ["warning: W&B: logs still queued when the stage stopped were dropped"]
+
+
 def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_path, capsys):
     """An id file copied in (or left by a run whose folder was deleted) names no earlier run here."""
     from cifar_study.observe.wandb_run import Tracker, resume_id_file
