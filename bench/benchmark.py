@@ -12,7 +12,6 @@ noisy machine hits all of them alike. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -38,6 +37,7 @@ from cifar_study.core.runtime import resolve_device, seed_everything, slow_bf16 
 from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E402
 from cifar_study.pipeline.dataset import Split, channel_stats, synthetic  # noqa: E402
 from cifar_study.pipeline.params import TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 BATCH = 128
 SMOKE_BATCH, SMOKE_IMAGES = 16, 1024  # --smoke: enough to run every part, not to measure
@@ -125,7 +125,7 @@ class Config:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (noisier)")
     ap.add_argument("--smoke", action="store_true",

@@ -8,7 +8,6 @@ vanish (SimpleCNN without BatchNorm, saturated sigmoids instead of ReLU).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E4
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
 from cifar_study.pipeline.params import DataParams, TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 
 def vanishing_model() -> nn.Module:
@@ -67,7 +67,7 @@ def check(make_model: Callable[[], nn.Module], p: TrainParams, ds, device: torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="synthetic", help="'synthetic' or an image-folder archive")
     ap.add_argument("--train-limit", type=int, default=0)
     ap.add_argument("--test-limit", type=int, default=1000)

@@ -13,7 +13,6 @@ Prints a table and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -31,6 +30,7 @@ from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E4
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import Split, synthetic  # noqa: E402
 from cifar_study.pipeline.params import ModelParams, TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 SEED = 42
@@ -55,7 +55,7 @@ def epoch_seconds(train_split: Split, test_split: Split, device: torch.device, k
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=4, help="replicas to compare with one (default 4)")
     ap.add_argument("--images", type=int, default=2560, help="training images (default 2560: 20 batches of 128)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")

@@ -11,7 +11,6 @@ ratio; --out writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -31,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 # Little data and one epoch; the figures and W&B as shipped (their cost does not depend on the data's size)
 TINY = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
@@ -73,7 +73,7 @@ def run(stage: str, project: Path, env: dict[str, str]) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True, help="the other commit (any git revision)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--rounds", type=int, default=3)

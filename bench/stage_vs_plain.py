@@ -28,12 +28,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from cifar_study.pipeline.cli import Parser  # noqa: E402
+
 CONFIGS = {"plain": None, "default": {}, "bf16+cl": {"amp": "bf16", "channels_last": True}}
 
 
 def plain(project: Path) -> None:
     """The seed-style run, in `project`: what a tutorial's script does with the same data and model."""
-    sys.path.insert(0, str(ROOT))
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -87,7 +89,7 @@ def timed(scratch: Path, config: str, wandb: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/raw/cifar10-jpg.tar.gz", help="the CIFAR-10 image-folder archive")
     ap.add_argument("--train", type=int, default=5000, help="training images (a class-balanced slice)")
     ap.add_argument("--test", type=int, default=1000, help="test images")
@@ -100,7 +102,11 @@ def main() -> None:
         return plain(Path(args.plain))
     data = Path(args.data)
     if not data.is_file():
-        sys.exit(f"stage_vs_plain: --data: {data} not found (the CIFAR-10 image-folder archive)")
+        ap.error(f"--data: {str(data)!r} is not a file (the CIFAR-10 image-folder archive)")
+    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    if unknown or args.rounds < 1 or args.train < 10 or args.test < 1:
+        ap.error(f"--configs from {', '.join(CONFIGS)} (not {', '.join(sorted(unknown)) or '-'}); "
+                 f"--rounds at least 1, --train at least 10 (a class-balanced slice), --test at least 1")
     wandb = "offline" if subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True).returncode == 0 \
         else "disabled"
     chosen = ["plain", *(c for c in CONFIGS if c != "plain" and c in args.configs.split(","))]

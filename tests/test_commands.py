@@ -394,3 +394,19 @@ def test_every_way_out_skips_the_last_collection(runner, ends, code, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=ROW_TIMEOUT_S)
     assert (proc.returncode, proc.stdout) == (code, "frozen True\n"), proc.stderr
+
+
+@pytest.mark.parametrize("tool, args, says", [
+    ("bench/stage_startup.py", ["--against", "HEAD", "--rounds", "0"], "--stages from"),
+    ("bench/stage_startup.py", ["--against=--output=x.tar"], "names no commit"),
+    ("bench/stage_vs_plain.py", ["--nope"], "unrecognized arguments: --nope"),
+    ("bench/stage_vs_plain.py", ["--data", "nowhere.tar.gz"], "'nowhere.tar.gz' is not a file"),
+    ("bench/stage_vs_plain.py", ["--data", "README.md", "--configs", "default,bf16"], "(not bf16)"),
+    ("bench/stage_vs_plain.py", ["--data", "README.md", "--rounds", "0"], "--rounds at least 1"),
+])
+def test_bench_tools_refuse_a_bad_argument_in_one_line(tool, args, says, tmp_path):
+    """The bench tools that answer before importing PyTorch (the others share the same parser)."""
+    proc = subprocess.run([sys.executable, str(ROOT / tool), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=ROW_TIMEOUT_S)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ") and says in proc.stderr, proc.stderr

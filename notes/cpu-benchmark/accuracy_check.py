@@ -7,7 +7,6 @@ same seed, test accuracy side by side (fp32 reference first).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E4
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
 from cifar_study.pipeline.params import DataParams, TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 CONFIGS = {
     "fp32 (default)": {},
@@ -29,7 +29,7 @@ CONFIGS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--device", default="auto")

@@ -5,20 +5,25 @@ Adam imports, and matplotlib): the time from the last statement to the process's
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 ENDINGS = {"plain exit": "", "gc.freeze() first": "import gc; gc.freeze()",
            "gc.disable() first": "import gc; gc.disable()", "os._exit(0)": "import os; os._exit(0)"}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds: at least 1")
     seconds: dict[str, list[float]] = {name: [] for name in ENDINGS}
     for _ in range(args.rounds):  # interleaved: a slow moment of the machine hits every ending alike
         for name, ending in ENDINGS.items():

@@ -7,7 +7,6 @@ SIGINT as soon as the first epoch's resume state exists; the time is from the si
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from stage_startup import commit_of, tree  # noqa: E402
 
 from cifar_study.pipeline.params import Params  # noqa: E402
+from cifar_study.pipeline.cli import Parser  # noqa: E402
 
 SHORT = {"data": {"source": "synthetic", "train_limit": 200, "test_limit": 100},
          "train": {"epochs": 3, "batch_size": 16, "flow_every": 10, "device": "cpu"}, "wandb": {"mode": "offline"}}
@@ -59,10 +59,12 @@ def stop_seconds(repo: Path) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True)
     ap.add_argument("--runs", type=int, default=8)
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs: at least 1")
     against = commit_of(args.against)
     if against is None:
         ap.error(f"--against: {args.against!r} names no commit of this repository")
