@@ -93,8 +93,13 @@ def class_accuracy_figure(accuracy: np.ndarray, classes: list[str]) -> Figure:
 def prediction_grid(images: np.ndarray, actual: list[str], predicted: list[str]) -> Figure:
     cols = min(8, len(images))
     rows = (len(images) + cols - 1) // cols
-    fig = Figure(figsize=(cols * 1.6, rows * 1.9), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    # A regular grid needs no layout engine: constrained layout's pass over 32 titled axes made this figure
+    # 2.05 s of the visualize stage's 8 (0.94 s with these fixed margins). Each cell: a two-line title, an image.
+    width, height = cols * 1.6, rows * 1.9 + 0.45
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
+        "left": 0.05 / width, "right": 1 - 0.05 / width, "bottom": 0.1 / height, "top": 1 - 0.75 / height,
+        "wspace": 0.1, "hspace": 0.32})
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, a, p in zip(axes.flat, images, actual, predicted):
