@@ -254,7 +254,7 @@ class Tracker:
         except Exception as exc:  # any W&B failure: warn once, then W&B is off
             if self._on or always:  # off already: the stage closed the run while this call was running
                 self._warn(what, exc)
-                self._shutdown()
+                self._close(1)  # already failing: the warning is printed
             return None
 
     def _submit(self, what: str, call: Callable[[], Any]) -> None:
@@ -262,13 +262,16 @@ class Tracker:
         if self._on:
             self._worker.submit(self._guard, what, call)
 
-    def _shutdown(self) -> None:
+    def _close(self, exit_code: int) -> Exception | None:
+        """W&B off first (a call still running on the logging thread then fails quietly), then the run closed;
+        returns what closing it raised, if anything."""
         run, self.run, self._on = self.run, None, False
-        if run is not None:
+        if run is not None:  # None: W&B failed, or the interrupt came before wandb.init was started
             try:
-                run.finish(exit_code=1)
-            except Exception:
-                pass  # already failing: the warning has been printed
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                return exc
+        return None
 
     def _define_metrics(self) -> None:
         # Per-epoch charts use the epoch as x axis; flow charts use the global batch step.
@@ -426,12 +429,9 @@ class Tracker:
             self._worker.shutdown(wait=False, cancel_futures=True)
         else:
             self._worker.shutdown(wait=True)
-        run, self.run, self._on = self.run, None, False  # off first: a call still running fails quietly
-        if run is not None:  # None: W&B failed, or the interrupt came before wandb.init was started
-            try:
-                run.finish(exit_code=exit_code)
-            except Exception as exc:
-                self._warn("finish", exc)
+        failed = self._close(exit_code)
+        if failed is not None:
+            self._warn("finish", failed)
         if exit_code == 0 and self.wandb is not None:
             self._forget()  # the stage completed (W&B on or not): its next run is a new W&B run
 
