@@ -25,7 +25,7 @@ from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_co
 from cifar_study.pipeline.dataset import CLASS_NAME
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links
-from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, parse_yaml, read_bounded
+from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, nonnegative, parse_yaml, read_bounded
 
 # The original study's published numbers (official CIFAR-10 archive).
 ORIGINAL = {"test_acc": 0.8454, "epoch1_heldout_acc": 0.4723, "gflops": 0.1612, "loss_first": 1.787,
@@ -85,10 +85,6 @@ def _csv(root: Path, name: str) -> list[dict[str, str]]:
     return rows
 
 
-def _finite(v: Any) -> bool:
-    return finite_number(v) and v >= 0
-
-
 def _count(v: Any) -> bool:
     return type(v) is int and v > 0
 
@@ -126,8 +122,8 @@ def render(root: Path = Path(".")) -> str:
         return "No baseline run is committed yet: `make repro` produces one."
     history = _history(root)
     train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in ("test", "val")})
-    evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": fraction, "test_loss": _finite})
-    flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": _finite})
+    evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": fraction, "test_loss": nonnegative})
+    flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": nonnegative})
     if abs(flops["gflops"] - flops["flops"] / 1e9) > 1e-4:  # flops.json holds one count, in two units
         raise ResultsError(f"{paths.FLOPS_METRICS}: gflops {flops['gflops']!r} is not flops / 1e9")
     data = _json(root, paths.DATA_METRICS, {"train_count": _count, "test_count": _count})
@@ -249,7 +245,7 @@ def _check_spread(spread: dict) -> None:
                                      spread["baseline_check"])
     seeds = [r["seed"] for r in runs]
     if spread["confidence"] != CONFIDENCE or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds) \
-            or not all(fraction(r["test_acc"]) and _finite(r["seconds"]) for r in runs) \
+            or not all(fraction(r["test_acc"]) and nonnegative(r["seconds"]) for r in runs) \
             or [r["epoch"] for r in per_epoch] != list(range(1, len(per_epoch) + 1)):
         raise ValueError("a confidence, seed, accuracy, time or epoch other than cifar_study.spread writes")
     for row in [final, *per_epoch]:

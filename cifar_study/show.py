@@ -21,7 +21,7 @@ from typing import Any
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
 from cifar_study.pipeline.dvc_query import check_experiments_of_head, check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.untrusted import finite_number, fraction
+from cifar_study.pipeline.untrusted import finite_number, fraction, nonnegative
 
 # Headline metrics after the changed params, most telling first: dropped from the end when too wide.
 METRICS = ("test_loss", "best_heldout_acc", "flagged_layers", "epoch_95", "overfitting", "gflops")
@@ -33,7 +33,7 @@ UNREAD = "(not read)"  # after a revision DVC could not read: its error is below
 
 
 # What each metric shown can be; a value outside is a broken metrics file, not a result
-VALID = {"test_acc": fraction, "test_acc_sd": fraction, "best_heldout_acc": fraction, "test_loss": lambda v: v >= 0,
+VALID = {"test_acc": fraction, "test_acc_sd": fraction, "best_heldout_acc": fraction, "test_loss": nonnegative,
          "flagged_layers": lambda v: v >= 0 and v == int(v), "epoch_95": lambda v: v >= 1 and v == int(v),
          "overfitting": lambda v: v in (0, 1), "gflops": lambda v: v > 0}
 

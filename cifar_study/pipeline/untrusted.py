@@ -360,6 +360,11 @@ def fraction(value: Any) -> bool:
     return finite_number(value) and 0 <= value <= 1
 
 
+def nonnegative(value: Any) -> bool:
+    """A finite number >= 0: a loss, a count of GFLOPs, a duration."""
+    return finite_number(value) and value >= 0
+
+
 def _refuse_constant(word: str) -> float:
     raise ValueError(f"{word} is not a finite number")
 
