@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E4
 from cifar_study.pipeline.dataset import Split, channel_stats, synthetic  # noqa: E402
 from cifar_study.pipeline.params import TrainParams  # noqa: E402
 from cifar_study.pipeline.cli import Parser  # noqa: E402
+from bench.provenance import cpu_name  # noqa: E402
 
 BATCH = 128
 SMOKE_BATCH, SMOKE_IMAGES = 16, 1024  # --smoke: enough to run every part, not to measure
@@ -326,7 +326,7 @@ def matmul_rate(device: torch.device, dtype: str, sync, n: int, reps: int = 10) 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def print_table(r: dict, configs: list[Config]) -> None:

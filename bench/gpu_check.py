@@ -56,6 +56,7 @@ from cifar_study.pipeline import paths  # noqa: E402
 from cifar_study.pipeline.cli import printable  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
+from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 DATA = "data/raw/cifar10-jpg.tar.gz"  # the conventional place of a local copy (git-ignored); --data or GPU_CHECK_DATA
 BUDGET_S = 480
@@ -102,7 +103,7 @@ print(json.dumps({
     "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
     "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
     "nccl": ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
-    "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+    "device": torch.cuda.get_device_name(0) if cuda else None,  # a CPU's name: provenance.cpu_name()
     "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
     "multiprocessors": props.multi_processor_count if cuda else None,
     "memory_gib": round(props.total_memory / 2**30, 1) if cuda else None,
@@ -237,13 +238,10 @@ def environment(check: Check) -> None:
         ok, versions = proc.returncode == 0, json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-2000:]}
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         ok, versions = False, {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    versions["git_commit"] = commit
-    check.summary.update(device=versions.get("device"), commit=commit, tree_clean=tree_clean())
+    if ok and not versions.get("device"):
+        versions["device"] = cpu_name()
+    versions["git_commit"] = commit() or "unknown"
+    check.summary.update(device=versions.get("device"), commit=versions["git_commit"], tree_clean=tree_clean())
     lines.append("$ versions\n" + json.dumps(versions, indent=2) + "\n")
     (check.out / "env.txt").write_text("\n".join(lines))
     check.summary["environment"] = versions
@@ -330,15 +328,6 @@ def stage_phases(output: str) -> dict[str, float]:
             except ValueError:
                 return {}
     return {}
-
-
-def tree_clean() -> bool | None:
-    """Whether the checkout that runs is its commit exactly (no change, no untracked file); None without git."""
-    try:
-        proc = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() == "" if proc.returncode == 0 else None
 
 
 def headline(s: dict[str, Any]) -> dict[str, Any]:

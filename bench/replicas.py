@@ -14,7 +14,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import Split, synthetic  # noqa: E402
 from cifar_study.pipeline.params import ModelParams, TrainParams  # noqa: E402
 from cifar_study.pipeline.cli import Parser  # noqa: E402
+from bench.provenance import cpu_name  # noqa: E402
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 SEED = 42
@@ -77,7 +77,7 @@ def main() -> None:
             times[name].append(epoch_seconds(train_split, test_split, device, k, batched))
     medians = {name: statistics.median(t) for name, t in times.items()}
     one = medians["replicas=1"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"{args.images} images, 1 epoch, {args.rounds} rounds on {device_name} ({torch.get_num_threads()} threads)")
     for name, m in medians.items():
         print(f"  {name:18s} median {m:7.2f} s  {m / one:5.2f}x replicas=1")

@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
 from cifar_study.pipeline.cli import Parser  # noqa: E402
+from bench.provenance import commit, machine, tree_clean  # noqa: E402
 
 # Little data and one epoch; the figures and W&B as shipped (their cost does not depend on the data's size)
 TINY = {"data": {"source": "synthetic", "train_limit": 400, "test_limit": 100},
@@ -117,12 +117,9 @@ def main() -> int:
     for stage, r in rows.items():
         print(f"{stage:<10} {r['this_s']:>9.2f} {r['other_s']:>14.2f} {r['other_over_this']:>5.2f}x")
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "cifar_study", "stages"], cwd=ROOT,
-                                 capture_output=True, text=True).stdout.strip()
         Path(args.out).write_text(json.dumps({  # "this" is the working tree: HEAD, plus its changes where not clean
-            "this": commit, "this_tree_clean": not changed, "against": against, "wandb": "offline" if wandb else "disabled", "tiny": TINY,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rounds": args.rounds,
+            "this": commit(), "this_tree_clean": tree_clean("cifar_study", "stages"), "against": against,
+            "wandb": "offline" if wandb else "disabled", "tiny": TINY, "machine": machine(), "rounds": args.rounds,
             "stages": rows}, indent=2) + "\n")
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.cli import Parser  # noqa: E402
+from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 CONFIGS = {"plain": None, "default": {}, "bf16+cl": {"amp": "bf16", "channels_last": True}}
 
@@ -119,7 +119,8 @@ def main() -> None:
                 seconds[config].append(timed(scratch, config, wandb))
                 print(f"round {r + 1}/{args.rounds}: {config} {seconds[config][-1]:.1f} s", flush=True)
     median = {c: statistics.median(s) for c, s in seconds.items()}
-    result = {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "train_images": args.train,
+    result = {"device": cpu_name(), "cpus": os.cpu_count(), "commit": commit(), "tree_clean": tree_clean(),
+              "train_images": args.train,
               "test_images": args.test, "epochs": 1, "rounds": args.rounds, "wandb": wandb, "seconds": seconds,
               "median_seconds": median, "speed_vs_plain": {c: median["plain"] / m for c, m in median.items()}}
     print(f"\nwhole process, one epoch of {args.train} images, medians of {args.rounds} interleaved rounds "

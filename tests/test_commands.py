@@ -410,3 +410,18 @@ def test_bench_tools_refuse_a_bad_argument_in_one_line(tool, args, says, tmp_pat
                           timeout=ROW_TIMEOUT_S)
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ") and says in proc.stderr, proc.stderr
+
+
+def test_bench_results_name_the_cpu_and_the_commit():
+    """A CPU by its model name, not the architecture: on Linux `platform.processor()` is empty, and results from
+    an AMD EPYC and an Intel Xeon were both recorded as "x86_64"."""
+    from bench import provenance
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+              if line.split(":", 1)[0].strip() == "model name"]
+    if models:
+        assert provenance.cpu_name() == models[0]
+    assert provenance.machine() == f"{provenance.cpu_name()}, {os.cpu_count()} cores"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert provenance.commit() == (head.stdout.strip() if head.returncode == 0 else None)
