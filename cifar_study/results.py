@@ -9,10 +9,10 @@ target that is a symbolic link or not a regular file, are one line and exit 2.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -132,7 +132,7 @@ def render(root: Path = Path(".")) -> str:
     split = train["heldout_split"]
     hours = sum(r.seconds for r in history) / 3600
     # The archive by its name: where it lay is one machine's business (reports/data.json and dvc.lock identify it).
-    source = f"`{_cell(fetch['data.source'])}`" + (f", the archive `{_cell(Path(str(fetch['data.path'])).name)}`"
+    source = _code(fetch['data.source']) + (f", the archive {_code(Path(str(fetch['data.path'])).name)}"
                                                    if fetch["data.source"] == "folder" else "")
     lines = [
         f"Made by `dvc repro` of the default study: {len(history)} epochs, data.source {source} "
@@ -202,7 +202,7 @@ def render_spread(root: Path = Path(".")) -> str:
     spread = _json(root, SPREAD)
     _check_spread(spread)
     final, level = spread["final_test_acc"], f"{spread['confidence']:.0%}"
-    options = ", ".join(f"`{_cell(k)}={_cell(v)}`" for k, v in spread["changed_params"].items()) or "the defaults"
+    options = ", ".join(_code(f"{k}={v}") for k, v in spread["changed_params"].items()) or "the defaults"
     device = f", on {_cell(spread['device'])}" if spread.get("device") else ""
     lines = [
         f"{final['n']} runs of the study that differ only in `train.seed` ({', '.join(str(r['seed']) for r in spread['runs'])}), "
@@ -217,7 +217,7 @@ def render_spread(root: Path = Path(".")) -> str:
     lines += [f"| {_cell(r['name'])} | {int(r['seed'])} | {r['test_acc']:.2%} | {r['seconds'] / 60:.1f} min |" for r in spread["runs"]]
     check = spread["baseline_check"]
     if check:
-        differs = "; ".join(f"`{_cell(k)}={_cell(b)}` where the spread has `{_cell(r)}`"
+        differs = "; ".join(f"{_code(f'{k}={b}')} where the spread has {_code(r)}"
                             for k, (b, r) in check["differs_in"].items())
         lines += ["", f"Same seed ({int(check['seed'])}), the {_cell(check['baseline'])} run ({differs or 'the same options'}) "
                   f"against the spread's run: "
@@ -278,10 +278,28 @@ def _where(value: float, low: float, high: float) -> str:
     return "inside"
 
 
+# What could start markup in Markdown text: a code span, emphasis, a link or image ([...]), HTML, an entity,
+# GitHub's math and strikethrough, a table cell's end; and the backslash that escapes them.
+MARKUP = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def _one_line(text: Any) -> str:
+    return printable(" ".join(str(text).split()))
+
+
 def _cell(text: Any) -> str:
-    """Text from a results file for Markdown: HTML escaped (no markup from a file reaches a page), a bare |
-    (as in |grad|) escaped so it cannot end a table cell, one line, control characters as their escapes."""
-    return html.escape(printable(" ".join(str(text).split())), quote=False).replace("|", "\\|")
+    """Text from a results file as Markdown text, shown as written: every character that could start markup
+    backslash-escaped; one line, control characters as their escapes."""
+    return MARKUP.sub(r"\\\1", _one_line(text))
+
+
+def _code(text: Any) -> str:
+    """Text from a results file as a code span, shown as written (no markup works inside one): its fence is
+    longer than any run of backticks in it. Not inside a table, where a | would end the cell."""
+    text = _one_line(text)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -23,10 +23,14 @@ def main() -> None:
     with stage_inputs.reading(paths.HISTORY):  # epochs 1, 2, ... of finite, in-range numbers, or one line
         history = history_of(stage_inputs.read_table(paths.HISTORY, EpochRecord.columns()))
     with stage_inputs.reading(paths.TRAIN_METRICS):
-        heldout_name = str(read_json(paths.TRAIN_METRICS)["heldout_split"])
+        heldout_name = read_json(paths.TRAIN_METRICS)["heldout_split"]
+        if not isinstance(heldout_name, str):
+            raise TypeError(f"heldout_split is {type(heldout_name).__name__}, not text")
     snapshots = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
+        if not all(isinstance(f, list) and all(isinstance(flag, str) for flag in f) for f in flow_flags.values()):
+            raise TypeError("a layer's flags are not a list of text")
     with stage_inputs.reading(paths.REPLICAS):
         replicas = [history_of(replica["history"]) for replica in read_json(paths.REPLICAS)]
         if any(len(h) != len(history) for h in replicas):

@@ -39,8 +39,8 @@ from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import SimpleCNN
 from cifar_study.pipeline import untrusted
 from cifar_study.pipeline.checkpoint import save_checkpoint
-from cifar_study.pipeline.dataset import Split, fetch, from_folder, read_python_archive
-from cifar_study.pipeline.errors import ParamError
+from cifar_study.pipeline.dataset import ARCHIVE_NAME, Split, fetch, from_download, from_folder, read_python_archive
+from cifar_study.pipeline.errors import OutputError, ParamError
 from cifar_study.pipeline.params import DataParams, load_params
 from tests.conftest import image_folder_files, project, python_archive, snapshot, write_files, write_tar
 from tests.hostile import every_class_twice
@@ -401,6 +401,19 @@ ROWS = [
         lambda c: flow_of(c, "5,1,fc1,0.1,0.2,0.3,0.4,0.001\n3,2,fc1,0.1,0.2,0.3,0.4,0.001\n")),
     Row("silent-wrong", "flow-layer-twice", "visualize", flow_refused(r"step 0: a layer named twice, or an epoch below 1"),
         lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n0,1,fc1,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("traceback", "flags-not-a-list-of-text", "visualize",
+        r"^error: reports/findings.json: unreadable or not written by this pipeline \(TypeError: a layer's flags are not "
+        r"a list of text\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
+            "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": "abc"}]}}\n'}) and {}),
+    Row("traceback", "held-out-split-not-text", "visualize",
+        r"^error: metrics/train.json: unreadable or not written by this pipeline \(TypeError: heldout_split is int, "
+        r"not text\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
+            "metrics/train.json": b'{"heldout_split": 5}\n'}) and {}),
+    Row("traceback", "loss-past-float32", "visualize",
+        r"^error: plots/data/history.csv: unreadable or not written by this pipeline \(ValueError: history epoch 1: a "
+        r"value that is not a finite number \(or past float32's range\)",
+        lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {"plots/data/history.csv": (
+            b"epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.7e308,0.2,2.1,0.2,0.001,1.0\n")}) and {}),
     Row("silent-wrong", "findings-nan-accuracy", "findings",
         r"^error: plots/data/history.csv: unreadable or not written by this pipeline \(ValueError: line 2: "
         r"heldout_acc is nan, not a finite number\): run dvc repro train$",
@@ -437,6 +450,22 @@ ROWS = [
         lambda c: {"train": {"seed": -1}}),
     Row("traceback", "seed-too-large", "fetch_data", r"^error: data.seed: 4294967296 must be <= 4294967295 \(a seed is in 0..4294967295",
         lambda c: {"data": {"seed": 2**32}}),
+    Row("traceback", "date-that-does-not-exist", "fetch_data",
+        r"^error: params.yaml: not valid YAML \(day is out of range for month\)$",
+        lambda c: params_text_with(c, "train", "started: 2001-02-30")),
+    Row("traceback", "int-tag-on-text", "fetch_data",
+        r"^error: params.yaml: not valid YAML \(invalid literal for int\(\) with base 10: 'x'\)$",
+        lambda c: params_text_with(c, "train", "started: !!int x")),
+    Row("traceback", "lr-of-400-digits", "fetch_data", r"^error: train.lr: an integer of 401 digits is not a finite number$",
+        lambda c: {"train": {"lr": 10**400}}),
+    Row("hang", "epochs-of-400-digits", "fetch_data",
+        r"^error: train.epochs: an integer of 401 digits is larger than any count the study uses \(at most 2\*\*53\)$",
+        lambda c: {"train": {"epochs": 10**400}}),
+    Row("hang", "a-thousand-loader-processes", "fetch_data",
+        r"^error: train.num_workers: 1000 must be <= 256 \(a bound on typos: more processes than one machine has",
+        lambda c: {"train": {"num_workers": 1000}}),
+    Row("misleading", "url-with-an-unclosed-ipv6-address", "fetch_data",
+        r"^error: data.url: 'http://\[::1' is not a URL \(Invalid IPv6 URL\)$", lambda c: {"data": {"url": "http://[::1"}}),
     Row("traceback", "md5-not-hex", "fetch_data", r"^error: data.md5: 'c58f-not-an-md5' is not an md5 \(32 hexadecimal digits\)$",
         lambda c: {"data": {"md5": "c58f-not-an-md5"}}),
     Row("traceback", "url-scheme", "fetch_data", r"^error: data.url: 'ftp://example.org/c.tar.gz' is not an http://, https:// or file:// URL$",
@@ -681,6 +710,25 @@ def test_official_batch_formats_unpickle_without_running_code(tiny, tmp_path):
         assert loaded["data"].dtype == np.uint8
     listing = read_python_archive(python_archive(tiny, tmp_path / "c.tar.gz"))
     np.testing.assert_array_equal(listing.decode("train", np.arange(200)), tiny.train.images)
+
+
+def test_a_download_replaces_a_link_at_its_temporary_name_instead_of_writing_through_it(tiny, tmp_path):
+    archive = python_archive(tiny, tmp_path / "c.tar.gz")
+    victim, raw = tmp_path / "victim", tmp_path / "raw"
+    victim.write_text("precious")
+    raw.mkdir()
+    (raw / f"{ARCHIVE_NAME}.part").symlink_to(victim)  # a killed run's staging name, planted as a link
+    listing = from_download(archive.as_uri(), hashlib.md5(archive.read_bytes()).hexdigest(), raw)
+    assert len(listing.labels["train"]) == 200 and victim.read_text() == "precious"
+    assert [p.name for p in raw.iterdir()] == [ARCHIVE_NAME] and not (raw / ARCHIVE_NAME).is_symlink()
+
+
+def test_a_folder_where_the_archive_is_kept_is_refused_before_downloading(tmp_path):
+    (tmp_path / ARCHIVE_NAME).mkdir()
+    with pytest.raises(OutputError) as info:
+        from_download("http://127.0.0.1:9/never-asked", "0" * 32, tmp_path)  # nothing listens on port 9
+    assert str(info.value) == (f"{tmp_path / ARCHIVE_NAME} is a directory, not a regular file: the downloaded archive "
+                               f"is kept under that name (move it away)")
 
 
 def test_hard_linked_images_are_read_through_their_targets(tiny, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from cifar_study.core.loader import make_loader
 from cifar_study.core.model import SimpleCNN
 from cifar_study.core.training import setup, train
 from cifar_study.pipeline import cli
@@ -22,6 +23,7 @@ from cifar_study.pipeline import outputs as cio
 from cifar_study.pipeline.dataset import Split, fetch, from_folder
 from cifar_study.pipeline.errors import DataError, UserError
 from cifar_study.pipeline.params import DataParams, TrainParams
+from cifar_study.pipeline.resume import ResumeStore
 from tests.conftest import (
     encode,
     image_folder_files,
@@ -217,6 +219,50 @@ def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing
         path.write_text("partial")
     assert run_stage(repo, "fetch_data")[0] == 0
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def _state_with(tmp_path: Path, tiny, edit) -> tuple[ResumeStore, object, object]:
+    """A genuine resume state of one epoch, then `edit(payload)`'s version of it saved in its place."""
+    p = TrainParams(epochs=2, batch_size=50, flow_every=2)
+    loader = make_loader("tensor", tiny.train, [0.5] * 3, [0.25] * 3, augment=True, shuffle=True, batch_size=50,
+                         seed=0, device=torch.device("cpu"))
+    state, store = setup(SimpleCNN(), p, torch.device("cpu")), ResumeStore(tmp_path / "train.pt", "key")
+    save = store.saver(state, loader)
+
+    def stop_after_first(result):
+        save(result)
+        store.wait()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(state, loader, loader, "test", on_epoch_end=stop_after_first)
+    payload = torch.load(store.path, weights_only=True)
+    torch.save(edit(payload), store.path)
+    return store, setup(SimpleCNN(), p, torch.device("cpu")), loader
+
+
+@pytest.mark.parametrize("edit, refusal", [
+    (lambda s: [1, 2, 3], None),  # not a state at all: ignored, loudly
+    (lambda s: None, None),
+    (lambda s: {"key": s["key"]}, "KeyError: 'history'"),  # this run's key and nothing else
+    (lambda s: {**s, "epoch": 7}, "ValueError: step 4, epoch 7 after 1 epochs of history"),
+    (lambda s: {**s, "step": "4"}, "ValueError"),
+    (lambda s: {**s, "model_state": {k: v[:1] if v.dim() else v for k, v in s["model_state"].items()}}, "RuntimeError"),
+    (lambda s: {**s, "flow": [{"step": 0}]}, "TypeError"),
+], ids=["a-list", "none", "key-alone", "epoch-past-its-history", "step-as-text", "weights-cut", "flow-fields-missing"])
+def test_a_resume_state_not_written_by_this_code_is_ignored_or_refused_in_one_line(tmp_path, tiny, capsys, edit,
+                                                                                    refusal):
+    """Not a state: ignored with a warning (training starts over). This run's key on content this code does not
+    write: one line naming the file, since the model may be half loaded by then."""
+    store, state, loader = _state_with(tmp_path, tiny, edit)
+    if refusal is None:
+        assert store.restore(state, loader) is None and "warning: ignoring" in capsys.readouterr().out
+        return
+    with pytest.raises(DataError) as info:
+        store.restore(state, loader)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{store.path}: not a complete resume state (")
+    assert refusal in message and message.endswith("remove it to start from epoch 1"), message
 
 
 def test_state_from_other_params_is_not_resumed(trained, tmp_path):

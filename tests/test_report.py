@@ -1,6 +1,8 @@
 """reports/RESULTS.md is generated from the committed files, never typed; the results command refuses bad input in one line."""
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,18 +104,43 @@ def test_the_command_writes_the_file_and_checks_it(tmp_path):
     assert stale.returncode == 1 and stale.stderr.strip() == f"{RESULTS} is out of date: run python -m cifar_study.results"
 
 
-def spoil_findings(root: Path, verdict: str) -> None:
+def spoil_findings(root: Path, measured: str) -> None:
     (root / "reports").mkdir(exist_ok=True)
     (root / "reports/findings.json").write_text(json.dumps({
         "flow_health": {"verdict": "healthy", "missing": "", "snapshots": 12, "layers": []},
-        "claims": [{"claim": "c", "measured": "m", "verdict": verdict}]}))
+        "claims": [{"claim": "c", "measured": measured, "verdict": "holds"}]}))
 
 
-def test_text_from_a_results_file_is_escaped_in_the_markdown(tmp_path):
-    baseline(tmp_path)
-    spoil_findings(tmp_path, "<script>alert(1)</script> | x")
-    text = document(tmp_path)
-    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; \\| x" in text
+def rendered(root: Path) -> str:
+    """reports/RESULTS.md as a page shows it: CommonMark with GitHub's tables and strikethrough."""
+    from markdown_it import MarkdownIt  # installed with DVC (rich renders Markdown with it)
+
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(document(root))
+
+
+@pytest.mark.parametrize("text", [
+    "<script>alert(1)</script> | x",
+    "![t](https://evil.example/t.png) [click](javascript:alert(1)) <https://evil.example>",
+    "*em* __strong__ ~~del~~ &lt; a\\b $x$",
+    "``` a `code` span",
+], ids=["html-and-a-cell-end", "image-link-autolink", "emphasis-entity-backslash-math", "backticks"])
+def test_text_from_a_results_file_shows_as_written_and_makes_no_element(tmp_path, text):
+    """In a table cell (a findings measurement) and in a code span (the recorded data source), rendered: the
+    page has the same elements as with plain text there, and shows the text as it is written."""
+    def tags(page: str) -> list[str]:
+        return sorted(re.findall(r"<(\w+)", page))
+
+    def shown(page: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+    def page_with(root: Path, value: str) -> str:
+        spoil_findings(baseline(root), value)
+        write(root, {"dvc.lock": "stages:\n  fetch_data:\n    params:\n      params.yaml:\n        data.source: "
+                                 + json.dumps(value) + "\n"})
+        return rendered(root)
+
+    plain, page = page_with(tmp_path / "plain", "plain text"), page_with(tmp_path / "spoiled", text)
+    assert tags(page) == tags(plain) and shown(page).count(text) == 2, page
 
 
 # --- hostile input, by class (issue 27; the classes and the runner: tests/hostile.py) ----------------------------
@@ -180,13 +207,13 @@ RESULTS_ROWS = [
         expect=r"^error: reports/RESULTS.md is a symbolic link: not written through", check=untouched_outside),
     Row("breach", "markup-in-a-findings-verdict", spoil(reports__findings_json=FINDINGS_OF % '"<script>x</script> | y"'),
         code=0, expect=WROTE, writes=(RESULTS,),
-        check=results_file_holds("&lt;script&gt;x&lt;/script&gt; \\| y")),
+        check=results_file_holds("\\<script\\>x\\</script\\> \\| y")),
     Row("breach", "markup-as-a-class-name", spoil(plots__data__class_accuracy_csv="class,accuracy\n<b>cat</b>,0.4\n"),
         expect=r"^error: plots/data/class_accuracy.csv: row"),
     Row("breach", "markup-and-escapes-in-the-recorded-data-source",
         lambda r: write(r, {"dvc.lock": "stages:\n  fetch_data:\n    params:\n      params.yaml:\n        data.source: "
                                         "\"<img src=x>` | x\\n\\n# owned \\e]2;t\\a\"\n"}) or [],
-        code=0, expect=WROTE, writes=(RESULTS,), check=results_file_holds("&lt;img src=x&gt;` \\| x # owned \\x1b]2;t\\x07")),
+        code=0, expect=WROTE, writes=(RESULTS,), check=results_file_holds("``<img src=x>` | x # owned \\x1b]2;t\\x07``")),
     Row("silent-wrong", "nan-accuracy", spoil(metrics__eval_json='{"test_acc": NaN, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(NaN is not a finite number\)$"),
     Row("silent-wrong", "accuracy-past-a-float", spoil(metrics__eval_json='{"test_acc": 1e309, "test_loss": 1}'),

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure  # used without pyplot: no GUI backend, no global figure state
@@ -14,6 +15,10 @@ from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.scores import class_accuracy
 from cifar_study.pipeline.outputs import atomic_path
+
+# Text from data (class names, a split's name, findings' flags, param values) is drawn as written: with math
+# on, a "$...$" in it is typeset, or stops the figure with a parse error. No label here uses math.
+matplotlib.rcParams["text.parse_math"] = False
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
 MARK = {True: "\u2713", False: "\u2717"}  # ✓ / ✗: right and wrong are told apart without colour too

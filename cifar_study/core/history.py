@@ -55,6 +55,11 @@ class EpochRecord:
                 "lr": self.lr, "epoch_seconds": self.seconds}
 
 
+# Training computes in float32 at most: a value past its range was not written by the train stage, and a
+# figure's axis over it, or a sum of epoch times, would overflow to inf.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def history_of(rows: Iterable[dict[str, Any]]) -> list[EpochRecord]:
     """Epoch records from history.csv rows or saved dicts, checked as the train stage writes them: epochs
     1, 2, ... in order; every value a finite number (not true/false); losses, lr and seconds not negative;
@@ -69,10 +74,10 @@ def history_of(rows: Iterable[dict[str, Any]]) -> list[EpochRecord]:
         r = EpochRecord.from_row(row)
         if r.epoch != i:
             raise ValueError(f"history row {i} is epoch {r.epoch}: epochs run 1, 2, ... in order")
-        if not all(math.isfinite(v) for v in r.row().values()) or min(r.train_loss, r.heldout_loss, r.lr, r.seconds) < 0 \
-                or not (fraction(r.train_acc) and fraction(r.heldout_acc)):
-            raise ValueError(f"history epoch {i}: a value that is not a finite number, a negative loss, lr or time, "
-                             "or an accuracy outside 0..1")
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in r.row().values()) \
+                or min(r.train_loss, r.heldout_loss, r.lr, r.seconds) < 0 or not (fraction(r.train_acc) and fraction(r.heldout_acc)):
+            raise ValueError(f"history epoch {i}: a value that is not a finite number (or past float32's range), a "
+                             "negative loss, lr or time, or an accuracy outside 0..1")
         records.append(r)
     return records
 

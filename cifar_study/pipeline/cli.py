@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import os
 import re
 import signal
@@ -40,6 +41,13 @@ def emit(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         raise OutputError(f"standard output: cannot write ({exc.strerror or exc})") from None
+
+
+def escape_unencodable_output() -> None:
+    """A terminal or pipe in ASCII (LANG=C, PYTHONIOENCODING=ascii) gets what it cannot show as escapes (\\xb1), as
+    stderr does already, instead of a UnicodeEncodeError part-way through the output."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 _stop = {"requested": False, "deferred": False}
@@ -83,6 +91,7 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
     it started (subprocess.run) is killed on the way out instead of running on."""
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)  # also when started in the background
+    escape_unencodable_output()
     try:
         code = main()
     except KeyboardInterrupt:

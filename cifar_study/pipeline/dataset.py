@@ -254,6 +254,9 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
     no file behind.
     """
     archive, md5 = raw_dir / ARCHIVE_NAME, md5.lower()
+    if archive.exists() and not archive.is_file():  # refused before a download that could not be kept
+        raise OutputError(f"{archive} is a {untrusted.kind_of(archive.stat().st_mode)}, not a regular file: the "
+                          f"downloaded archive is kept under that name (move it away)")
     if archive.is_file() and untrusted.md5_file(archive) == md5:
         return read_python_archive(archive)
     part = archive.with_name(archive.name + ".part")

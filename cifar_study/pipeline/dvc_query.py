@@ -18,8 +18,6 @@ import stat
 import subprocess
 from typing import Any, Callable, Iterator
 
-import yaml
-
 from cifar_study.pipeline.errors import ParamError, UserError, first_line
 from cifar_study.pipeline.untrusted import (MAX_PARAMS_BYTES, DuplicateKeyError, kind_of, larger, parse_yaml,
                                            read_bounded, unique_keys)
@@ -54,8 +52,8 @@ def read_by_dvc(read: Callable[[str], bytes] = _read_workspace) -> list[str]:
     files = list(ALWAYS_READ)
     for dvc_yaml in DVC_YAMLS:
         try:
-            spec = yaml.safe_load(read(dvc_yaml))
-        except (UserError, OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
+            spec = parse_yaml(read(dvc_yaml), dvc_yaml)  # as DVC parses it (ruamel): PyYAML refuses what DVC reads
+        except (UserError, OSError):
             continue  # absent, special or unparsable: DVC says so, or the checks below do
         if not isinstance(spec, dict):
             continue

@@ -6,7 +6,6 @@ value raises `ParamError` whose message names the key, the value and what is all
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import typing
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from cifar_study.pipeline.errors import ParamError
-from cifar_study.pipeline.untrusted import load_yaml
+from cifar_study.pipeline.errors import ParamError, first_line
+from cifar_study.pipeline.untrusted import finite_number, load_yaml
 
 # torchvision.datasets.CIFAR10's archive and checksum, repeated here so that the
 # parameters (and DVC's view of them) stay plain data.
@@ -24,6 +23,9 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (np.random.seed) accepts 0..2**32-1
 SEED_RANGE = f"a seed is in 0..{SEED_MAX}, the range the random-number generators accept"
+PROCESSES_MAX = 256
+PROCESSES_NOTE = "a bound on typos: more processes than one machine has cores or GPUs"
+COUNT_MAX = 2**53  # any int param: past it, a count is no longer exact as a float, and overflows int64 arithmetic
 REPLICAS_MAX = 64  # each replica holds its own weights and Adam state on the device (53 MB each)
 
 
@@ -42,7 +44,11 @@ def _md5_problem(value: str) -> str:
 
 
 def _url_problem(value: str) -> str:
-    return "" if urlparse(value).scheme in ("http", "https", "file") else "is not an http://, https:// or file:// URL"
+    try:
+        scheme = urlparse(value).scheme
+    except ValueError as exc:  # "http://[::1": an unclosed IPv6 address
+        return f"is not a URL ({first_line(exc)})"
+    return "" if scheme in ("http", "https", "file") else "is not an http://, https:// or file:// URL"
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class TrainParams:
     seed: int = _rule(default=42, ge=0, le=SEED_MAX, note=SEED_RANGE)  # rank r seeds with seed + r
     device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
-    num_workers: int = _rule(default=0, ge=0, means="a number of processes")  # loader=dataloader only
+    num_workers: int = _rule(default=0, ge=0, le=PROCESSES_MAX, means="a number of processes",  # loader=dataloader only
+                             note=PROCESSES_NOTE)
     flow_every: int = _rule(default=200, gt=0, means="a number of batches")  # between gradient/weight-flow snapshots
     channels_last: bool = False
     amp: str = _rule(default="none", choices=("none", "bf16", "fp16"))
@@ -82,7 +89,8 @@ class TrainParams:
     compile_mode: str = _rule(default="default",
                               choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     fused_adam: bool = False  # Adam's fused kernels; with amp fp16 they also spare the scaler's per-step host read
-    nproc: int = _rule(default=1, ge=1, means="a number of processes")  # ranks the train stage launches with torchrun
+    # ranks the train stage launches with torchrun
+    nproc: int = _rule(default=1, ge=1, le=PROCESSES_MAX, means="a number of processes", note=PROCESSES_NOTE)
     # Input normalisation after 0-1 scaling: the original study's constants, or the training split's statistics.
     normalize: str = _rule(default="original", choices=("original", "computed"))
     # Seed replicas trained side by side: seeds seed, seed+1, ..., seed+replicas-1 (cifar_study/core/replicas.py).
@@ -193,9 +201,13 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
     if not ok:
         means = f" ({rule['means']})" if rule.get("means") else ""
         raise ParamError(f"{key}: expected {kind.__name__}{means}, got {value!r}")
+    if kind is float and not finite_number(value):
+        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else repr(value)
+        raise ParamError(f"{key}: {shown} is not a finite number")
     value = kind(value)
-    if kind is float and not math.isfinite(value):
-        raise ParamError(f"{key}: {value!r} is not a finite number")
+    if kind is int and abs(value) > COUNT_MAX:
+        raise ParamError(f"{key}: an integer of {len(str(abs(value)))} digits is larger than any count the study uses "
+                         f"(at most 2**53)")
     if rule.get("user_path"):
         value = os.path.expanduser(value)
     if rule.get("choices") and value not in rule["choices"]:

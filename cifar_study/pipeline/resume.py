@@ -22,6 +22,7 @@ from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.training import TrainResult, TrainState
 from cifar_study.pipeline.checkpoint import model_payload
+from cifar_study.pipeline.errors import DataError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 
 
@@ -60,16 +61,24 @@ class ResumeStore:
         saved = self._load()
         if saved is None:
             return None
-        state.model.load_state_dict(saved["model_state"])
-        state.optimizer.load_state_dict(saved["optimizer_state"])
-        state.scaler.load_state_dict(saved["scaler_state"])
-        state.step = saved["step"]
-        set_rng_state(loader, saved["rng"])
-        self.saved_epoch = saved["epoch"]
-        print(f"resuming: {self.progress(state.p.epochs)}; continuing with epoch {saved['epoch'] + 1}", flush=True)
-        return TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
-                           [FlowSnapshot(**f) for f in saved["flow"]],
-                           [[EpochRecord.from_row(r) for r in history] for history in saved["replicas"]])
+        try:
+            result = TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
+                                 [FlowSnapshot(**f) for f in saved["flow"]],
+                                 [[EpochRecord.from_row(r) for r in history] for history in saved["replicas"]])
+            state.model.load_state_dict(saved["model_state"])
+            state.optimizer.load_state_dict(saved["optimizer_state"])
+            state.scaler.load_state_dict(saved["scaler_state"])
+            set_rng_state(loader, saved["rng"])
+            step, epoch = saved["step"], saved["epoch"]
+            if type(step) is not int or type(epoch) is not int or not 0 < epoch == len(result.history) <= state.p.epochs:
+                raise ValueError(f"step {step!r}, epoch {epoch!r} after {len(result.history)} epochs of history")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            # This run's key but not what this code writes: the model may be half loaded, so no starting over here.
+            raise DataError(f"{self.path}: not a complete resume state ({type(exc).__name__}: {first_line(exc)}); "
+                            f"remove it to start from epoch 1") from None
+        state.step, self.saved_epoch = step, epoch
+        print(f"resuming: {self.progress(state.p.epochs)}; continuing with epoch {epoch + 1}", flush=True)
+        return result
 
     def saver(self, state: TrainState, loader: Any) -> Callable[[TrainResult], None]:
         """A callback for `train(on_epoch_end=...)` that saves everything needed to continue."""
@@ -114,7 +123,8 @@ class ResumeStore:
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # a state file is a convenience: a bad one means starting over, loudly
-            # Not PyTorch's message: it suggests weights_only=False, i.e. running code from the file.
+            saved = None  # not PyTorch's message: it suggests weights_only=False, i.e. running code from the file
+        if not isinstance(saved, dict):
             print(f"warning: ignoring {self.path}: not a resume state of this project (not tensors and plain "
                   f"data only); starting from epoch 1", flush=True)
             return None

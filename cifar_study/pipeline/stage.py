@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from cifar_study import RANK_ERRORS_ENV, launched_rank
-from cifar_study.pipeline.cli import error_line, interrupt, skip_exit_collection
+from cifar_study.pipeline.cli import error_line, escape_unencodable_output, interrupt, skip_exit_collection
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
@@ -88,6 +88,7 @@ def run_stage(main: Callable[[], None]) -> None:
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
     # still stop a stage cleanly.
     signal.signal(signal.SIGINT, interrupt)
+    escape_unencodable_output()
     stop_with_launcher()
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""

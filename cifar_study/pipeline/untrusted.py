@@ -156,7 +156,9 @@ def download(url: str, dest: Path) -> None:
     """
     deadline = time.monotonic() + DOWNLOAD_TIME_LIMIT_S
     try:
-        out = open(dest, "wb")
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()  # a killed run's leftover, or a planted link: replaced, never written through
+        out = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")  # O_EXCL: no link followed
     except OSError as exc:
         raise OutputError(f"{dest}: cannot write ({exc.strerror or first_line(exc)})") from None
     try:
@@ -437,7 +439,9 @@ def parse_yaml(raw: bytes | str, name: str) -> Any:
     from ruamel.yaml.constructor import DuplicateKeyError
 
     try:
-        tree = YAML(typ="safe").load(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        with warnings.catch_warnings():  # a reused anchor: ruamel warns over several lines, and reads it as DVC does
+            warnings.simplefilter("ignore")
+            tree = YAML(typ="safe").load(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except RecursionError:
         raise ParamError(f"{name}: nested deeper than any file the pipeline reads") from None
     except UnicodeDecodeError as exc:
@@ -446,6 +450,8 @@ def parse_yaml(raw: bytes | str, name: str) -> Any:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise ParamError(f"{name}: line {line}: {exc.problem} (DVC refuses duplicate keys too: keep one)") from None
     except YAMLError as exc:
+        raise ParamError(f"{name}: not valid YAML ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001  a value its constructor cannot build (2001-02-30, !!int x, %YAML 1.3)
         raise ParamError(f"{name}: not valid YAML ({first_line(exc)})") from None
     if expands_past(tree, MAX_YAML_VALUES):
         raise ParamError(f"{name} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases): DVC would "
