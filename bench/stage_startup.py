@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
-from cifar_study.pipeline.cli import Parser  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from bench.children import timed_child  # noqa: E402
 from bench.provenance import commit, machine, tree_clean  # noqa: E402
 
 # Little data and one epoch; the figures and W&B as shipped (their cost does not depend on the data's size)
@@ -63,13 +63,7 @@ def tree(rev: str | None, into: Path) -> Path:
 
 def run(stage: str, project: Path, env: dict[str, str]) -> float:
     """Seconds of one `python -m stages.<stage>` in `project`."""
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, capture_output=True, text=True,
-                          env=env)
-    seconds = time.perf_counter() - started
-    if proc.returncode:
-        sys.exit(f"stage_startup: {stage} failed in {project.name}:\n{proc.stderr[-2000:]}")
-    return seconds
+    return timed_child([sys.executable, "-m", f"stages.{stage}"], project, env)
 
 
 def main() -> int:
@@ -125,4 +119,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

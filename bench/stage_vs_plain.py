@@ -21,14 +21,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cifar_study.pipeline.cli import Parser  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from bench.children import timed_child  # noqa: E402
 from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 CONFIGS = {"plain": None, "default": {}, "bf16+cl": {"amp": "bf16", "channels_last": True}}
@@ -71,7 +71,7 @@ def prepare(scratch: Path, data: Path, train: int, test: int) -> None:
     params["data"].update(source="folder", path=str(data.resolve()), train_limit=train, test_limit=test)
     params["train"].update(epochs=1, device="cpu")
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run([sys.executable, "-m", "stages.fetch_data"], cwd=scratch, check=True, stdout=subprocess.DEVNULL)
+    timed_child([sys.executable, "-m", "stages.fetch_data"], scratch)
 
 
 def timed(scratch: Path, config: str, wandb: str) -> float:
@@ -82,10 +82,7 @@ def timed(scratch: Path, config: str, wandb: str) -> float:
         params["train"].update({"amp": "none", "channels_last": False, **CONFIGS[config]})
         (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         cmd = [sys.executable, "-m", "stages.train"]
-    started = time.perf_counter()
-    subprocess.run(cmd, cwd=scratch, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "WANDB_MODE": wandb, "WANDB_DIR": str(scratch)})
-    return time.perf_counter() - started
+    return timed_child(cmd, scratch, env={**os.environ, "WANDB_MODE": wandb, "WANDB_DIR": str(scratch)})
 
 
 def main() -> None:
@@ -132,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -20,7 +20,7 @@ from PIL import Image
 from cifar_study.core.model import SimpleCNN
 from cifar_study.pipeline.checkpoint import save_checkpoint
 from cifar_study.pipeline.params import ModelParams
-from tests.conftest import ROOT
+from tests.conftest import ROOT, image_folder_files, write_tar
 from tests.hostile import (
     CIFAR,
     ESC,
@@ -215,6 +215,18 @@ SHOW_ROWS = [
     Row("lost-work", "sigterm-while-dvc-runs", files(), code=130, expect=r"^interrupted$", stop=signal.SIGTERM),
     Row("lost-work", "stdout-on-a-full-disk", files(), stdout="/dev/full",
         expect=r"^error: standard output: cannot write \(No space left on device\)$"),
+    Row("traceback", "a-date-that-does-not-exist", files(params="train:\n  lr: 2001-02-30\n  replicas: 3\n"),
+        expect=r"^error: params.yaml: not valid YAML \(day is out of range for month\)$"),
+    Row("traceback", "dvc-yaml-with-a-date-that-does-not-exist",
+        files(dvc_yaml="vars:\n  - d: 2001-02-30\nmetrics:\n  - metrics/eval.json\n"),
+        expect=r"^error: dvc.yaml: not valid YAML \(day is out of range for month\)$"),
+    # PyYAML refuses a reused anchor where DVC's parser reads it: the FIFO it names must still be found.
+    Row("hang", "fifo-declared-through-a-reused-anchor", lambda r: (
+        files(dvc_yaml="metrics:\n  - &x metrics/eval.json\n  - &x metrics/fifo.json\n")(r),
+        special("metrics/fifo.json", "fifo")(r))[1],
+        expect=r"^error: metrics/fifo.json in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    Row("traceback", "stdout-in-ascii", files(), code=0, env={"PYTHONIOENCODING": "ascii"},
+        expect=r"workspace +0\.5 \\xb1 0\.01"),
 ]
 
 
@@ -425,3 +437,32 @@ def test_bench_results_name_the_cpu_and_the_commit():
     assert provenance.machine() == f"{provenance.cpu_name()}, {os.cpu_count()} cores"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     assert provenance.commit() == (head.stdout.strip() if head.returncode == 0 else None)
+
+
+
+def bench_args(archive: bytes | None = None) -> Callable[[Path], list[str]]:
+    """A setup for bench/stage_vs_plain.py on the project's tiny.tar.gz (`archive` in its place if given), with a
+    temporary folder of its own (TMPDIR=tmp) that must be empty again afterwards."""
+    def setup(root: Path) -> list[str]:
+        (root / "tmp").mkdir()
+        if archive is not None:
+            (root / "tiny.tar.gz").write_bytes(archive)
+        return ["--data", "tiny.tar.gz", "--train", "100", "--test", "20", "--rounds", "1"]
+    return setup
+
+
+BENCH_ROWS = [
+    Row("lost-work", "sigterm-while-a-child-runs", bench_args(), code=130, expect=r"^interrupted$",
+        stop=signal.SIGTERM, env={"TMPDIR": "tmp"}),
+    Row("traceback", "data-that-is-no-archive", bench_args(b"junk"), env={"TMPDIR": "tmp"},
+        expect=r"^error: stages\.fetch_data failed in stage-vs-plain-\w+ \(exit 2\): data\.path: \S*tiny\.tar\.gz is "
+               r"neither a directory nor a readable tar archive"),
+]
+
+
+@pytest.mark.parametrize("row", BENCH_ROWS, ids=str)
+def test_stage_vs_plain(row, tmp_path, tiny):
+    """Its children end with it, its temporary project goes, and a failing stage is one line."""
+    project = tmp_path / "project"
+    write_tar(project / "tiny.tar.gz", image_folder_files(tiny, "JPEG"))
+    run_row([sys.executable, str(ROOT / "bench/stage_vs_plain.py")], row, project)

@@ -73,3 +73,16 @@ def test_a_gradient_that_was_nan_or_infinite_is_a_blank_cell_not_a_failure(tmp_p
     assert cells.mask[:, 1].all() and not cells.mask[:, 0].any()  # the bad column blank, the others drawn
     every_value_bad = [FlowSnapshot(0, 1, LAYERS, [[np.nan] * 5] * len(LAYERS))]
     figures.save_figure(figures.flow_heatmap(every_value_bad), tmp_path / "blank.png", 50)
+
+
+def test_text_from_data_is_drawn_as_written_not_as_math():
+    """A split's or class's name holding "$...$" is no formula: typeset it would change the text, and an
+    unbalanced one stopped the figure with a parse error."""
+    import io
+
+    for name in ("$\\foo{$", "$\\sqrt{2}$ costs $5"):
+        fig = figures.learning_curves(history(2), name)
+        fig.savefig(io.BytesIO(), format="png", dpi=50)
+        texts = [t for ax in fig.axes for t in ax.get_legend_handles_labels()[1]] + \
+            [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert f"{name} (held-out)" in texts

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Callable, Iterator, NoReturn
 
-from cifar_study.pipeline.errors import OutputError
+from cifar_study.pipeline.errors import OutputError, UserError
 
 
 def printable(text: str) -> str:
@@ -87,13 +87,15 @@ def skip_exit_collection() -> None:
 
 
 def run_command(main: Callable[[], int | None]) -> NoReturn:
-    """Exit with `main()`'s status; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process
-    it started (subprocess.run) is killed on the way out instead of running on."""
+    """Exit with `main()`'s status; a UserError is one line and exit 2; Ctrl-C or SIGTERM stop it with one line
+    and exit 130, and a process it started (subprocess.run) is killed on the way out instead of running on."""
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)  # also when started in the background
     escape_unencodable_output()
     try:
         code = main()
+    except UserError as exc:
+        code = error_line(str(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
