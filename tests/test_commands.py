@@ -341,6 +341,9 @@ PREDICT_ROWS = [
         expect=r"^error: checkpoint's model_state: holds something other than named dense tensors"),
     Row("traceback", "mean-of-400-digits", model_file_of(saved_as(mean=[10 ** 400, 0, 0])),
         expect=r"^error: models/model.pt: mean: expected 3 finite numbers$"),
+    Row("traceback", "dropout-of-400-digits", model_file_of(torch_saved(lambda: {
+        **checkpoint_fields(SimpleCNN()), "model": {"name": "simple_cnn", "dropout": 10 ** 400}})),
+        expect=r"^error: checkpoint's model params: model.dropout: an integer of 401 digits is not a finite number$"),
     Row("traceback", "mean-as-text", model_file_of(saved_as(mean="0.5")),
         expect=r"^error: models/model.pt: mean: expected 3 finite numbers$"),
     Row("misleading", "model-is-a-directory", lambda r: ["cat.png", "--model", "models"],

@@ -216,6 +216,11 @@ RESULTS_ROWS = [
         code=0, expect=WROTE, writes=(RESULTS,), check=results_file_holds("``<img src=x>` | x # owned \\x1b]2;t\\x07``")),
     Row("silent-wrong", "nan-accuracy", spoil(metrics__eval_json='{"test_acc": NaN, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(NaN is not a finite number\)$"),
+    Row("silent-wrong", "epoch-times-that-sum-past-a-float", spoil(plots__data__history_csv=(
+        "epoch,train_loss,train_acc,heldout_loss,heldout_acc,lr,seconds\n1,1.8,0.35,1.4,0.49,0.001,1e308\n"
+        "2,1.5,0.45,1.2,0.57,0.001,1e308\n")),
+        expect=r"^error: plots/data/history.csv: .*history epoch 1: a value that is not a finite number \(or past float32's "
+               r"range\)"),
     Row("silent-wrong", "accuracy-past-a-float", spoil(metrics__eval_json='{"test_acc": 1e309, "test_loss": 1}'),
         expect=r"^error: metrics/eval.json: not a JSON document of finite numbers \(1e309 is not a finite number\)$"),
     Row("silent-wrong", "accuracy-in-percent", spoil(metrics__eval_json='{"test_acc": 5.0, "test_loss": 1}'),
