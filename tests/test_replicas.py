@@ -76,35 +76,44 @@ def test_each_replica_is_the_single_run_with_its_seed(small, singles, batched):
     assert [s.step for s in stacked.flow] == [0, 2, 4]
 
 
-def test_per_step_losses_match_separate_runs(small):
-    """Step by step, each replica's loss is the loss its own single run computes on the same batch."""
-    k, seed = 2, 7
+def per_step_losses(ds: Dataset, lr: float, passes: int, k: int = 2, seed: int = 7) -> list[list[tuple[float, float]]]:
+    """Per step, each replica's (stacked loss, its separate run's loss) on the same batch, from the same start.
+    Also run by notes/suite-on-two-cpus/replica_steps.py."""
     model = build_replicas(NO_DROPOUT, 10, seed, k, batched=True)
     singles = []
     for j in range(k):
         torch.manual_seed(seed + j)
         singles.append(build_model(NO_DROPOUT, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    opts = [torch.optim.Adam(m.parameters(), lr=LR) for m in singles]
-    stream = ReplicaLoader([loaders(small, seed + j)[0] for j in range(k)])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in singles]
+    stream = ReplicaLoader([loaders(ds, seed + j)[0] for j in range(k)])
     model.train()
     for m in singles:
         m.train()
-    # One pass (3 steps, the last one short). Adam divides by sqrt(v) + eps, so rounding noise in near-zero
-    # gradients becomes lr-sized steps: on an AVX-512 Xeon the runs parted by 6e-4 relative by step 6,
-    # noise that a mixed-up replica (wrong batch, shared statistics) would exceed by orders of magnitude.
-    for x, y in stream:
-        logits = model(x)
-        losses = replica_losses(logits, y)
+    steps = []
+    for x, y in list(stream) * passes:
+        losses = replica_losses(model(x), y)
         opt.zero_grad()
         losses.sum().backward()
         opt.step()
+        steps.append([])
         for j, (m, o) in enumerate(zip(singles, opts)):
             loss = torch.nn.functional.cross_entropy(m(x[j]), y[j])
             o.zero_grad()
             loss.backward()
             o.step()
-            assert close(losses[j].item(), loss.item()), j
+            steps[-1].append((losses[j].item(), loss.item()))
+    return steps
+
+
+def test_per_step_losses_match_separate_runs(small):
+    """Step by step, each replica's loss is the loss its own single run computes on the same batch.
+    One pass (3 steps, the last one short): Adam divides by sqrt(v) + eps, so rounding noise in near-zero
+    gradients becomes lr-sized steps, and on an AVX-512 Xeon the runs parted by 6e-4 relative by step 6
+    (notes/2026-11-29-suite-on-two-cpus.md); a mixed-up replica (wrong batch, shared statistics) is off by
+    orders of magnitude more."""
+    for step, pairs in enumerate(per_step_losses(small, LR, passes=1)):
+        assert all(close(stacked, single) for stacked, single in pairs), (step, pairs)
 
 
 def test_no_statistic_crosses_replicas(small):
