@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
 from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
-from bench.children import timed_child  # noqa: E402
+from bench.children import succeeds, timed_child  # noqa: E402
 from bench.provenance import commit, machine, tree_clean  # noqa: E402
 
 # Little data and one epoch; the figures and W&B as shipped (their cost does not depend on the data's size)
@@ -81,7 +81,7 @@ def main() -> int:
     against = commit_of(args.against)
     if against is None:
         ap.error(f"--against: {args.against!r} names no commit of this repository")
-    wandb = subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True).returncode == 0
+    wandb = succeeds([sys.executable, "-c", "import wandb"])
     with tempfile.TemporaryDirectory(prefix="stage-startup-") as tmp:
         projects = {"this": tree(None, Path(tmp) / "this"), "other": tree(against, Path(tmp) / "other")}
         params = dataclasses.asdict(Params())

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
-from bench.children import timed_child  # noqa: E402
+from bench.children import succeeds, timed_child  # noqa: E402
 from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 CONFIGS = {"plain": None, "default": {}, "bf16+cl": {"amp": "bf16", "channels_last": True}}
@@ -104,7 +103,7 @@ def main() -> None:
     if unknown or args.rounds < 1 or args.train < 10 or args.test < 1:
         ap.error(f"--configs from {', '.join(CONFIGS)} (not {', '.join(sorted(unknown)) or '-'}); "
                  f"--rounds at least 1, --train at least 10 (a class-balanced slice), --test at least 1")
-    wandb = "offline" if subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True).returncode == 0 \
+    wandb = "offline" if succeeds([sys.executable, "-c", "import wandb"]) \
         else "disabled"
     chosen = ["plain", *(c for c in CONFIGS if c != "plain" and c in args.configs.split(","))]
     seconds: dict[str, list[float]] = {c: [] for c in chosen}

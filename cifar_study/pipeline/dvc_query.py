@@ -110,7 +110,7 @@ STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextlib.contextmanager
-def _child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+def owned_child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
     """`argv` started in a session of its own, so that it and whatever it starts (DVC's update check) end with
     this command, on every way out. A Ctrl-C or SIGTERM landing while it starts waits, blocked, until the
     process is owned here: inside Popen() it would leave the child running."""
@@ -134,7 +134,7 @@ def _child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
 def _git(*args: str) -> bytes | None:
     """git's output, or None where git fails (an unknown name: DVC may still know it as an experiment)."""
     try:
-        with _child(["git", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        with owned_child(["git", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             stdout, _ = proc.communicate(timeout=GIT_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -205,7 +205,7 @@ def dvc_json(*args: str, error: type[UserError]) -> Any:
     """`dvc <args[0]> <args[1]> --json <args[2:]>`, parsed; DVC's error as one line of `error`."""
     command = f"dvc {' '.join(args[:2])}"
     try:
-        with _child(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        with owned_child(["dvc", *args[:2], "--json", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}) as proc:
             stdout, stderr = proc.communicate(timeout=DVC_TIMEOUT_S)
     except FileNotFoundError:
