@@ -56,6 +56,7 @@ from cifar_study.pipeline import paths  # noqa: E402
 from cifar_study.pipeline.cli import printable  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
+from bench.children import succeeds  # noqa: E402
 from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 DATA = "data/raw/cifar10-jpg.tar.gz"  # the conventional place of a local copy (git-ignored); --data or GPU_CHECK_DATA
@@ -600,8 +601,7 @@ def main() -> int:
     except OSError as exc:
         return refuse(f"--out/OUT: cannot create {out} ({exc.strerror or exc})")
     check = Check(out=out, smoke=args.cpu_smoke, budget_s=budget, python=sys.executable, data=data,
-                  wandb="offline" if subprocess.run([sys.executable, "-c", "import wandb"],
-                                                    capture_output=True).returncode == 0 else "disabled")
+                  wandb="offline" if succeeds([sys.executable, "-c", "import wandb"]) else "disabled")
     check.summary["wandb"] = check.wandb
     print(f"gpu_check: results in {printable(str(out))}/ (budget {check.budget_s:.0f} s)", flush=True)
     if data_md5 is None:

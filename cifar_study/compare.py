@@ -164,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = next((r for r in args.revs if not r or not r.isprintable()), None)
     if bad is not None:  # git allows neither in a revision; DVC's own error on them names nothing
         return error_line(f"revision {bad!r}: empty or holding control characters, so no git revision or experiment")
-    try:
-        emit("\n".join(map(printable, compare(args.revs, args.several))))
-    except UserError as exc:
-        return error_line(str(exc))
+    emit("\n".join(map(printable, compare(args.revs, args.several))))
     return 0
 
 

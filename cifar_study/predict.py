@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar_study.core.cifar10 import IMAGE_SIZE
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
+from cifar_study.pipeline.cli import Parser, emit, printable, run_command, whole_number
 from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import CheckpointError, DataError, UserError, first_line
 from cifar_study.pipeline.untrusted import read_bounded
@@ -86,26 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=paths.CHECKPOINT, help=f"a checkpoint of the train stage (default {paths.CHECKPOINT})")
     ap.add_argument("--top", type=whole_number, default=3, help="classes to print per image (default 3)")
     args = ap.parse_args(argv)
-    try:
-        # Every file checked before any is classified, and before PyTorch loads (seconds): a wrong name is
-        # answered at once.
-        images = np.stack([load_image(p) for p in args.images])
-        from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+    # Every file checked before any is classified, and before PyTorch loads (seconds): a wrong name is
+    # answered at once.
+    images = np.stack([load_image(p) for p in args.images])
+    from cifar_study.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 
-        state = load_checkpoint(args.model)
-        classes = state["classes"]
-        if not 1 <= args.top <= len(classes):
-            raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
-        model = model_from_checkpoint(state)
-        probabilities = predict(model, images, state["mean"], state["std"])
-        if not probabilities.isfinite().all():  # finite weights and normalisation can still overflow
-            raise CheckpointError(f"{args.model}: the model's outputs are not finite numbers (its weights, mean or "
-                                  "std are out of any trained model's range): run dvc repro train")
-        top = probabilities.topk(args.top, dim=1)
-        emit("\n".join(f"{printable(path)}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices))
-                       for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist())))
-    except UserError as exc:
-        return error_line(str(exc))
+    state = load_checkpoint(args.model)
+    classes = state["classes"]
+    if not 1 <= args.top <= len(classes):
+        raise UserError(f"--top: {args.top} must be between 1 and the model's {len(classes)} classes")
+    model = model_from_checkpoint(state)
+    probabilities = predict(model, images, state["mean"], state["std"])
+    if not probabilities.isfinite().all():  # finite weights and normalisation can still overflow
+        raise CheckpointError(f"{args.model}: the model's outputs are not finite numbers (its weights, mean or "
+                              "std are out of any trained model's range): run dvc repro train")
+    top = probabilities.topk(args.top, dim=1)
+    emit("\n".join(f"{printable(path)}: " + ", ".join(f"{classes[i]} {v:.1%}" for v, i in zip(values, indices))
+                   for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist())))
     return 0
 
 

@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command, whole_number
+from cifar_study.pipeline.cli import Parser, emit, printable, run_command, whole_number
 from cifar_study.pipeline.dvc_query import check_experiments_of_head, check_workspace, dvc_json
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.untrusted import finite_number, fraction, nonnegative
@@ -153,24 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="python -m cifar_study.show", description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=whole_number, default=120, help="the terminal's columns (default 120)")
     args = ap.parse_args(argv)
-    try:
-        if args.width < 40:
-            raise ShowError(f"--width: {args.width} is too narrow; at least 40")
-        check_workspace(ShowError)
-        check_experiments_of_head(ShowError)
-        rows = rows_of(dvc_json("exp", "show", error=ShowError))
-        lines, left_out = table(rows, args.width)
-        lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
-        if any(INVALID in line for line in lines):
-            lines.append(f"({INVALID.strip()} marks a metric that is not a finite number, or an accuracy outside "
-                         "0..1, a negative loss or count, a GFLOPs not above 0: that run's metrics file is broken; "
-                         "run it again)")
-        if left_out:
-            lines.append(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: "
-                                       "dvc exp show)", args.width))
-        emit("\n".join(lines))
-    except UserError as exc:
-        return error_line(str(exc))
+    if args.width < 40:
+        raise ShowError(f"--width: {args.width} is too narrow; at least 40")
+    check_workspace(ShowError)
+    check_experiments_of_head(ShowError)
+    rows = rows_of(dvc_json("exp", "show", error=ShowError))
+    lines, left_out = table(rows, args.width)
+    lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
+    if any(INVALID in line for line in lines):
+        lines.append(f"({INVALID.strip()} marks a metric that is not a finite number, or an accuracy outside "
+                     "0..1, a negative loss or count, a GFLOPs not above 0: that run's metrics file is broken; "
+                     "run it again)")
+    if left_out:
+        lines.append(textwrap.fill(f"(left out to fit {args.width} columns: {', '.join(left_out)}; all of them: "
+                                   "dvc exp show)", args.width))
+    emit("\n".join(lines))
     return 0
 
 

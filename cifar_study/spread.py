@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 from cifar_study.analysis.stats import CONFIDENCE, interval
 from cifar_study.core.history import history_of
 from cifar_study.pipeline import paths
-from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
+from cifar_study.pipeline.cli import Parser, emit, printable, run_command
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, write_json
+from cifar_study.pipeline.params import Params
 from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, load_yaml, md5_file, parse_yaml, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
 from cifar_study.results import SPREAD_FIGURE as FIGURE
@@ -87,6 +88,14 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _with_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """A run's params with each key it did not record at the code's default: a key added to the study after
+    the run (train.replicas) defaults to what the code did before the key existed. W&B settings aside,
+    which dvc.lock does not record (NOT_RESULTS)."""
+    defaults = _flat(asdict(Params()))
+    return {**params, **{k: v for k, v in defaults.items() if k not in params and not k.startswith(NOT_RESULTS)}}
+
+
 def _git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     if done.returncode:
@@ -114,7 +123,8 @@ def _baseline_run(repo: Path, commit: str) -> dict[str, Any]:
     params dvc.lock recorded for it (those of every stage, flattened)."""
     lock = parse_yaml(_git(repo, "show", f"{commit}:dvc.lock"), f"dvc.lock at {commit[:7]}")
     # dvc.lock records a stage's params as dotted keys or, for a whole section, as a nested mapping.
-    params = _flat({k: v for stage in lock["stages"].values() for k, v in stage.get("params", {}).get("params.yaml", {}).items()})
+    params = _with_defaults(_flat({k: v for stage in lock["stages"].values()
+                                   for k, v in stage.get("params", {}).get("params.yaml", {}).items()}))
     run = _run_at(repo, commit, f"baseline at {commit[:7]}", _seed(params["train.seed"]))
     return {**asdict(run), "params": params}
 
@@ -124,7 +134,7 @@ def collect_replicas(repo: Path) -> dict[str, Any]:
     tree = load_yaml(repo / "params.yaml")
     if not isinstance(tree, dict):
         raise SpreadError("params.yaml: not a mapping of sections (data, model, train, ...)")
-    params = _flat(tree)
+    params = _with_defaults(_flat(tree))
     replicas = json_numbers(read_bounded(repo / paths.REPLICAS, MAX_RECORD_BYTES, error=SpreadError))
     if not isinstance(replicas, list) or len(replicas) < 2:
         raise SpreadError(f"{paths.REPLICAS}: {len(replicas) if isinstance(replicas, list) else 'no'} replica(s); "
@@ -153,7 +163,7 @@ def _collected(repo: Path, prefix: str, runs: list[tuple[SeedRun, dict[str, Any]
             key = sorted(k for k in kept.keys() | common.keys() if kept.get(k) != common.get(k))[0]
             raise SpreadError(f"run {run.name} differs from {runs[0][0].name} in {key}, not only in train.seed")
         common = kept
-    defaults = _flat(parse_yaml(_git(repo, "show", f"{base}:params.yaml"), f"params.yaml at {base[:7]}"))
+    defaults = _with_defaults(_flat(parse_yaml(_git(repo, "show", f"{base}:params.yaml"), f"params.yaml at {base[:7]}")))
     changed = {k: v for k, v in common.items() if defaults.get(k) != v}
     return {"prefix": prefix, "changed_params": changed, "runs": [asdict(run) for run, _ in runs],
             "common_params": common, "baseline": baseline}
@@ -172,7 +182,7 @@ def collect_gpu_check(repo: Path, summary_path: Path) -> dict[str, Any]:
     for name, r in records:
         if "test_acc" not in r:  # a run that did not finish: the summary's steps say why
             continue
-        params = _flat(r["params"])
+        params = _with_defaults(_flat(r["params"]))
         runs.append((SeedRun(f"gpu-{name}", _seed(params["train.seed"]), r["test_acc"],
                              [h["heldout_acc"] for h in r["history"]], round(r["training_seconds"], 1)), params))
     if len(runs) < 2:
@@ -313,7 +323,7 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
     return spread
 
 
-def main() -> None:
+def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--from-runs", action="store_true", help=f"summarise the committed {RUNS} again")
@@ -329,21 +339,19 @@ def main() -> None:
         else:
             collected = collect_replicas(root)
         spread = write(root, collected)
-    except (UserError, OSError) as exc:
-        sys.exit(error_line(str(exc)))
+    except OSError as exc:
+        raise SpreadError(str(exc)) from None
     # A hand-edited file, or a commit that is no study run; RecursionError: JSON nested deeper than Python parses.
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         source = RUNS if args.from_runs else args.from_gpu_check or paths.REPLICAS
-        sys.exit(error_line(f"{source}: not what a study run writes ({type(exc).__name__}: {exc})"))
+        raise SpreadError(f"{source}: not what a study run writes ({type(exc).__name__}: {exc})") from None
     final = spread["final_test_acc"]
     if spread["baseline_check"] is None:
         print("spread: no same-seed check against the baseline (no run of its seed, other params, "
               "or its data could not be compared: is its data.path here?)", file=sys.stderr)
-    try:
-        emit(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
-             f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
-    except UserError as exc:
-        sys.exit(error_line(str(exc)))
+    emit(f"spread: {final['n']} runs, final test accuracy {final['mean']:.2%} ± {final['sd']:.2%} (sd), "
+         f"{CONFIDENCE:.0%} CI {final['ci_low']:.2%}–{final['ci_high']:.2%}; wrote {RUNS}, {SPREAD}, {FIGURE}")
+    return 0
 
 
 if __name__ == "__main__":

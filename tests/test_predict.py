@@ -15,6 +15,7 @@ from PIL import Image
 from cifar_study.core.loader import make_loader
 from cifar_study.core.model import SimpleCNN
 from cifar_study.pipeline.checkpoint import save_checkpoint
+from cifar_study.pipeline.cli import exit_status
 from cifar_study.pipeline.dataset import Split
 from cifar_study.predict import load_image, main
 from tests.conftest import ROOT
@@ -133,7 +134,7 @@ def bad_files(tmp):
 
 
 def one_line_exit_2(capsys, *args: str) -> str:
-    code = main(list(args))
+    code = exit_status(lambda: main(list(args)))
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and out == "", err

@@ -86,19 +86,25 @@ def skip_exit_collection() -> None:
     gc.freeze()
 
 
+def exit_status(main: Callable[[], int | None]) -> int | None:
+    """`main()`'s status, where a UserError is one line on stderr and 2, and a stop is one line and 130: the
+    one place a command's errors become its exit status (run_command's core; tests call it in-process)."""
+    try:
+        return main()
+    except UserError as exc:
+        return error_line(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def run_command(main: Callable[[], int | None]) -> NoReturn:
-    """Exit with `main()`'s status; a UserError is one line and exit 2; Ctrl-C or SIGTERM stop it with one line
-    and exit 130, and a process it started (subprocess.run) is killed on the way out instead of running on."""
+    """Exit with `exit_status(main)`; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process it
+    started (subprocess.run) is killed on the way out instead of running on."""
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)  # also when started in the background
     escape_unencodable_output()
-    try:
-        code = main()
-    except UserError as exc:
-        code = error_line(str(exc))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    code = exit_status(main)
     skip_exit_collection()
     sys.exit(code)
 
