@@ -39,6 +39,11 @@ def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float |
                                             "user_path": user_path, "note": note, "check": check})
 
 
+def _digits(value: int) -> str:
+    """A huge integer named by its length: its digits would fill the one-line error."""
+    return f"an integer of {len(str(abs(value)))} digits"
+
+
 def _md5_problem(value: str) -> str:
     return "" if re.fullmatch(r"[0-9a-fA-F]{32}", value) else "is not an md5 (32 hexadecimal digits)"
 
@@ -202,12 +207,10 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
         means = f" ({rule['means']})" if rule.get("means") else ""
         raise ParamError(f"{key}: expected {kind.__name__}{means}, got {value!r}")
     if kind is float and not finite_number(value):
-        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else repr(value)
-        raise ParamError(f"{key}: {shown} is not a finite number")
+        raise ParamError(f"{key}: {_digits(value) if isinstance(value, int) else repr(value)} is not a finite number")
     value = kind(value)
     if kind is int and abs(value) > COUNT_MAX:
-        raise ParamError(f"{key}: an integer of {len(str(abs(value)))} digits is larger than any count the study uses "
-                         f"(at most 2**53)")
+        raise ParamError(f"{key}: {_digits(value)} is larger than any count the study uses (at most 2**53)")
     if rule.get("user_path"):
         value = os.path.expanduser(value)
     if rule.get("choices") and value not in rule["choices"]:
