@@ -226,6 +226,13 @@ def params_text_with(ctx: Ctx, section: str, line: str) -> dict:
     return {}
 
 
+def params_line(ctx: Ctx, key: str, value: str) -> dict:
+    """Set `key`'s line in params.yaml to `value` as text: YAML that yaml.safe_dump would not write."""
+    params = ctx.repo / "params.yaml"
+    params.write_text(re.sub(rf"^  {key}: .*$", f"  {key}: {value}", params.read_text(), count=1, flags=re.M))
+    return {}
+
+
 def _payload_archive(ctx: Ctx, member: str) -> Path:
     """An archive in the official layout whose `member` runs `touch PWNED` when unpickled."""
     evil = pickle.dumps({"data": Payload(ctx.tmp / "PWNED"), "labels": [], "label_names": []}, protocol=2)
@@ -461,6 +468,13 @@ ROWS = [
     Row("hang", "epochs-of-400-digits", "fetch_data",
         r"^error: train.epochs: an integer of 401 digits is larger than any count the study uses \(at most 2\*\*53\)$",
         lambda c: {"train": {"epochs": 10**400}}),
+    # YAML's hex and octal integers pass Python's 4300-digit limit on str(): the message must not need str()
+    Row("traceback", "lr-of-4000-hex-digits", "fetch_data",
+        r"^error: model.dropout: an integer of more than 4,000 digits is not a finite number$",
+        lambda c: params_line(c, "dropout", "0x" + "f" * 4000)),
+    Row("traceback", "a-list-holding-5000-octal-digits", "fetch_data",
+        r"^error: train.epochs: expected int \(a number of epochs\), got a list holding an integer of more than 4,000 digits$",
+        lambda c: params_line(c, "epochs", "[0o" + "7" * 5000 + "]")),
     Row("hang", "a-thousand-loader-processes", "fetch_data",
         r"^error: train.num_workers: 1000 must be <= 256 \(a bound on typos: more processes than one machine has",
         lambda c: {"train": {"num_workers": 1000}}),

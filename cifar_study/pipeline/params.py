@@ -40,8 +40,19 @@ def _rule(*, choices: tuple[str, ...] = (), ge: float | None = None, gt: float |
 
 
 def _digits(value: int) -> str:
-    """A huge integer named by its length: its digits would fill the one-line error."""
-    return f"an integer of {len(str(abs(value)))} digits"
+    """A huge integer named by its length: its digits would fill the one-line error, and past 4300 digits (YAML's hex
+    and octal get there) Python's str() refuses it."""
+    return f"an integer of {len(str(abs(value)))} digits" if value.bit_length() <= 14_000 else \
+        "an integer of more than 4,000 digits"
+
+
+def _shown(value: Any) -> str:
+    """`value` as a one-line error shows it: its repr, cut to 80 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # holds an integer too long for str()
+        return f"a {type(value).__name__} holding an integer of more than 4,000 digits"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _md5_problem(value: str) -> str:
@@ -179,10 +190,10 @@ def _check_together(params: Params) -> None:
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "params.yaml"
     if not isinstance(raw, dict):
-        raise ParamError(f"{where}: expected a mapping of keys, got {raw!r}")
+        raise ParamError(f"{where}: expected a mapping of keys, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted((k if isinstance(k, str) else repr(k) for k in raw if k not in fields))  # YAML keys: 1, ~, dates
+    unknown = sorted((k if isinstance(k, str) else _shown(k) for k in raw if k not in fields))  # YAML keys: 1, ~, dates
     if unknown:
         raise ParamError(f"{prefix}{unknown[0]}: unknown key (allowed in {where}: {', '.join(fields)})")
     values = {}
@@ -205,16 +216,16 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
     }[kind]
     if not ok:
         means = f" ({rule['means']})" if rule.get("means") else ""
-        raise ParamError(f"{key}: expected {kind.__name__}{means}, got {value!r}")
+        raise ParamError(f"{key}: expected {kind.__name__}{means}, got {_shown(value)}")
     if kind is float and not finite_number(value):
-        raise ParamError(f"{key}: {_digits(value) if isinstance(value, int) else repr(value)} is not a finite number")
+        raise ParamError(f"{key}: {_digits(value) if isinstance(value, int) else _shown(value)} is not a finite number")
     value = kind(value)
     if kind is int and abs(value) > COUNT_MAX:
         raise ParamError(f"{key}: {_digits(value)} is larger than any count the study uses (at most 2**53)")
     if rule.get("user_path"):
         value = os.path.expanduser(value)
     if rule.get("choices") and value not in rule["choices"]:
-        raise ParamError(f"{key}: {value!r} is not one of {', '.join(rule['choices'])}")
+        raise ParamError(f"{key}: {_shown(value)} is not one of {', '.join(rule['choices'])}")
     note = f" ({rule['note']})" if rule.get("note") else ""
     if rule.get("ge") is not None and value < rule["ge"]:
         raise ParamError(f"{key}: {value!r} must be >= {rule['ge']}{note}")
@@ -223,5 +234,5 @@ def _check(key: str, value: Any, kind: type, rule: typing.Mapping[str, Any]) -> 
     if rule.get("le") is not None and value > rule["le"]:
         raise ParamError(f"{key}: {value!r} must be <= {rule['le']}{note}")
     if rule.get("check") and (problem := rule["check"](value)):
-        raise ParamError(f"{key}: {value!r} {problem}")
+        raise ParamError(f"{key}: {_shown(value)} {problem}")
     return value
