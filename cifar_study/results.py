@@ -156,7 +156,7 @@ def render(root: Path = Path(".")) -> str:
         lines.append(f"| {r.epoch} | {r.train_loss:.4f} | {r.train_acc:.2%} | "
                      f"{r.heldout_loss:.4f} | {r.heldout_acc:.2%} | {r.seconds:.0f} |")
     lines += ["", "| class | test accuracy |", "|---|---:|"]
-    lines += [f"| {name} | {accuracy:.2%} |" for name, accuracy in per_class]
+    lines += [f"| {_cell(name)} | {accuracy:.2%} |" for name, accuracy in per_class]
     lines.append("")
     from cifar_study.analysis.figures import FIGURES  # here: matplotlib's import would slow every refusal by ~1 s
 

@@ -143,6 +143,18 @@ def test_text_from_a_results_file_shows_as_written_and_makes_no_element(tmp_path
     assert tags(page) == tags(plain) and shown(page).count(text) == 2, page
 
 
+def test_a_class_name_with_markup_shows_as_written(tmp_path):
+    """A class name may hold _ + - . and spaces (dataset.CLASS_NAME): as Markdown, `_x_` and `__x__` are emphasis."""
+    def page_with(root: Path, name: str) -> str:
+        baseline(root)
+        (root / "plots/data/class_accuracy.csv").write_text(f"class,accuracy\n{name},0.4\ndog,0.6\n")
+        return rendered(root)
+
+    name = "cat _really_ __bad__ +-1."
+    plain, page = page_with(tmp_path / "plain", "cat"), page_with(tmp_path / "spoiled", name)
+    assert sorted(re.findall(r"<(\w+)", page)) == sorted(re.findall(r"<(\w+)", plain)) and f"<td>{name}</td>" in page
+
+
 # --- hostile input, by class (issue 27; the classes and the runner: tests/hostile.py) ----------------------------
 
 @pytest.fixture
