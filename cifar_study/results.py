@@ -22,7 +22,7 @@ from cifar_study.analysis.stats import CONFIDENCE, bounds, interval
 from cifar_study.core.history import EpochRecord, history_of, written_number
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
-from cifar_study.pipeline.dataset import CLASS_NAME
+from cifar_study.pipeline.dataset import CLASS_NAME, HELDOUT_NAMES
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links
 from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, nonnegative, parse_yaml, read_bounded
@@ -121,7 +121,7 @@ def render(root: Path = Path(".")) -> str:
     if not _present(root, paths.EVAL_METRICS):
         return "No baseline run is committed yet: `make repro` produces one."
     history = _history(root)
-    train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in ("test", "val")})
+    train = _json(root, paths.TRAIN_METRICS, {"heldout_split": lambda v: v in HELDOUT_NAMES})
     evaluation = _json(root, paths.EVAL_METRICS, {"test_acc": fraction, "test_loss": nonnegative})
     flops = _json(root, paths.FLOPS_METRICS, {"flops": _count, "gflops": nonnegative})
     if abs(flops["gflops"] - flops["flops"] / 1e9) > 1e-4:  # flops.json holds one count, in two units

@@ -6,7 +6,7 @@ from cifar_study.analysis import figures
 from cifar_study.core.history import EpochRecord, history_of
 from cifar_study.core.scores import confusion_matrix
 from cifar_study.pipeline import paths, stage_inputs
-from cifar_study.pipeline.dataset import load_dataset
+from cifar_study.pipeline.dataset import HELDOUT_NAMES, load_dataset
 from cifar_study.pipeline.outputs import read_json
 from cifar_study.pipeline.params import load_params
 from cifar_study.pipeline.stage import run_stage
@@ -24,8 +24,8 @@ def main() -> None:
         history = history_of(stage_inputs.read_table(paths.HISTORY, EpochRecord.columns()))
     with stage_inputs.reading(paths.TRAIN_METRICS):
         heldout_name = read_json(paths.TRAIN_METRICS)["heldout_split"]
-        if not isinstance(heldout_name, str):
-            raise TypeError(f"heldout_split is {type(heldout_name).__name__}, not text")
+        if heldout_name not in HELDOUT_NAMES:  # it is drawn into the figures' titles
+            raise ValueError(f"heldout_split is not one of {', '.join(HELDOUT_NAMES)}")
     snapshots = stage_inputs.read_flow(paths.FLOW)
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.server
 import io
+import json
 import math
 import os
 import pickle
@@ -43,7 +44,7 @@ from cifar_study.pipeline.dataset import ARCHIVE_NAME, Split, fetch, from_downlo
 from cifar_study.pipeline.errors import OutputError, ParamError
 from cifar_study.pipeline.params import DataParams, load_params
 from tests.conftest import image_folder_files, project, python_archive, snapshot, write_files, write_tar
-from tests.hostile import every_class_twice
+from tests.hostile import ESC, every_class_twice
 
 ROW_TIMEOUT_S = 90  # a row that takes longer has hung: the test fails instead of waiting
 CAT, DOG = "train/cat/0060.png", "test/dog/0025.png"  # one image of each in the tiny set (names count per split)
@@ -413,9 +414,21 @@ ROWS = [
         r"a list of text\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
             "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": "abc"}]}}\n'}) and {}),
     Row("traceback", "held-out-split-not-text", "visualize",
-        r"^error: metrics/train.json: unreadable or not written by this pipeline \(TypeError: heldout_split is int, "
-        r"not text\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
+        r"^error: metrics/train.json: unreadable or not written by this pipeline \(ValueError: heldout_split is not one "
+        r"of test, val\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
             "metrics/train.json": b'{"heldout_split": 5}\n'}) and {}),
+    Row("breach", "held-out-split-with-a-terminal-escape-drawn-in-titles", "visualize",
+        r"^error: metrics/train.json: unreadable or not written by this pipeline \(ValueError: heldout_split is not one "
+        r"of test, val\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
+            "metrics/train.json": json.dumps({"heldout_split": "val\u202e" + ESC}).encode()}) and {}),
+    Row("traceback", "replicas-nested-past-the-parser", "visualize",
+        r"^error: reports/replicas.json: unreadable or not written by this pipeline \(ValueError: nested deeper than any "
+        r"file the pipeline writes\)", lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(
+            c.repo, {"reports/replicas.json": b"[" * 200_000 + b"]" * 200_000}) and {}),
+    Row("silent-wrong", "findings-json-with-nan", "visualize",
+        r"^error: reports/findings.json: unreadable or not written by this pipeline \(ValueError: NaN is not a finite",
+        lambda c: visualize_inputs(c, "index,actual,predicted,confidence\n") or write_files(c.repo, {
+            "reports/findings.json": b'{"flow_health": {"layers": [{"layer": "fc1", "flags": [], "x": NaN}]}}\n'}) and {}),
     Row("traceback", "loss-past-float32", "visualize",
         r"^error: plots/data/history.csv: unreadable or not written by this pipeline \(ValueError: history epoch 1: a "
         r"value that is not a finite number \(or past float32's range\)",

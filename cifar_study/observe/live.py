@@ -27,6 +27,7 @@ from cifar_study.core.flow import FlowSnapshot
 from cifar_study.core.history import EpochRecord
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import error_line
+from cifar_study.pipeline.dataset import HELDOUT_NAMES
 from cifar_study.pipeline.errors import UserError, first_line
 from cifar_study.pipeline.outputs import atomic_path
 from cifar_study.pipeline.untrusted import read_bounded
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # for annotations only: `make repro` checks a leftover dvcliv
 
     from cifar_study.core.training import TrainLogger
 
-HELDOUT_NAMES = ("test", "val")  # what heldout_split returns
 
 
 def live_dvcyaml(heldout_name: str) -> dict[str, Any]:

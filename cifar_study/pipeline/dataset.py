@@ -227,12 +227,15 @@ def balanced_indices(labels: np.ndarray, count: int, num_classes: int, seed: int
     return np.sort(np.concatenate(chosen))
 
 
+HELDOUT_NAMES = ("test", "val")  # what heldout_split names the held-out set (metrics/train.json's heldout_split)
+
+
 def heldout_split(ds: Dataset, p: DataParams) -> tuple[Split, Split, str]:
     """(train, held-out, its name): the test split by default (the seed's protocol), else a validation split."""
     if p.val_size == 0:
-        return ds.train, ds.test, "test"
+        return ds.train, ds.test, HELDOUT_NAMES[0]
     train, val = split_validation(ds.train, p.val_size, len(ds.classes), p.seed)
-    return train, val, "val"
+    return train, val, HELDOUT_NAMES[1]
 
 
 def split_validation(split: Split, val_size: int, num_classes: int, seed: int) -> tuple[Split, Split]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from cifar_study.pipeline.errors import OutputError, first_line
-from cifar_study.pipeline.untrusted import read_bounded
+from cifar_study.pipeline.untrusted import json_numbers, read_bounded
 
 MAX_READ_BYTES = 256 << 20  # the largest output read back (predictions.csv of the full test split: 0.3 MB)
 
@@ -175,7 +175,9 @@ def read_text(path: str | Path) -> str:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(read_text(path))
+    """A JSON file an earlier stage wrote; ValueError for a number that is not finite, a key twice, or nesting
+    deeper than Python parses (untrusted.json_numbers)."""
+    return json_numbers(read_text(path))
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
