@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,13 +214,21 @@ def test_an_output_that_cannot_be_written_keeps_the_trained_epochs(tmp_path):
 
 def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing_else(tmp_path):
     repo = project(tmp_path)
-    stale = [repo / "data/.cifar10.npz.k1ll3d.tmp", repo / "metrics/.data.json.x.tmp", repo / "reports/.data.json.y.tmp"]
-    kept = [repo / "metrics/.notes.tmp", repo / "metrics/.train.json.z.tmp"]  # not this stage's, or not ours
-    for path in stale + kept:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("partial")
-    assert run_stage(repo, "fetch_data")[0] == 0
-    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = subprocess.Popen(["sleep", "60"])  # another run of the same stage, still writing its outputs
+    try:
+        stale = [repo / "data/.cifar10.npz.k1ll3d.tmp", repo / "metrics/.data.json.x.tmp",  # an older version's names
+                 repo / "reports/.data.json.y.tmp", repo / f"metrics/.data.json.{gone.stdout.strip()}.k1ll3d.tmp"]
+        kept = [repo / "metrics/.notes.tmp", repo / "metrics/.train.json.z.tmp",  # not this stage's, or not ours
+                repo / f"metrics/.data.json.{alive.pid}.st4g3d.tmp"]
+        for path in stale + kept:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("partial")
+        assert run_stage(repo, "fetch_data")[0] == 0
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def _state_with(tmp_path: Path, tiny, edit) -> tuple[ResumeStore, object, object]:
@@ -296,6 +306,38 @@ def test_failing_rename_leaves_the_old_file(tmp_path, monkeypatch):
         cio.write_csv(target, [{"a": 2}], ["a"])
     assert target.read_text().splitlines() == ["a", "1"]
     assert [p.name for p in tmp_path.iterdir()] == ["h.csv"]
+
+
+@pytest.mark.parametrize("stdout, reason", [("full disk", "No space left on device"), ("closed pipe", "Broken pipe")])
+def test_a_stage_whose_stdout_fails_keeps_its_outputs_and_says_so_in_one_line(trained, stdout, reason, tmp_path):
+    """`python -m stages.evaluate > /dev/full`, or `| head -c0`: the evaluation is done, its outputs are kept."""
+    repo = shutil.copytree(trained[0], tmp_path / "proj")
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    if stdout == "full disk":
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "stages.evaluate"], cwd=repo, env=env, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+        code, err = proc.returncode, proc.stderr
+    else:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # the reader is gone before the stage writes a line
+        err = proc.stderr.read()
+        code = proc.wait(timeout=300)
+    assert code == 2 and err.splitlines() == [
+        f"error: standard output: cannot write ({reason}); the stage's outputs were written"], err
+    assert json.loads((repo / "metrics/eval.json").read_text())["test_acc"] >= 0
+
+
+def test_a_staged_output_gone_before_its_rename_is_one_line(tmp_path):
+    """Another process removed a staged temporary (probe 3: a second run of the stage, before pids were in the
+    names): the rename's failure is an OutputError naming the output, not a traceback."""
+    target = tmp_path / "h.csv"
+    with pytest.raises(UserError, match=r"h.csv: cannot write \(No such file or directory\)$"):
+        with cio.outputs_together():
+            cio.write_csv(target, [{"a": 1}], ["a"])
+            for tmp in tmp_path.glob(".h.csv.*.tmp"):
+                tmp.unlink()
 
 
 # --- training faults ---------------------------------------------------------------------------

@@ -31,15 +31,20 @@ def error_line(message: str) -> int:
     return 2
 
 
+def stdout_to_devnull() -> None:
+    """Send what is still buffered for stdout, and all later output, nowhere: after a failed write it would fail
+    again at exit, as a second message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno())
+    os.close(devnull)
+
+
 def emit(text: str) -> None:
     """`text` on stdout, flushed: a full disk or a closed pipe is an OutputError, not a cut file with exit 0."""
     try:
         print(text, flush=True)
     except OSError as exc:
-        # What is still buffered would fail again at exit, as a second message: it goes nowhere instead.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        stdout_to_devnull()
         raise OutputError(f"standard output: cannot write ({exc.strerror or exc})") from None
 
 

@@ -57,7 +57,10 @@ def outputs_together() -> Iterator[None]:
             if path.is_dir():
                 raise OutputError(f"{path}: cannot write (a directory is in the way); no output was changed")
         for tmp, path in staged:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
     finally:
         _staged.reset(token)
         _after.reset(after_token)
@@ -77,15 +80,31 @@ def after_outputs(action: Callable[[], None]) -> None:
         pending.append(action)
 
 
+def _writer_alive(temporary: Path) -> bool:
+    """Whether the process that named `temporary` (.<output name>.<pid>.<random>.tmp) still runs: another run of
+    the same stage, whose staged outputs must stay. A name without a pid is from an older version: stale."""
+    pid = temporary.name.rsplit(".", 3)[-3] if temporary.name.count(".") >= 4 else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
 def remove_stale_temporaries(outputs: Sequence[str]) -> None:
     """Delete the temporary files a killed stage (SIGKILL, a power cut) left beside or inside `outputs`:
-    only names `atomic_path` makes (.<output name>.<random>.tmp), never another file."""
+    only names `atomic_path` makes (.<output name>.<pid>.<random>.tmp), never another file, and none of a
+    process that still runs."""
     for output in map(Path, outputs):
         folder, pattern = (output, ".*.tmp") if output.is_dir() and not output.is_symlink() else \
             (output.parent, f".{output.name}.*.tmp")
         if folder.is_dir() and not folder.is_symlink():
             for stale in folder.glob(pattern):
-                if stale.is_file() and not stale.is_symlink():
+                if stale.is_file() and not stale.is_symlink() and not _writer_alive(stale):
                     stale.unlink(missing_ok=True)
 
 
@@ -107,7 +126,7 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot create its folder {path.parent} ({_reason(exc)})") from None
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(name)
         yield tmp

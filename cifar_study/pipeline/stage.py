@@ -9,10 +9,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 from cifar_study import RANK_ERRORS_ENV, launched_rank
-from cifar_study.pipeline.cli import error_line, escape_unencodable_output, interrupt, skip_exit_collection
+from cifar_study.pipeline.cli import (error_line, escape_unencodable_output, interrupt, skip_exit_collection,
+                                     stdout_to_devnull)
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
@@ -83,6 +84,33 @@ def _refuse_linked_folders(stage: str) -> None:
         refuse_links(output / "-" if not output.suffix else output, folders_only=True)
 
 
+class _StageStdout:
+    """A stage's sys.stdout: a full disk or a closed pipe there (`| head -1`) must not stop the stage part-way, which
+    would throw away its finished outputs. The first failure is kept for one line at the end; later output goes
+    nowhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.failure = stream, None
+
+    def write(self, text: str) -> int:
+        self._guarded(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, call: Callable[..., object], *args: object) -> None:
+        if self.failure is None:
+            try:
+                call(*args)
+            except OSError as exc:
+                self.failure = exc.strerror or str(exc)
+                stdout_to_devnull()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
@@ -94,10 +122,14 @@ def run_stage(main: Callable[[], None]) -> None:
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
     if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
         remove_stale_temporaries(STAGE_FILES[stage][1])
+    stdout = sys.stdout = _StageStdout(sys.stdout)
     try:
         _refuse_linked_folders(stage)
         with outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
+        stdout.flush()
+        if stdout.failure:
+            raise UserError(f"standard output: cannot write ({stdout.failure}); the stage's outputs were written")
     except UserError as exc:
         report_error(str(exc))
         sys.exit(2)
