@@ -360,6 +360,12 @@ def tiny_files(ctx: Ctx, fmt: str = "PNG") -> dict[str, bytes]:
     return image_folder_files(ctx.tiny, fmt)
 
 
+def respelled(files: dict[str, bytes], spell: Callable[[str], str]) -> dict[str, bytes]:
+    """`files` and, once more, its first training image under `spell(name)`: the same path once extracted."""
+    first = next(name for name in files if name.startswith("train/"))
+    return {**files, spell(first): files[first]}
+
+
 def without(files: dict[str, bytes], *prefixes: str) -> dict[str, bytes]:
     return {k: v for k, v in files.items() if not k.startswith(prefixes)}
 
@@ -510,6 +516,12 @@ ROWS = [
     Row("silent-wrong", "two-copies-in-a-tar", "fetch_data", r"holds the dataset more than once \(a/, b/\)",
         lambda c: folder(write_tar(c.tmp / "two.tar.gz", {**{f"a/{k}": v for k, v in tiny_files(c).items()},
                                                           **{f"b/{k}": v for k, v in tiny_files(c).items()}}))),
+    Row("silent-wrong", "one-image-under-two-spellings-in-a-tar", "fetch_data",
+        r"holds (train/\w+/\d+\.png) twice \(as \1 and \./\1\): an extract keeps one$",
+        lambda c: folder(write_tar(c.tmp / "twice.tar.gz", respelled(tiny_files(c), lambda n: "./" + n)))),
+    Row("silent-wrong", "one-image-with-a-doubled-slash-in-a-tar", "fetch_data",
+        r"holds (train/\w+/\d+\.png) twice \(as \1 and train//",
+        lambda c: folder(write_tar(c.tmp / "twice.tar.gz", respelled(tiny_files(c), lambda n: n.replace("/", "//", 1))))),
     Row("silent-wrong", "one-class", "fetch_data", r"only 1 class \(cat\); a classifier needs at least 2",
         lambda c: folder(folder_of(c, {k: v for k, v in tiny_files(c).items() if "/cat/" in k}))),
     Row("silent-wrong", "classes-differ-both-ways", "fetch_data",

@@ -405,16 +405,20 @@ def _tar_layout(tar: tarfile.TarFile, where: str) -> Listing:
     regular: dict[str, tarfile.TarInfo] = {}
     source: dict[str, tarfile.TarInfo] = {}  # layout name -> the member that holds its bytes
     for m in members:
+        name = PurePosixPath(m.name).as_posix()  # ./a/b and a//b are one file once extracted
         if m.isreg():
-            regular[m.name] = m
-        if not _in_layout(m.name) or m.isdir():
+            regular[name] = m
+        if not _in_layout(name) or m.isdir():
             continue
+        if name in source:
+            raise DataError(f"{where} holds {name} twice (as {source[name].name} and {m.name}): an extract keeps one")
         if m.isreg():
-            source[m.name] = m
+            source[name] = m
         elif m.islnk():
-            if m.linkname not in regular:
+            target = PurePosixPath(m.linkname).as_posix()
+            if target not in regular:
                 raise DataError(f"{where}:{m.name} is a hard link to {m.linkname}, which the archive does not hold before it")
-            source[m.name] = regular[m.linkname]
+            source[name] = regular[target]
         else:
             raise DataError(f"{where}:{m.name} is a {'symbolic link' if m.issym() else 'special'} member, not an "
                             f"image file (store the file itself)")
