@@ -24,14 +24,13 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, printable, run_command, whole_number
 from cifar_study.pipeline.dataset import Split
 from cifar_study.pipeline.errors import CheckpointError, DataError, UserError, first_line
-from cifar_study.pipeline.untrusted import read_bounded
+from cifar_study.pipeline.untrusted import IMAGE_FORMATS, read_bounded
 
 if TYPE_CHECKING:
     import torch
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a larger header is a decompression bomb, refused unread
-FORMATS = ("PNG", "JPEG")
 PREDICT_BATCH = 256
 
 
@@ -42,7 +41,7 @@ def load_image(path: str | Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's notes on a damaged EXIF block and the like: not the user's business
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: {im.width}x{im.height}, more than the {MAX_PIXELS:,} pixels allowed")
                 # An animated PNG's frames may differ; a phone's JPEG (MPO) also has frames, but its first is the photo

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cifar_study.core.history import EpochRecord
 from cifar_study.core.model import SimpleCNN
@@ -360,6 +361,14 @@ def tiny_files(ctx: Ctx, fmt: str = "PNG") -> dict[str, bytes]:
     return image_folder_files(ctx.tiny, fmt)
 
 
+def image_bytes(fmt: str, frames: int = 1, **save) -> bytes:
+    """A 32x32 RGB image file in `fmt`, of `frames` different frames."""
+    pictures = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format=fmt, save_all=frames > 1, append_images=pictures[1:], **save)
+    return buffer.getvalue()
+
+
 def respelled(files: dict[str, bytes], spell: Callable[[str], str]) -> dict[str, bytes]:
     """`files` and, once more, its first training image under `spell(name)`: the same path once extracted."""
     first = next(name for name in files if name.startswith("train/"))
@@ -557,6 +566,15 @@ ROWS = [
         r"train/cat/0060.png: expected a 32x32 RGB image, refused unread \(Image size \(10000000000 pixels\) exceeds limit",
         lambda c: folder(write_tar(c.tmp / "b.tar.gz", {**tiny_files(c), CAT: png_declaring(100000, 100000, False)})),
         max_seconds=15),
+    # the formats and pictures predict takes: one opaque PNG or JPEG picture per file
+    Row("silent-wrong", "animated-png-would-be-its-first-frame", "fetch_data",
+        r"train/cat/0060.png: 3 frames \(an animated or multi-picture PNG\); give one picture per file$",
+        lambda c: folder(folder_of(c, {**tiny_files(c), CAT: image_bytes("PNG", frames=3)}))),
+    Row("silent-wrong", "tiff-named-png", "fetch_data", r"train/cat/0060.png: not a PNG or JPEG image$",
+        lambda c: folder(write_tar(c.tmp / "t.tar.gz", {**tiny_files(c), CAT: image_bytes("TIFF")}))),
+    Row("silent-wrong", "png-with-a-transparent-colour", "fetch_data",
+        r"train/cat/0060.png: has a transparent colour; give an opaque RGB image$",
+        lambda c: folder(folder_of(c, {**tiny_files(c), CAT: image_bytes("PNG", transparency=(0, 0, 0))}))),
     Row("misleading", "path-is-the-root", "fetch_data", r"^error: data.path: / has no train/<class>/\*.jpg\|png images$",
         lambda c: folder(Path("/")), max_seconds=10),
     Row("misleading", "unreadable-class-folder", "fetch_data", r"data.path: .*/imgs/train/cat: cannot read \(Permission denied\)$",

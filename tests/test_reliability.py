@@ -68,7 +68,7 @@ def bad_sources(tmp: Path, tiny) -> list[tuple[str, Path, str]]:
         ("image not RGB", write_files(tmp / "gray", corrupt(files, first, gray)),
          f"{first}: expected a 32x32 RGB image, got 32x32 L"),
         ("undecodable image", write_files(tmp / "junk", corrupt(files, first, b"\x89PNG garbage")),
-         f"{first}: cannot decode image"),
+         f"{first}: not a PNG or JPEG image"),
     ]
 
 

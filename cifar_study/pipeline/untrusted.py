@@ -236,6 +236,9 @@ def unpickle_batch(data: bytes, where: str) -> Any:
 
 # --- images --------------------------------------------------------------------------------------
 
+IMAGE_FORMATS = ("PNG", "JPEG")  # what the image folders and `predict` take (a TIFF or WEBP named .png is refused)
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """A 32x32 RGB image file as a (32, 32, 3) uint8 array.
 
@@ -245,15 +248,23 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 if im.mode != "RGB" or im.size != (IMAGE_SIZE, IMAGE_SIZE):
                     raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, "
                                     f"got {im.size[0]}x{im.size[1]} {im.mode}")
+                # Which frame, or which colour under a transparent one, is the picture? Not ours to guess.
+                if getattr(im, "n_frames", 1) > 1:
+                    raise DataError(f"{name}: {im.n_frames} frames (an animated or multi-picture {im.format}); "
+                                    "give one picture per file")
+                if "transparency" in im.info:
+                    raise DataError(f"{name}: has a transparent colour; give an opaque RGB image")
                 im.load()
                 return np.asarray(im, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{name}: expected a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image, refused unread ({first_line(exc)})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise DataError(f"{name}: not a PNG or JPEG image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{name}: cannot decode image ({first_line(exc)})") from None
 
 
