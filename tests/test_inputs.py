@@ -322,6 +322,17 @@ def npz_replaced(ctx: Ctx, write: Callable[[Path], None]) -> dict:
     return {}
 
 
+def declaring_gigabytes(path: Path) -> None:
+    """The npz as fetch_data wrote it, its zip directory declaring 2 GiB for each of its 4 arrays (np.load would
+    allocate what a member declares: a few MB of zeros can hold that much)."""
+    data = bytearray(path.read_bytes())
+    entry = data.find(b"PK\x01\x02")
+    for _ in range(4):  # x_train, y_train, x_test, y_test: the uncompressed size is at byte 24 of an entry
+        data[entry + 24:entry + 28] = struct.pack("<I", (2 << 30) - 1)
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    path.write_bytes(bytes(data))
+
+
 def read_only(ctx: Ctx, path: str) -> dict:
     os.chmod(ctx.repo / path, 0o555)
     ctx.stack.callback(os.chmod, ctx.repo / path, 0o755)
@@ -394,6 +405,9 @@ ROWS = [
         after=lambda c: _no_payload_ran(c)),
 
     # --- nothing hangs ---
+    Row("hang", "npz-that-unpacks-to-gigabytes", "visualize",
+        r"^error: data/cifar10.npz: unpacks to 8,192 MiB, more than the 1,024 MiB of any canonical data: run dvc repro "
+        r"fetch_data$", lambda c: npz_replaced(c, declaring_gigabytes)),
     Row("hang", "url-dev-zero", "fetch_data", r"^error: data.url: /dev/zero is a device, not a regular file$",
         lambda c: {"data": {"source": "download", "url": "file:///dev/zero"}}, max_seconds=10, after=no_download_left),
     Row("hang", "url-fifo", "fetch_data", r"data.url: .*/pipe is a FIFO \(named pipe\), not a regular file",

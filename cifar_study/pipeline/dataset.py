@@ -102,6 +102,12 @@ def load_dataset(path: str | Path) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: canonical data not found ({rerun})")
     try:
+        # np.load allocates what a member declares: a few MB of zeros can declare gigabytes
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+        if unpacked > untrusted.MAX_INPUT_BYTES:
+            raise DataError(f"{path}: unpacks to {untrusted.mib(unpacked)}, more than the "
+                            f"{untrusted.mib(untrusted.MAX_INPUT_BYTES)} of any canonical data: {rerun}")
         with np.load(path, allow_pickle=False) as z:  # no pickle: an npz cannot run code
             ds = Dataset(Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"]),
                          [str(c) for c in z["classes"]])
