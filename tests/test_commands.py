@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -294,6 +295,13 @@ def saved_as(**fields) -> Callable[[Path], None]:
     return change
 
 
+def quantized(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():  # PyTorch deprecates quantized dtypes: the test's own making, not the command's
+        warnings.simplefilter("ignore")
+        return {k: torch.quantize_per_tensor(v, 0.1, 0, torch.qint8) if v.is_floating_point() else v
+                for k, v in weights.items()}
+
+
 def torch_saved(make: Callable[[], object]) -> Callable[[Path], None]:
     def change(path: Path) -> None:
         buffer = io.BytesIO()
@@ -336,6 +344,13 @@ PREDICT_ROWS = [
         expect=r"^error: '' \(an empty file name\) does not exist$"),
     Row("traceback", "class-names-not-text", model_file_of(saved_as(classes=list(range(10)))),
         expect=r"^error: models/model.pt: classes: class name 0 is not text \(int\)$"),
+    Row("silent-wrong", "complex-weights-would-lose-their-imaginary-part", model_file_of(saved_as(model_state={
+        k: v.to(torch.complex64) for k, v in SimpleCNN().state_dict().items()})),
+        expect=r"^error: checkpoint's model_state: block1.conv.weight is torch.complex64, not torch.float32: run dvc "
+               r"repro train$"),
+    Row("misleading", "quantized-weights-without-pytorchs-warnings",
+        model_file_of(lambda path: saved_as(model_state=quantized(SimpleCNN().state_dict()))(path)),
+        expect=r"^error: checkpoint's model_state: block1.conv.weight is torch.qint8, not torch.float32"),
     Row("traceback", "weights-under-numbers-not-names",
         model_file_of(torch_saved(lambda: checkpoint_fields(SimpleCNN(), model_state={0: torch.zeros(1)}))),
         expect=r"^error: checkpoint's model_state: holds something other than named dense tensors"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path}: checkpoint not found (run the train stage: dvc repro train)")
     data = read_bounded(path, MAX_CHECKPOINT_BYTES, "checkpoint", error=CheckpointError)  # no FIFO, no device
     try:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # PyTorch's notes on what the file holds (deprecated dtypes): checked below
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception:  # pickle errors, zip errors, refused globals: all mean "not ours"
         # PyTorch's message suggests weights_only=False, i.e. running the file's code: not advice to pass on.
         raise CheckpointError(f"{path}: not a loadable checkpoint (not a file of tensors and plain data only): "
@@ -105,6 +108,13 @@ def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "c
     weights = state["model_state"]
     if not all(isinstance(k, str) and isinstance(t, torch.Tensor) and t.layout == torch.strided for k, t in weights.items()):
         raise CheckpointError("checkpoint's model_state: holds something other than named dense tensors: "
+                              "run dvc repro train")
+    expected = model.state_dict()
+    # load_state_dict casts: complex weights would lose their imaginary part with a warning, not an error
+    odd = next((k for k, t in weights.items() if k in expected and (t.is_complex() or t.is_quantized or
+                                                                    t.is_floating_point() != expected[k].is_floating_point())), None)
+    if odd is not None:
+        raise CheckpointError(f"checkpoint's model_state: {odd} is {weights[odd].dtype}, not {expected[odd].dtype}: "
                               "run dvc repro train")
     if state.get("weights_sha256") != weights_digest(weights):
         raise CheckpointError("checkpoint's model_state: not the weights it was saved with (their SHA-256 differs "
