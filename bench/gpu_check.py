@@ -53,7 +53,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
 from cifar_study.pipeline import paths  # noqa: E402
-from cifar_study.pipeline.cli import printable  # noqa: E402
+from cifar_study.pipeline.cli import printable, stop_on_signals  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
 from bench.children import succeeds  # noqa: E402
@@ -633,11 +633,11 @@ def main() -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's path: the running step is stopped with its children
+    raise KeyboardInterrupt  # SIGTERM and SIGHUP take Ctrl-C's path: the running step is stopped with its children
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_signals(_interrupt)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

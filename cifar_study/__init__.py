@@ -22,8 +22,9 @@ def _stop_while_importing(signum: int, frame: object) -> None:
 
 
 # `python -m cifar_study.<command>` or `python -m stages.<stage>` (sys.argv[0] is "-m" while Python finds
-# the module): a Ctrl-C or SIGTERM during the seconds of importing PyTorch is one line and exit 130, not a
+# the module): a Ctrl-C, SIGTERM or SIGHUP during the seconds of importing PyTorch is one line and exit 130, not a
 # traceback or a silent exit; cli.run_command and stage.run_stage replace these handlers once main runs.
 if sys.argv[:1] == ["-m"]:
-    for _signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signal, _stop_while_importing)
+    for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if _signal != signal.SIGHUP or signal.getsignal(_signal) is not signal.SIG_IGN:  # nohup ignores SIGHUP
+            signal.signal(_signal, _stop_while_importing)

@@ -385,7 +385,7 @@ def test_every_class_has_two_rows(rows):
 @pytest.mark.parametrize("module,rank,says", [("cifar_study.predict", False, b"interrupted\n"),
                                                ("stages.evaluate", False, b"interrupted\n"),
                                                ("stages.train", True, b"")], ids=["predict", "stage", "rank"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["sigint", "sigterm", "sighup"])
 def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, tmp_path):
     """The first seconds of a command or stage import PyTorch, before its main runs: a stop there too is
     `interrupted` and exit 130, not a KeyboardInterrupt traceback or a silent 143. A rank that the launcher
@@ -407,6 +407,27 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
         if alive(proc.pid, group=True):
             os.killpg(proc.pid, signal.SIGKILL)
     assert (proc.returncode, err, out) == (130, says, b"")
+
+
+def test_a_stage_under_nohup_outlives_a_closed_terminal(tmp_path):
+    """nohup starts a stage with SIGHUP ignored, so that it survives a logout: the stage keeps that."""
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + ROW_TIMEOUT_S
+        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGHUP)  # while PyTorch is imported, and again once main runs
+        time.sleep(1)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
+    finally:
+        if alive(proc.pid, group=True):
+            os.killpg(proc.pid, signal.SIGKILL)
+    # It ran to its own end: no model here, so one line naming it (not "interrupted", 130)
+    assert proc.returncode == 2 and b"models/model.pt: checkpoint not found" in err, err
 
 
 @pytest.mark.parametrize("runner, ends, code", [
@@ -472,6 +493,8 @@ def bench_args(archive: bytes | None = None) -> Callable[[Path], list[str]]:
 BENCH_ROWS = [
     Row("lost-work", "sigterm-while-a-child-runs", bench_args(), code=130, expect=r"^interrupted$",
         stop=signal.SIGTERM, env={"TMPDIR": "tmp"}),
+    Row("lost-work", "sighup-while-a-child-runs", bench_args(), code=130, expect=r"^interrupted$",
+        stop=signal.SIGHUP, env={"TMPDIR": "tmp"}),
     Row("traceback", "data-that-is-no-archive", bench_args(b"junk"), env={"TMPDIR": "tmp"},
         expect=r"^error: stages\.fetch_data failed in stage-vs-plain-\w+ \(exit 2\): data\.path: \S*tiny\.tar\.gz is "
                r"neither a directory nor a readable tar archive"),

@@ -103,11 +103,19 @@ def exit_status(main: Callable[[], int | None]) -> int | None:
         return 130
 
 
+def stop_on_signals(handler: Callable[[int, object], None] = interrupt) -> None:
+    """Ctrl-C, SIGTERM and a closed terminal (SIGHUP) stop the command through `handler`. SIGINT also when a shell
+    started it in the background (with SIGINT ignored); SIGHUP not under nohup, which ignores it on purpose."""
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
+
+
 def run_command(main: Callable[[], int | None]) -> NoReturn:
-    """Exit with `exit_status(main)`; Ctrl-C or SIGTERM stop it with one line and exit 130, and a process it
-    started (subprocess.run) is killed on the way out instead of running on."""
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)  # also when started in the background
+    """Exit with `exit_status(main)`; Ctrl-C, SIGTERM or SIGHUP stop it with one line and exit 130, and a process
+    it started (subprocess.run) is killed on the way out instead of running on."""
+    stop_on_signals()
     escape_unencodable_output()
     code = exit_status(main)
     skip_exit_collection()

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from cifar_study import RANK_ERRORS_ENV, launched_rank
-from cifar_study.pipeline.cli import (error_line, escape_unencodable_output, interrupt, skip_exit_collection,
-                                     stdout_to_devnull)
+from cifar_study.pipeline.cli import (error_line, escape_unencodable_output, skip_exit_collection, stdout_to_devnull,
+                                     stop_on_signals)
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
@@ -112,10 +112,7 @@ class _StageStdout:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    signal.signal(signal.SIGTERM, interrupt)
-    # A shell starts background jobs with SIGINT ignored, and Python keeps that; `kill -INT` must
-    # still stop a stage cleanly.
-    signal.signal(signal.SIGINT, interrupt)
+    stop_on_signals()
     escape_unencodable_output()
     stop_with_launcher()
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
