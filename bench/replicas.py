@@ -13,7 +13,6 @@ Prints a table and writes JSON.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -28,8 +27,10 @@ from cifar_study.core.replicas import ReplicaLoader, build_replicas  # noqa: E40
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import Split, synthetic  # noqa: E402
-from cifar_study.pipeline.params import ModelParams, TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser  # noqa: E402
+from cifar_study.pipeline.errors import ParamError, UserError  # noqa: E402
+from cifar_study.pipeline.params import REPLICAS_MAX, ModelParams, TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command, whole_number  # noqa: E402
+from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import cpu_name  # noqa: E402
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
@@ -54,18 +55,23 @@ def epoch_seconds(train_split: Split, test_split: Split, device: torch.device, k
     return time.perf_counter() - started
 
 
-def main() -> None:
+def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, default=4, help="replicas to compare with one (default 4)")
-    ap.add_argument("--images", type=int, default=2560, help="training images (default 2560: 20 batches of 128)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto (default cpu)")
-    ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--k", type=whole_number, default=4, help="replicas to compare with one (default 4)")
+    ap.add_argument("--images", type=whole_number, default=2560, help="training images (default 2560: 20 batches of 128)")
+    ap.add_argument("--rounds", type=whole_number, default=3, help="interleaved rounds; medians are reported (default 3)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"), help="default cpu")
+    ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
-    if args.k < 2 or args.images < 128 or args.rounds < 1:
-        sys.exit("error: --k must be >= 2, --images >= 128 and --rounds >= 1")
-    device = resolve_device(args.device)
     data = synthetic(seed=0)
+    if not 2 <= args.k <= REPLICAS_MAX or not 128 <= args.images <= len(data.train.labels) or args.rounds < 1:
+        ap.error(f"--k from 2 to {REPLICAS_MAX} (train.replicas' bound), --images from 128 to "
+                 f"{len(data.train.labels):,} (the synthetic set), --rounds at least 1")
+    out = checked_out(args.out)
+    try:
+        device = resolve_device(args.device)
+    except ParamError as exc:  # its message names the param of the stage; here it is the option
+        raise UserError(f"--device{str(exc).removeprefix('train.device')}") from None
     train_split = Split(data.train.images[:args.images], data.train.labels[:args.images])
     test_split = Split(data.test.images[:1000], data.test.labels[:1000])
     configs = {"replicas=1": (1, False), f"replicas={args.k} loop": (args.k, False),
@@ -81,11 +87,10 @@ def main() -> None:
     print(f"{args.images} images, 1 epoch, {args.rounds} rounds on {device_name} ({torch.get_num_threads()} threads)")
     for name, m in medians.items():
         print(f"  {name:18s} median {m:7.2f} s  {m / one:5.2f}x replicas=1")
-    if args.out:
-        args.out.write_text(json.dumps({"device": device_name, "images": args.images, "k": args.k,
-                                        "rounds": args.rounds, "seconds": times, "median_s": medians,
-                                        "ratio_to_one": {n: m / one for n, m in medians.items()}}, indent=2))
+    write_out(out, {"device": device_name, "images": args.images, "k": args.k, "rounds": args.rounds,
+                    "seconds": times, "median_s": medians, "ratio_to_one": {n: m / one for n, m in medians.items()}})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
 from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
 from bench.children import succeeds, timed_child  # noqa: E402
+from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import commit, machine, tree_clean  # noqa: E402
 
 # Little data and one epoch; the figures and W&B as shipped (their cost does not depend on the data's size)
@@ -76,8 +76,7 @@ def main() -> int:
     stages = args.stages.split(",")
     if not set(stages) <= set(STAGES) or args.rounds < 1:
         ap.error(f"--stages from {', '.join(STAGES)}; --rounds at least 1")
-    if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
-        ap.error(f"--out: {args.out!r} is a folder, or its folder does not exist")
+    out = checked_out(args.out)
     against = commit_of(args.against)
     if against is None:
         ap.error(f"--against: {args.against!r} names no commit of this repository")
@@ -110,11 +109,10 @@ def main() -> int:
     print(f"{'stage':<10} {'this (s)':>9} {args.against + ' (s)':>14} {'ratio':>6}   medians of {args.rounds}")
     for stage, r in rows.items():
         print(f"{stage:<10} {r['this_s']:>9.2f} {r['other_s']:>14.2f} {r['other_over_this']:>5.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps({  # "this" is the working tree: HEAD, plus its changes where not clean
-            "this": commit(), "this_tree_clean": tree_clean("cifar_study", "stages"), "against": against,
-            "wandb": "offline" if wandb else "disabled", "tiny": TINY, "machine": machine(), "rounds": args.rounds,
-            "stages": rows}, indent=2) + "\n")
+    write_out(out, {  # "this" is the working tree: HEAD, plus its changes where not clean
+        "this": commit(), "this_tree_clean": tree_clean("cifar_study", "stages"), "against": against,
+        "wandb": "offline" if wandb else "disabled", "tiny": TINY, "machine": machine(), "rounds": args.rounds,
+        "stages": rows})
     return 0
 
 

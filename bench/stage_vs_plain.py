@@ -14,7 +14,6 @@ hits all alike. Prints a table; --out writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
 from bench.children import succeeds, timed_child  # noqa: E402
+from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
 
 CONFIGS = {"plain": None, "default": {}, "bf16+cl": {"amp": "bf16", "channels_last": True}}
@@ -96,6 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.plain:
         return plain(Path(args.plain))
+    out = checked_out(args.out)
     data = Path(args.data)
     if not data.is_file():
         ap.error(f"--data: {str(data)!r} is not a file (the CIFAR-10 image-folder archive)")
@@ -123,8 +124,7 @@ def main() -> None:
           f"(W&B {wandb}):")
     for config, m in median.items():
         print(f"  {config:8s} {m:7.1f} s   {result['speed_vs_plain'][config]:.2f}x the plain script")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_out(out, result)
 
 
 if __name__ == "__main__":

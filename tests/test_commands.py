@@ -501,6 +501,74 @@ BENCH_ROWS = [
 ]
 
 
+def out_is(kind: str, *args: str) -> Callable[[Path], list[str]]:
+    """A setup whose --out (results.json in the project) is already `kind` (or in a folder that is missing)."""
+    def setup(root: Path) -> list[str]:
+        out = root / ("missing/results.json" if kind == "in a missing folder" else "results.json")
+        if kind == "earlier results":
+            out.write_text('{"median_s": 1.0}\n')
+        elif kind == "fifo":
+            os.mkfifo(out)
+        elif kind == "link":
+            (root.parent / "elsewhere.json").write_text("untouched\n")
+            out.symlink_to(root.parent / "elsewhere.json")
+        return [*args, "--out", str(out)]
+    return setup
+
+
+# Every --out is refused before any measuring (bench/out.py); each row runs no training
+OUT_ROWS = [
+    Row("lost-work", "out-in-a-missing-folder", out_is("in a missing folder"),
+        expect=r"^error: --out: \S*/missing is not a folder this user can write in$"),
+    Row("lost-work", "out-holds-earlier-results", out_is("earlier results"),
+        expect=r"^error: --out: \S*results.json already exists \(a file of earlier results\); name a new file$"),
+    Row("hang", "out-is-a-fifo", out_is("fifo"),
+        expect=r"^error: --out: \S*results.json already exists \(not a regular file\); name a new file$"),
+    Row("breach", "out-is-a-link-out-of-the-project", out_is("link"),
+        expect=r"^error: --out: \S*results.json already exists \(a link\); name a new file$"),
+]
+REPLICAS_BENCH_ROWS = [
+    Row("traceback", "unknown-device", lambda r: ["--device", "bogus"],
+        expect=r"^error: replicas.py: argument --device: invalid choice: 'bogus'"),
+    Row("traceback", "replicas-as-text", lambda r: ["--k", "four"],
+        expect=r"^error: replicas.py: argument --k: 'four' is not a whole number"),
+    Row("hang", "a-hundred-thousand-replicas", lambda r: ["--k", "100000"],
+        expect=r"^error: replicas.py: --k from 2 to 64 \(train.replicas' bound\)"),
+    Row("silent-wrong", "more-images-than-the-synthetic-set", lambda r: ["--images", "1000000"],
+        expect=r"--images from 128 to 5,000 \(the synthetic set\)"),
+    Row("silent-wrong", "no-rounds-no-medians", lambda r: ["--rounds", "0"], expect=r"--rounds at least 1 \(see --help\)$"),
+    Row("breach", "device-with-a-terminal-escape", lambda r: ["--device", ESC],
+        expect=r"^error: replicas.py: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
+    Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
+        expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
+    Row("misleading", "out-is-a-folder", lambda r: (r.joinpath("results").mkdir(), ["--out", "results"])[1],
+        expect=r"^error: --out: results already exists \(not a regular file\); name a new file$"),
+    *OUT_ROWS,
+]
+
+
+def test_the_replicas_bench_has_two_rows_per_class():
+    every_class_twice(REPLICAS_BENCH_ROWS)
+
+
+@pytest.mark.parametrize("row", REPLICAS_BENCH_ROWS, ids=str)
+def test_replicas_bench(row, tmp_path):
+    if "cuda" in row.name and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the row would measure on it")
+    project = tmp_path / "project"
+    project.mkdir()
+    run_row([sys.executable, str(ROOT / "bench/replicas.py")], row, project)
+
+
+@pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup"])
+@pytest.mark.parametrize("row", OUT_ROWS, ids=str)
+def test_bench_out_is_refused_before_any_measuring(tool, row, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    args = ["--data", str(project / "missing.tar.gz")] if tool == "stage_vs_plain" else ["--against", "HEAD"]
+    run_row([sys.executable, str(ROOT / f"bench/{tool}.py"), *args], row, project, cwd=ROOT)
+
+
 @pytest.mark.parametrize("row", BENCH_ROWS, ids=str)
 def test_stage_vs_plain(row, tmp_path, tiny):
     """Its children end with it, its temporary project goes, and a failing stage is one line."""

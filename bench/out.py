@@ -1,0 +1,34 @@
+"""The bench tools' `--out FILE`: checked before any measuring, written whole or not at all, never over results.
+
+Minutes of measuring must have somewhere to go, so a name that cannot take them (a folder, a link, a FIFO, a
+missing folder) is refused at once; an existing file is refused too, as it holds earlier results (a committed
+note's JSON). The write is cifar_study's atomic one: a full disk leaves no half file, a link planted meanwhile
+is replaced, not written through.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cifar_study.pipeline.errors import UserError
+from cifar_study.pipeline.outputs import write_json
+
+
+def checked_out(name: str | None) -> Path | None:
+    """`--out` as a path it may write, or a UserError naming why not; None where none was asked for."""
+    if name is None:
+        return None
+    out = Path(name)
+    if os.path.lexists(out):
+        kind = "a link" if out.is_symlink() else "a file of earlier results" if out.is_file() else "not a regular file"
+        raise UserError(f"--out: {name} already exists ({kind}); name a new file")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out: {out.parent} is not a folder this user can write in")
+    return out
+
+
+def write_out(out: Path | None, result: dict[str, Any]) -> None:
+    """`result` as JSON at `out` (from checked_out), if one was asked for."""
+    if out is not None:
+        write_json(out, result)
