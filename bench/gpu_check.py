@@ -29,7 +29,6 @@ epochs, no torch.compile, the benchmark's --smoke): it proves the orchestration,
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -53,6 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package's paths are the stages' paths
 from cifar_study.pipeline import paths  # noqa: E402
+from cifar_study.pipeline import cli  # noqa: E402
 from cifar_study.pipeline.cli import printable, stop_on_signals  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
 from cifar_study.pipeline.untrusted import md5_file  # noqa: E402
@@ -564,7 +564,9 @@ def refuse(message: str) -> int:
     return 2
 
 
-class Parser(argparse.ArgumentParser):
+class Parser(cli.Parser):
+    """The project's parser (whole option names only), its refusals in the check's own words."""
+
     def error(self, message: str) -> NoReturn:
         self.exit(refuse(f"{message} (see --help)"))
 

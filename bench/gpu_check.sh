@@ -26,7 +26,15 @@ no_torch() {
     exit 2
 }
 "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1 || no_torch
-if [[ "${1:-}" != "--cpu-smoke" ]]; then
+smoke=0 known=1  # options in any order, as gpu_check.py takes them
+for arg in "$@"; do
+    case $arg in
+        --cpu-smoke) smoke=1 ;;
+        --out|--out=*|--data|--data=*) ;;
+        -*) known=0 ;;  # --help, or a typo (--cpu): gpu_check.py answers it, before it imports PyTorch
+    esac
+done
+if [[ $smoke == 0 && $known == 1 ]]; then
     # exit 3: PyTorch is there but does not import (a broken install), which is not "no GPU"
     cuda=0
     "$PYTHON" -c 'import sys

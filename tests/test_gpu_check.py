@@ -131,6 +131,11 @@ GPU_CHECK_ROWS = [
         expect=r"^gpu_check: --data: \S+/a{300}/x.tar.gz: File name too long; nothing done$"),
     Row("traceback", "unknown-option", lambda r: fresh_out()(r) + ["--bogus"],
         expect=r"^gpu_check: unrecognized arguments: --bogus \(see --help\); nothing done$"),
+    # Without CUDA, the wrapper says "no CUDA device" unless --cpu-smoke is asked for: anywhere, by its whole name
+    Row("misleading", "cpu-smoke-after-another-option-is-still-the-smoke", lambda r: ["--data", "data.tar.gz", "--out",
+        str(r / "out"), "--cpu-smoke"], env=budget("1e-300"), expect=NOT_A_BUDGET % "'1e-300'"),
+    Row("misleading", "cpu-smoke-abbreviated-is-refused-not-no-gpu", lambda r: ["--out", str(r / "out"), "--cpu"],
+        expect=r"^gpu_check: unrecognized arguments: --cpu \(see --help\); nothing done$"),
     Row("misleading", "python-missing-is-not-no-gpu", fresh_out(), env={"PYTHON": "no-such-python3"},
         expect=r"^gpu_check: PYTHON=no-such-python3: not found; nothing done$"),
     Row("misleading", "python-without-torch-is-not-no-gpu", python_without_torch, env={"PYTHON": "{project}/python-without-torch"},

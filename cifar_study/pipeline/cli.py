@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import sys
-from typing import Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from cifar_study.pipeline.errors import OutputError, UserError
 
@@ -123,7 +123,12 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line too (argparse prints the usage and then the error)."""
+    """argparse whose usage errors are one line too (argparse prints the usage and then the error), and which takes
+    options by their whole names only: argparse would read `--cpu` as `--cpu-smoke`, a wrapper looking for the name
+    would not."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(error_line(f"{self.prog}: {message} (see --help)"))
