@@ -192,6 +192,16 @@ SHOW_ROWS = [
         expect=r"^error: params.yaml in the workspace is a FIFO \(named pipe\), not a regular file"),
     Row("hang", "declared-metrics-file-is-dev-zero", special("metrics/eval.json", "dev-zero"),
         expect=r"^error: metrics/eval.json in the workspace is a device, not a regular file"),
+    # every file DVC opens: its config, a `vars:` file, the metrics of a `foreach` stage
+    Row("hang", "dvc-config-local-is-a-fifo", special(".dvc/config.local", "fifo"),
+        expect=r"^error: .dvc/config.local in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "vars-file-is-a-fifo", lambda r: (files(dvc_yaml="vars:\n  - v.yaml:a\nmetrics:\n  - metrics/eval.json\n")(r),
+                                                  special("v.yaml", "fifo")(r))[1],
+        expect=r"^error: v.yaml in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "metrics-of-a-foreach-stage-is-a-fifo", lambda r: (files(dvc_yaml=(
+        "stages:\n  each:\n    foreach: [a]\n    do:\n      cmd: echo ${item}\n      metrics:\n        - m.json:\n"
+        "            cache: false\n"))(r), special("m.json", "fifo")(r))[1],
+        expect=r"^error: m.json in the workspace is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "live-metrics-of-a-stopped-run-is-a-fifo",
         lambda r: (write(r, {"dvclive/dvc.yaml": "metrics:\n- metrics.json\n"}), special("dvclive/metrics.json", "fifo")(r))[1],
         expect=r"^error: dvclive/metrics.json in the workspace is a FIFO \(named pipe\), not a regular file$"),

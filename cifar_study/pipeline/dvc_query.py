@@ -26,7 +26,7 @@ DVC_TIMEOUT_S = 300
 GIT_TIMEOUT_S = 30
 MAX_FILE_BYTES = 1 << 20  # this project's params and metrics files are a few KB; dvc.lock about 20 KB
 DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
-ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml")
+ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml", ".dvc/config", ".dvc/config.local")
 
 
 def _paths(entries: Any, strings: bool = True) -> list[str]:
@@ -39,6 +39,12 @@ def _paths(entries: Any, strings: bool = True) -> list[str]:
         elif isinstance(entry, dict):
             out += [key for key in entry if isinstance(key, str)]
     return out
+
+
+def _vars_files(spec: dict) -> list[str]:
+    """The files a `vars:` list names (`file.yaml`, or `file.yaml:key,...`); its mappings are values, no file."""
+    entries = spec.get("vars")
+    return [e.split(":", 1)[0] for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
 
 
 def _read_workspace(path: str) -> bytes:
@@ -57,11 +63,13 @@ def read_by_dvc(read: Callable[[str], bytes] = _read_workspace) -> list[str]:
             continue  # absent, special or unparsable: DVC says so, or the checks below do
         if not isinstance(spec, dict):
             continue
-        declared = _paths(spec.get("metrics")) + _paths(spec.get("params"))
+        declared = _paths(spec.get("metrics")) + _paths(spec.get("params")) + _vars_files(spec)
         stages = spec.get("stages") if isinstance(spec.get("stages"), dict) else {}
         for stage in filter(lambda s: isinstance(s, dict), stages.values()):
-            # A stage's params are keys of params.yaml (strings) or {file: keys}: only the second names a file.
-            declared += _paths(stage.get("metrics")) + _paths(stage.get("params"), strings=False)
+            # `foreach: ... do:` declares its params and metrics under `do`
+            for body in (stage, stage.get("do") if isinstance(stage.get("do"), dict) else {}):
+                # A stage's params are keys of params.yaml (strings) or {file: keys}: only the second names a file.
+                declared += _paths(body.get("metrics")) + _paths(body.get("params"), strings=False) + _vars_files(body)
         files += [os.path.normpath(os.path.join(os.path.dirname(dvc_yaml), path)) for path in declared]
     return list(dict.fromkeys(files))
 
@@ -106,13 +114,13 @@ def _refuse_unflattenable(path: str, read: Callable[[], bytes], name: str, error
             pass  # not JSON: DVC says so
 
 
-STOPS = {signal.SIGINT, signal.SIGTERM}
+STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those cli.stop_on_signals turns into a stop
 
 
 @contextlib.contextmanager
 def owned_child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
     """`argv` started in a session of its own, so that it and whatever it starts (DVC's update check) end with
-    this command, on every way out. A Ctrl-C or SIGTERM landing while it starts waits, blocked, until the
+    this command, on every way out. A Ctrl-C, SIGTERM or SIGHUP landing while it starts waits, blocked, until the
     process is owned here: inside Popen() it would leave the child running."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
