@@ -802,6 +802,18 @@ def test_a_folder_where_the_archive_is_kept_is_refused_before_downloading(tmp_pa
                                f"is kept under that name (move it away)")
 
 
+def test_a_linked_download_folder_is_refused_before_downloading(tmp_path, monkeypatch):
+    """data/raw as a link out of the project: the download would be written where the link points."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "project/data").mkdir(parents=True)
+    (tmp_path / "project/data/raw").symlink_to(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "project")
+    with pytest.raises(OutputError) as info:
+        from_download("http://127.0.0.1:9/never-asked", "0" * 32, Path("data/raw"))  # nothing listens on port 9
+    assert str(info.value) == "data/raw is a symbolic link: not written through (replace it with a regular folder)"
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
 def test_hard_linked_images_are_read_through_their_targets(tiny, tmp_path):
     """Every training image after the first of its class stored as a hard link to it (a deduplicating tar)."""
     files = image_folder_files(tiny)

@@ -28,7 +28,7 @@ import numpy as np
 from cifar_study.core.cifar10 import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE, ORIGINAL_MEAN, ORIGINAL_STD
 from cifar_study.pipeline import untrusted
 from cifar_study.pipeline.errors import DataError, OutputError, ParamError, first_line
-from cifar_study.pipeline.outputs import atomic_path
+from cifar_study.pipeline.outputs import atomic_path, refuse_links
 from cifar_study.pipeline.params import DataParams
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -269,6 +269,8 @@ def from_download(url: str, md5: str, raw_dir: Path) -> Listing:
     if archive.is_file() and untrusted.md5_file(archive) == md5:
         return read_python_archive(archive)
     part = archive.with_name(archive.name + ".part")
+    if not part.is_absolute():  # the project's data/raw: a link there would take the download out of the project
+        refuse_links(part, folders_only=True)
     with _created_dirs(raw_dir):
         try:
             untrusted.download(url, part)
