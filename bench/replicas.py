@@ -26,7 +26,7 @@ from cifar_study.core.model import build_model  # noqa: E402
 from cifar_study.core.replicas import ReplicaLoader, build_replicas  # noqa: E402
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
 from cifar_study.core.training import setup, train  # noqa: E402
-from cifar_study.pipeline.dataset import Split, synthetic  # noqa: E402
+from cifar_study.pipeline.dataset import SYNTHETIC_CLASSES, SYNTHETIC_PER_CLASS, Split, synthetic  # noqa: E402
 from cifar_study.pipeline.errors import ParamError, UserError  # noqa: E402
 from cifar_study.pipeline.params import REPLICAS_MAX, ModelParams, TrainParams  # noqa: E402
 from cifar_study.pipeline.cli import Parser, run_command, whole_number  # noqa: E402
@@ -63,15 +63,16 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"), help="default cpu")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
-    data = synthetic(seed=0)
-    if not 2 <= args.k <= REPLICAS_MAX or not 128 <= args.images <= len(data.train.labels) or args.rounds < 1:
-        ap.error(f"--k from 2 to {REPLICAS_MAX} (train.replicas' bound), --images from 128 to "
-                 f"{len(data.train.labels):,} (the synthetic set), --rounds at least 1")
+    images = SYNTHETIC_PER_CLASS["train"] * len(SYNTHETIC_CLASSES)
+    if not 2 <= args.k <= REPLICAS_MAX or not 128 <= args.images <= images or args.rounds < 1:
+        ap.error(f"--k from 2 to {REPLICAS_MAX} (train.replicas' bound), --images from 128 to {images:,} (the "
+                 "synthetic set), --rounds at least 1")
     out = checked_out(args.out)
     try:
         device = resolve_device(args.device)
     except ParamError as exc:  # its message names the param of the stage; here it is the option
         raise UserError(f"--device{str(exc).removeprefix('train.device')}") from None
+    data = synthetic(seed=0)
     train_split = Split(data.train.images[:args.images], data.train.labels[:args.images])
     test_split = Split(data.test.images[:1000], data.test.labels[:1000])
     configs = {"replicas=1": (1, False), f"replicas={args.k} loop": (args.k, False),

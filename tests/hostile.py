@@ -100,6 +100,7 @@ def run_row(argv: list[str], row: Row, project: Path, cwd: Path | None = None, s
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **row.env}
 
     def limit() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts it, also when the suite runs under nohup
         if row.fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
             resource.setrlimit(resource.RLIMIT_FSIZE, (row.fsize, row.fsize))

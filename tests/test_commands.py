@@ -405,7 +405,8 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
     if rank:
         env.update(RANK="1", WORLD_SIZE="2", CIFAR_STUDY_RANK_ERRORS=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", module, "cat.png"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, env=env)
+                            stderr=subprocess.PIPE, start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.monotonic() + ROW_TIMEOUT_S
         while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
