@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -483,7 +484,7 @@ def test_bench_results_name_the_cpu_and_the_commit():
     models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
               if line.split(":", 1)[0].strip() == "model name"]
     if models:
-        assert provenance.cpu_name() == models[0]
+        assert re.fullmatch(re.escape(models[0]) + r" \(family \d+, model \d+; [^)]+\)", provenance.cpu_name())
     assert provenance.machine() == f"{provenance.cpu_name()}, {os.cpu_count()} cores"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     assert provenance.commit() == (head.stdout.strip() if head.returncode == 0 else None)
