@@ -13,10 +13,10 @@ noisy machine hits all of them alike. Prints a table and writes JSON.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -36,7 +36,8 @@ from cifar_study.core.runtime import resolve_device, seed_everything, slow_bf16 
 from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E402
 from cifar_study.pipeline.dataset import Split, channel_stats, synthetic  # noqa: E402
 from cifar_study.pipeline.params import TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import cpu_name  # noqa: E402
 
 BATCH = 128
@@ -124,15 +125,16 @@ class Config:
     plain: bool = False
 
 
-def main() -> None:
+def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (noisier)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few batches, one round, no W&B part, no bf16 where the CPU emulates it: checks that it runs")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to warm up)")
-    ap.add_argument("--out", default="bench/results/benchmark.json")
+    ap.add_argument("--out", default=f"bench/results/benchmark-{datetime.now():%Y%m%d-%H%M%S}.json")
     args = ap.parse_args()
+    out = checked_out(args.out, create_folder=args.out == ap.get_default("out"))
 
     device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
@@ -262,10 +264,9 @@ def main() -> None:
         "matmul_peak_gflops": peak,
     }
     print_table(report, configs)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_out(out, report)
     print(f"\nwritten: {out}")
+    return 0
 
 
 def wandb_flow_overhead(split, mean, std, device, sync, rounds: int, batch: int) -> float | None:
@@ -361,4 +362,4 @@ def print_table(r: dict, configs: list[Config]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,8 +8,8 @@ vanish (SimpleCNN without BatchNorm, saturated sigmoids instead of ReLU).
 """
 from __future__ import annotations
 
-import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,8 @@ from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E4
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
 from cifar_study.pipeline.params import DataParams, TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from bench.out import checked_out, write_out  # noqa: E402
 
 
 def vanishing_model() -> nn.Module:
@@ -66,7 +67,7 @@ def check(make_model: Callable[[], nn.Module], p: TrainParams, ds, device: torch
     return assess(result.flow)
 
 
-def main() -> None:
+def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="synthetic", help="'synthetic' or an image-folder archive")
     ap.add_argument("--train-limit", type=int, default=0)
@@ -74,8 +75,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--flow-every", type=int, default=20)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="bench/results/flow_health_check.json")
+    ap.add_argument("--out", default=f"bench/results/flow_health_check-{datetime.now():%Y%m%d-%H%M%S}.json")
     args = ap.parse_args()
+    out = checked_out(args.out, create_folder=args.out == ap.get_default("out"))
     source = "synthetic" if args.data == "synthetic" else "folder"
     ds = fetch(DataParams(source=source, path="" if source == "synthetic" else args.data,
                           train_limit=args.train_limit, test_limit=args.test_limit))
@@ -88,11 +90,10 @@ def main() -> None:
                          **health.metrics()}
         print(f"{name}: {'healthy' if health.healthy else 'FLAGGED'} {results[name]['flagged']} "
               f"(median update ratio {results[name]['update_ratio']:.2g})", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": args.data, "train_limit": args.train_limit, "epochs": args.epochs,
-                               "flow_every": args.flow_every, "results": results}, indent=2) + "\n")
+    write_out(out, {"data": args.data, "train_limit": args.train_limit, "epochs": args.epochs,
+                    "flow_every": args.flow_every, "results": results})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -12,17 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import write_json
+from cifar_study.pipeline.outputs import refuse_links, write_json
 
 
-def checked_out(name: str | None) -> Path | None:
-    """`--out` as a path it may write, or a UserError naming why not; None where none was asked for."""
+def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
+    """`--out` as a path it may write, or a UserError naming why not; None where none was asked for.
+    `create_folder` for a tool's default, a new name in the git-ignored bench/results/."""
     if name is None:
         return None
     out = Path(name)
     if os.path.lexists(out):
         kind = "a link" if out.is_symlink() else "a file of earlier results" if out.is_file() else "not a regular file"
         raise UserError(f"--out: {name} already exists ({kind}); name a new file")
+    if create_folder:
+        refuse_links(out, folders_only=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out: cannot create {out.parent} ({exc.strerror or exc})") from None
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
         raise UserError(f"--out: {out.parent} is not a folder this user can write in")
     return out

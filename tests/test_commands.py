@@ -572,12 +572,13 @@ def test_replicas_bench(row, tmp_path):
     run_row([sys.executable, str(ROOT / "bench/replicas.py")], row, project)
 
 
-@pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup"])
+@pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup", "benchmark", "flow_health_check"])
 @pytest.mark.parametrize("row", OUT_ROWS, ids=str)
 def test_bench_out_is_refused_before_any_measuring(tool, row, tmp_path):
     project = tmp_path / "project"
     project.mkdir()
-    args = ["--data", str(project / "missing.tar.gz")] if tool == "stage_vs_plain" else ["--against", "HEAD"]
+    args = {"stage_vs_plain": ["--data", str(project / "missing.tar.gz")], "stage_startup": ["--against", "HEAD"]}
+    args = args.get(tool, [])
     run_row([sys.executable, str(ROOT / f"bench/{tool}.py"), *args], row, project, cwd=ROOT)
 
 
