@@ -34,6 +34,7 @@ for arg in "$@"; do
         -*) known=0 ;;  # --help, or a typo (--cpu): gpu_check.py answers it, before it imports PyTorch
     esac
 done
+[[ $# -gt 0 && ( ${!#} == --out || ${!#} == --data ) ]] && known=0  # its value missing: a usage error, too
 if [[ $smoke == 0 && $known == 1 ]]; then
     # exit 3: PyTorch is there but does not import (a broken install), which is not "no GPU"
     cuda=0

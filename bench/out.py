@@ -8,6 +8,7 @@ is replaced, not written through.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,24 @@ def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
     `create_folder` for a tool's default, a new name in the git-ignored bench/results/."""
     if name is None:
         return None
+    if not name.strip():
+        raise UserError("--out: an empty name; name a new file")
     out = Path(name)
     if os.path.lexists(out):
         kind = "a link" if out.is_symlink() else "a file of earlier results" if out.is_file() else "not a regular file"
         raise UserError(f"--out: {name} already exists ({kind}); name a new file")
-    if create_folder:
-        refuse_links(out, folders_only=True)
-        try:
+    try:
+        if not out.is_absolute():
+            refuse_links(out, folders_only=True)  # as the write will: no folder on its way may be a link
+        if create_folder:
             out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--out: cannot create {out.parent} ({exc.strerror or exc})") from None
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out: {out.parent} is not a folder this user can write in")
+        # The write's own temporary, made and removed: a folder it cannot write in, or a name too long with the
+        # temporary's suffix, is refused now, not after the measuring
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out: cannot write {name} ({exc.strerror or exc})") from None
     return out
 
 

@@ -531,7 +531,9 @@ def out_is(kind: str, *args: str) -> Callable[[Path], list[str]]:
 # Every --out is refused before any measuring (bench/out.py); each row runs no training
 OUT_ROWS = [
     Row("lost-work", "out-in-a-missing-folder", out_is("in a missing folder"),
-        expect=r"^error: --out: \S*/missing is not a folder this user can write in$"),
+        expect=r"^error: --out: cannot write \S*/missing/results.json \(No such file or directory\)$"),
+    Row("traceback", "out-name-too-long-with-the-writes-suffix", lambda r: ["--out", str(r / ("a" * 245 + ".json"))],
+        expect=r"^error: --out: cannot write \S*a{245}.json \(File name too long\)$"),
     Row("lost-work", "out-holds-earlier-results", out_is("earlier results"),
         expect=r"^error: --out: \S*results.json already exists \(a file of earlier results\); name a new file$"),
     Row("hang", "out-is-a-fifo", out_is("fifo"),
@@ -553,6 +555,10 @@ REPLICAS_BENCH_ROWS = [
         expect=r"^error: replicas.py: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
     Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
         expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
+    Row("breach", "out-through-a-linked-folder", lambda r: ((r.parent / "elsewhere").mkdir(),
+                                                            (r / "linked").symlink_to(r.parent / "elsewhere"),
+                                                            ["--out", "linked/results.json"])[2],
+        expect=r"^error: linked is a symbolic link: not written through \(replace it with a regular folder\)$"),
     Row("misleading", "out-is-a-folder", lambda r: (r.joinpath("results").mkdir(), ["--out", "results"])[1],
         expect=r"^error: --out: results already exists \(not a regular file\); name a new file$"),
     *OUT_ROWS,

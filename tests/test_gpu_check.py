@@ -134,6 +134,8 @@ GPU_CHECK_ROWS = [
     # Without CUDA, the wrapper says "no CUDA device" unless --cpu-smoke is asked for: anywhere, by its whole name
     Row("misleading", "cpu-smoke-after-another-option-is-still-the-smoke", lambda r: ["--data", "data.tar.gz", "--out",
         str(r / "out"), "--cpu-smoke"], env=budget("1e-300"), expect=NOT_A_BUDGET % "'1e-300'"),
+    Row("misleading", "an-option-without-its-value-is-refused-not-no-gpu", lambda r: ["--out", str(r / "out"), "--data"],
+        expect=r"^gpu_check: argument --data: expected one argument \(see --help\); nothing done$"),
     Row("misleading", "cpu-smoke-abbreviated-is-refused-not-no-gpu", lambda r: ["--out", str(r / "out"), "--cpu"],
         expect=r"^gpu_check: unrecognized arguments: --cpu \(see --help\); nothing done$"),
     Row("misleading", "python-missing-is-not-no-gpu", fresh_out(), env={"PYTHON": "no-such-python3"},

@@ -218,7 +218,9 @@ def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing
     alive = subprocess.Popen(["sleep", "60"])  # another run of the same stage, still writing its outputs
     try:
         stale = [repo / "data/.cifar10.npz.k1ll3d.tmp", repo / "metrics/.data.json.x.tmp",  # an older version's names
-                 repo / "reports/.data.json.y.tmp", repo / f"metrics/.data.json.{gone.stdout.strip()}.k1ll3d.tmp"]
+                 repo / "reports/.data.json.y.tmp", repo / f"metrics/.data.json.{gone.stdout.strip()}.k1ll3d.tmp",
+                 repo / "metrics/.data.json.99999999999999999999.k1ll3d.tmp",  # no pid: past any pid, or
+                 repo / "metrics/.data.json.\u00b2\u00b3.k1ll3d.tmp"]  # digits that int() reads and no pid is
         kept = [repo / "metrics/.notes.tmp", repo / "metrics/.train.json.z.tmp",  # not this stage's, or not ours
                 repo / f"metrics/.data.json.{alive.pid}.st4g3d.tmp"]
         for path in stale + kept:
@@ -327,6 +329,15 @@ def test_a_stage_whose_stdout_fails_keeps_its_outputs_and_says_so_in_one_line(tr
     assert code == 2 and err.splitlines() == [
         f"error: standard output: cannot write ({reason}); the stage's outputs were written"], err
     assert json.loads((repo / "metrics/eval.json").read_text())["test_acc"] >= 0
+
+
+def test_a_stage_without_stdout_still_writes_its_outputs(tmp_path):
+    """`python -m stages.fetch_data >&-`: no stdout at all (Python's sys.stdout is None); print() writes nothing."""
+    repo = project(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "stages.fetch_data"], cwd=repo, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "WANDB_MODE": "disabled"}, preexec_fn=lambda: os.close(1), timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (repo / "data/cifar10.npz").is_file() and (repo / "metrics/data.json").is_file()
 
 
 def test_a_staged_output_gone_before_its_rename_is_one_line(tmp_path):

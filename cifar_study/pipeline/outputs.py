@@ -84,11 +84,11 @@ def _writer_alive(temporary: Path) -> bool:
     """Whether the process that named `temporary` (.<output name>.<pid>.<random>.tmp) still runs: another run of
     the same stage, whose staged outputs must stay. A name without a pid is from an older version: stale."""
     pid = temporary.name.rsplit(".", 3)[-3] if temporary.name.count(".") >= 4 else ""
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or no pid at all
         return False
     except OSError:  # EPERM: alive, another user's
         return True

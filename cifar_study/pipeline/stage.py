@@ -119,13 +119,15 @@ def run_stage(main: Callable[[], None]) -> None:
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
     if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
         remove_stale_temporaries(STAGE_FILES[stage][1])
-    stdout = sys.stdout = _StageStdout(sys.stdout)
+    # `>&-` leaves no stdout at all (None): print() then writes nothing, and there is nothing to guard
+    stdout = sys.stdout = _StageStdout(sys.stdout) if sys.stdout is not None else None
     try:
         _refuse_linked_folders(stage)
         with outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
-        stdout.flush()
-        if stdout.failure:
+        if stdout is not None:
+            stdout.flush()
+        if stdout is not None and stdout.failure:
             raise UserError(f"standard output: cannot write ({stdout.failure}); the stage's outputs were written")
     except UserError as exc:
         report_error(str(exc))
