@@ -112,9 +112,11 @@ COMPARE_ROWS = [
         expect=r"^error: params.yaml in the workspace is a FIFO \(named pipe\), not a regular file"),
     Row("hang", "spread-is-dev-zero", lambda r: (files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6)(r),
                                                  special("reports/spread/spread.json", "dev-zero")(r))[1],
-        expect=r"^error: reports/spread/spread.json is a device, not a regular file$"),
+        expect=r"^error: reports/spread/spread.json in the workspace is a device, not a regular file$"),
     Row("hang", "params-yaml-alias-bomb", files(params=ALIAS_BOMB),
         expect=r"^error: params.yaml expands to more than 100,000 values \(nested YAML aliases\)"),
+    Row("hang", "params-of-a-project-in-a-subfolder-is-a-fifo", special("sub/params.yaml", "fifo"),
+        expect=r"^error: sub/params.yaml in the workspace is a FIFO \(named pipe\), not a regular file$"),
     Row("traceback", "unknown-option", files(["--bogus"]),
         expect=r"^error: python -m cifar_study.compare: unrecognized arguments: --bogus \(see --help\)$"),
     Row("traceback", "spread-not-utf8", files(params="train:\n  lr: 0.01\n", metrics=SINGLE % 0.6, spread=b"\xff\xfe{"),
@@ -203,6 +205,13 @@ SHOW_ROWS = [
         "stages:\n  each:\n    foreach: [a]\n    do:\n      cmd: echo ${item}\n      metrics:\n        - m.json:\n"
         "            cache: false\n"))(r), special("m.json", "fifo")(r))[1],
         expect=r"^error: m.json in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    # ...and any FIFO or device in the workspace: DVC opens files that no list follows
+    Row("hang", "metrics-path-built-from-a-foreach-item-is-a-fifo", lambda r: (files(dvc_yaml=(
+        "stages:\n  each:\n    foreach: [a]\n    do:\n      cmd: echo ${item}\n      metrics:\n        - m-${item}.json:\n"
+        "            cache: false\n"))(r), special("m-a.json", "fifo")(r))[1],
+        expect=r"^error: m-a.json in the workspace is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "dvcignore-is-a-fifo", special(".dvcignore", "fifo"),
+        expect=r"^error: .dvcignore in the workspace is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "live-metrics-of-a-stopped-run-is-a-fifo",
         lambda r: (write(r, {"dvclive/dvc.yaml": "metrics:\n- metrics.json\n"}), special("dvclive/metrics.json", "fifo")(r))[1],
         expect=r"^error: dvclive/metrics.json in the workspace is a FIFO \(named pipe\), not a regular file$"),

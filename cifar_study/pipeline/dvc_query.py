@@ -24,6 +24,7 @@ from cifar_study.pipeline.untrusted import (MAX_PARAMS_BYTES, DuplicateKeyError,
 
 DVC_TIMEOUT_S = 300
 GIT_TIMEOUT_S = 30
+SCAN_LIMIT = 2_000_000  # workspace entries looked at for special files (this project with its .venv: 36,000)
 MAX_FILE_BYTES = 1 << 20  # this project's params and metrics files are a few KB; dvc.lock about 20 KB
 DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
 ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml", ".dvc/config", ".dvc/config.local")
@@ -74,9 +75,35 @@ def read_by_dvc(read: Callable[[str], bytes] = _read_workspace) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def special_files(root: str = ".", limit: int = SCAN_LIMIT) -> Iterator[tuple[str, str]]:
+    """(path, kind) of every FIFO, socket or device in the workspace, or link to one, .git aside, in a fixed order.
+    DVC opens files it finds in more ways than a list can follow (paths built from `vars` and `foreach` items,
+    a stage's `wdir`, `sub/dvc.yaml`'s own params.yaml, .dvcignore): any one of these would block it."""
+    stack, seen = [root], 0
+    while stack and seen < limit:  # a bound, not a refusal: a huge workspace is DVC's to walk
+        try:
+            entries = sorted(os.scandir(stack.pop()), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != ".git":
+                    stack.append(entry.path)
+            elif not entry.is_file(follow_symlinks=False):
+                try:
+                    mode = os.stat(entry.path).st_mode  # a link: what it points to
+                except OSError:
+                    continue  # a dangling link, or one DVC cannot follow either
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    yield os.path.normpath(entry.path), kind_of(mode)
+
+
 def check_workspace(error: type[UserError]) -> None:
     """Refuse, in one line, a workspace file that DVC would block on, could not read as a file, or would
     not finish flattening."""
+    for path, kind in special_files():
+        raise error(f"{path} in the workspace is a {kind}, not a regular file")
     for path in read_by_dvc():
         try:
             st = os.stat(path)
