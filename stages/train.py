@@ -33,7 +33,9 @@ def main() -> None:
     classes = dataset.classes
     train_split, heldout, heldout_name = heldout_split(dataset, params.data)  # checked before ranks start
     if p.nproc > 1 and not distributed.launched():
-        sys.exit(distributed.launch(p.nproc, "stages.train"))
+        if code := distributed.launch(p.nproc, "stages.train"):
+            sys.exit(code)
+        return  # the ranks wrote the outputs; run_stage still reports a stdout that failed
     d, device = distributed.init(device, p.batch_size)
     mean, std = normalization(p.normalize, train_split.images)  # the checkpoint keeps both, and its train.normalize
     if d.main:

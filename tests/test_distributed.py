@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
@@ -57,3 +58,20 @@ def test_batch_size_must_split_evenly(tmp_path):
         code, _, err = run_stage(repo, stage)
         assert code == 2 and err.strip() == ("error: train.batch_size: 16 must be divisible by train.nproc=3 "
                                              "(it is the global batch, split evenly across ranks)")
+
+
+@pytest.mark.parametrize("sighup", [signal.SIG_DFL, signal.SIG_IGN], ids=["from-a-terminal", "under-nohup"])
+def test_the_launcher_forwards_a_closed_terminal_except_under_nohup(sighup, monkeypatch):
+    """torchrun handles SIGHUP by default, which would stop the ranks of a run started with nohup."""
+    import torch.distributed.run as torchrun
+
+    from cifar_study.core import distributed
+
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.append(args.signals_to_handle))
+    before = signal.signal(signal.SIGHUP, sighup)
+    try:
+        assert distributed.launch(2, "stages.train") == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert seen == ["SIGTERM,SIGINT,SIGQUIT" + (",SIGHUP" if sighup == signal.SIG_DFL else "")]

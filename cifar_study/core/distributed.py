@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -84,7 +85,10 @@ def launch(nproc: int, module: str) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    args = ["--standalone", f"--nproc-per-node={nproc}", "-m", module]
+    # torchrun handles (and forwards) SIGHUP too, unless this process ignores it: under nohup the ranks must outlive
+    # a closed terminal, as one process does
+    stops = "SIGTERM,SIGINT,SIGQUIT" + (",SIGHUP" if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else "")
+    args = ["--standalone", f"--nproc-per-node={nproc}", f"--signals-to-handle={stops}", "-m", module]
     print(f"launching {nproc} processes: torch.distributed.run {' '.join(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rank-errors-") as errors:
         os.environ[RANK_ERRORS_ENV] = errors  # the ranks inherit it
