@@ -20,14 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision import transforms as T
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cifar_study  # noqa: E402,F401  (first: a stop while PyTorch imports is one line)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
 from cifar_study.core.flops import flops_report  # noqa: E402
 from cifar_study.core.flow_stats import add_update_ratio, read_snapshots, take_snapshot  # noqa: E402
 from cifar_study.core.loader import TensorLoader  # noqa: E402

@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cifar_study  # noqa: E402,F401  (first: a stop while PyTorch imports is one line)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 from cifar_study.analysis.flow_health import FlowHealth, assess  # noqa: E402
 from cifar_study.core.loader import make_loader  # noqa: E402
 from cifar_study.core.model import SimpleCNN  # noqa: E402

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cifar_study  # noqa: E402,F401  (first: a stop while PyTorch imports is one line)
+import torch  # noqa: E402
 from cifar_study.core.loader import make_loader  # noqa: E402
 from cifar_study.core.model import build_model  # noqa: E402
 from cifar_study.core.replicas import ReplicaLoader, build_replicas  # noqa: E402

@@ -21,10 +21,12 @@ def _stop_while_importing(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-# `python -m cifar_study.<command>` or `python -m stages.<stage>` (sys.argv[0] is "-m" while Python finds
-# the module): a Ctrl-C, SIGTERM or SIGHUP during the seconds of importing PyTorch is one line and exit 130, not a
-# traceback or a silent exit; cli.run_command and stage.run_stage replace these handlers once main runs.
-if sys.argv[:1] == ["-m"]:
+# `python -m cifar_study.<command>`, `python -m stages.<stage>` (sys.argv[0] is "-m" while Python finds the module)
+# or a bench/ tool (which imports this package before PyTorch): a Ctrl-C, SIGTERM or SIGHUP during the seconds of
+# importing PyTorch is one line and exit 130, not a traceback or a silent exit; cli.run_command and
+# stage.run_stage replace these handlers once main runs.
+_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+if sys.argv[:1] == ["-m"] or os.path.dirname(os.path.abspath(sys.argv[0] if sys.argv else "")) == _BENCH:
     for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if _signal != signal.SIGHUP or signal.getsignal(_signal) is not signal.SIG_IGN:  # nohup ignores SIGHUP
             signal.signal(_signal, _stop_while_importing)

@@ -430,6 +430,25 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
     assert (proc.returncode, err, out) == (130, says, b"")
 
 
+@pytest.mark.parametrize("tool", ["replicas", "benchmark", "flow_health_check"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["sigint", "sighup"])
+def test_a_stop_while_a_bench_tool_imports_pytorch_is_one_line(tool, sig, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / f"bench/{tool}.py"), "--out", str(tmp_path / "r.json")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + ROW_TIMEOUT_S
+        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text(), "no handler before PyTorch loads"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
+    finally:
+        if alive(proc.pid, group=True):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (proc.returncode, err, out) == (130, b"interrupted\n", b"")
+
+
 def test_a_stage_under_nohup_outlives_a_closed_terminal(tmp_path):
     """nohup starts a stage with SIGHUP ignored, so that it survives a logout: the stage keeps that."""
     shutil.copy(ROOT / "params.yaml", tmp_path)
