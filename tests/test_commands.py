@@ -402,6 +402,28 @@ def test_every_class_has_two_rows(rows):
     every_class_twice(rows)
 
 
+def signalled_while_importing(argv: list[str], sig: int, cwd: Path, env: dict | None = None,
+                              sighup: object = signal.SIG_DFL, again_after: float | None = None) -> tuple:
+    """Start `argv` with SIGHUP at `sighup` (default: as from a terminal), send `sig` once it handles stops and
+    before PyTorch has loaded (and once more `again_after` seconds later); (exit status, stderr, stdout)."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGHUP, sighup))
+    try:
+        deadline = time.monotonic() + ROW_TIMEOUT_S
+        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text(), "no handler before PyTorch loads"
+        proc.send_signal(sig)
+        if again_after is not None:
+            time.sleep(again_after)
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
+    finally:
+        if alive(proc.pid, group=True):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err, out
+
+
 @pytest.mark.parametrize("module,rank,says", [("cifar_study.predict", False, b"interrupted\n"),
                                                ("stages.evaluate", False, b"interrupted\n"),
                                                ("stages.train", True, b"")], ids=["predict", "stage", "rank"])
@@ -414,60 +436,24 @@ def test_a_stop_while_pytorch_is_imported_is_one_line(module, rank, says, sig, t
     shutil.copy(ROOT / "params.yaml", tmp_path)  # a stage checks it first
     if rank:
         env.update(RANK="1", WORLD_SIZE="2", CIFAR_STUDY_RANK_ERRORS=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", module, "cat.png"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # as from a terminal
-    try:
-        deadline = time.monotonic() + ROW_TIMEOUT_S
-        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text(), "no handler before PyTorch loads"
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
-    finally:
-        if alive(proc.pid, group=True):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert (proc.returncode, err, out) == (130, says, b"")
+    assert signalled_while_importing([sys.executable, "-m", module, "cat.png"], sig, tmp_path, env) == (130, says, b"")
 
 
 @pytest.mark.parametrize("tool", ["replicas", "benchmark", "flow_health_check"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["sigint", "sighup"])
 def test_a_stop_while_a_bench_tool_imports_pytorch_is_one_line(tool, sig, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(ROOT / f"bench/{tool}.py"), "--out", str(tmp_path / "r.json")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + ROW_TIMEOUT_S
-        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text(), "no handler before PyTorch loads"
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
-    finally:
-        if alive(proc.pid, group=True):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert (proc.returncode, err, out) == (130, b"interrupted\n", b"")
+    argv = [sys.executable, str(ROOT / f"bench/{tool}.py"), "--out", str(tmp_path / "r.json")]
+    assert signalled_while_importing(argv, sig, tmp_path) == (130, b"interrupted\n", b"")
 
 
 def test_a_stage_under_nohup_outlives_a_closed_terminal(tmp_path):
     """nohup starts a stage with SIGHUP ignored, so that it survives a logout: the stage keeps that."""
     shutil.copy(ROOT / "params.yaml", tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        deadline = time.monotonic() + ROW_TIMEOUT_S
-        while not catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGHUP)  # while PyTorch is imported, and again once main runs
-        time.sleep(1)
-        proc.send_signal(signal.SIGHUP)
-        out, err = proc.communicate(timeout=ROW_TIMEOUT_S)
-    finally:
-        if alive(proc.pid, group=True):
-            os.killpg(proc.pid, signal.SIGKILL)
+    code, err, _ = signalled_while_importing([sys.executable, "-m", "stages.evaluate"], signal.SIGHUP, tmp_path,
+                                             {**os.environ, "PYTHONPATH": str(ROOT)}, sighup=signal.SIG_IGN,
+                                             again_after=1.0)  # while PyTorch is imported, and once main runs
     # It ran to its own end: no model here, so one line naming it (not "interrupted", 130)
-    assert proc.returncode == 2 and b"models/model.pt: checkpoint not found" in err, err
+    assert code == 2 and b"models/model.pt: checkpoint not found" in err, err
 
 
 @pytest.mark.parametrize("runner, ends, code", [
