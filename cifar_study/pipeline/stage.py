@@ -127,8 +127,8 @@ def run_stage(main: Callable[[], None]) -> None:
             main()
         if stdout is not None:
             stdout.flush()
-        if stdout is not None and stdout.failure:
-            raise UserError(f"standard output: cannot write ({stdout.failure}); the stage's outputs were written")
+            if stdout.failure:
+                raise UserError(f"standard output: cannot write ({stdout.failure}); the stage's outputs were written")
     except UserError as exc:
         report_error(str(exc))
         sys.exit(2)
