@@ -340,15 +340,18 @@ def test_a_stage_without_stdout_still_writes_its_outputs(tmp_path):
     assert (repo / "data/cifar10.npz").is_file() and (repo / "metrics/data.json").is_file()
 
 
-def test_a_staged_output_gone_before_its_rename_is_one_line(tmp_path):
+@pytest.mark.parametrize("gone, said", [("h.csv", "; no output was changed"), ("i.csv", "; {h} already replaced")])
+def test_a_staged_output_gone_before_its_rename_is_one_line(tmp_path, gone, said):
     """Another process removed a staged temporary (probe 3: a second run of the stage, before pids were in the
-    names): the rename's failure is an OutputError naming the output, not a traceback."""
-    target = tmp_path / "h.csv"
-    with pytest.raises(UserError, match=r"h.csv: cannot write \(No such file or directory\)$"):
+    names): the rename's failure is an OutputError naming the output and what was replaced already."""
+    with pytest.raises(UserError) as info:
         with cio.outputs_together():
-            cio.write_csv(target, [{"a": 1}], ["a"])
-            for tmp in tmp_path.glob(".h.csv.*.tmp"):
+            cio.write_csv(tmp_path / "h.csv", [{"a": 1}], ["a"])
+            cio.write_csv(tmp_path / "i.csv", [{"a": 1}], ["a"])
+            for tmp in tmp_path.glob(f".{gone}.*.tmp"):
                 tmp.unlink()
+    assert str(info.value) == (f"{tmp_path / gone}: cannot write (No such file or directory)"
+                               + said.format(h=tmp_path / "h.csv"))
 
 
 # --- training faults ---------------------------------------------------------------------------

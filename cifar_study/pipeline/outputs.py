@@ -56,11 +56,12 @@ def outputs_together() -> Iterator[None]:
         for _, path in staged:  # the one rename that can fail in a folder we could write to
             if path.is_dir():
                 raise OutputError(f"{path}: cannot write (a directory is in the way); no output was changed")
-        for tmp, path in staged:
+        for i, (tmp, path) in enumerate(staged):
             try:
                 os.replace(tmp, path)
             except OSError as exc:
-                raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
+                done = f"; {', '.join(str(p) for _, p in staged[:i])} already replaced" if i else "; no output was changed"
+                raise OutputError(f"{path}: cannot write ({_reason(exc)}){done}") from None
     finally:
         _staged.reset(token)
         _after.reset(after_token)
