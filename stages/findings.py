@@ -23,6 +23,7 @@ def main() -> None:
         health = assess(flow)
     with stage_inputs.reading(paths.HISTORY):  # epochs 1, 2, ... of finite, in-range numbers, or one line
         history = history_of(stage_inputs.read_table(paths.HISTORY, EpochRecord.columns()))
+    stage_inputs.check_flow_history(flow, len(history))
     dynamics = analyse(history)
     claims = check_claims(health, dynamics, params.train.flow_every)
     missing = flow_evidence(health, params.train.flow_every)

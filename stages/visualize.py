@@ -27,6 +27,7 @@ def main() -> None:
         if heldout_name not in HELDOUT_NAMES:  # it is drawn into the figures' titles
             raise ValueError(f"heldout_split is not one of {', '.join(HELDOUT_NAMES)}")
     snapshots = stage_inputs.read_flow(paths.FLOW)
+    stage_inputs.check_flow_history(snapshots, len(history))
     with stage_inputs.reading(paths.FINDINGS):
         flow_flags = {h["layer"]: h["flags"] for h in read_json(paths.FINDINGS)["flow_health"]["layers"]}
         if not all(isinstance(f, list) and all(isinstance(flag, str) for flag in f) for f in flow_flags.values()):

@@ -436,6 +436,12 @@ ROWS = [
         lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n5,1,fc2,0.1,0.2,0.3,0.4,0.001\n")),
     Row("silent-wrong", "flow-steps-back", "findings", flow_refused(r"steps are not in order from 0 or more"),
         lambda c: flow_of(c, "5,1,fc1,0.1,0.2,0.3,0.4,0.001\n3,2,fc1,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("silent-wrong", "flow-of-another-run-past-the-history", "findings",
+        r"^error: plots/data/flow.csv does not belong with plots/data/history.csv \(a snapshot at epoch 900; the "
+        r"history has 1\): run dvc repro train$", lambda c: flow_of(c, "0,900,fc1,0.1,0.2,0.3,0.4,0.001\n")),
+    Row("silent-wrong", "flow-past-the-history-drawn", "visualize",
+        r"^error: plots/data/flow.csv does not belong with plots/data/history.csv \(a snapshot at epoch 2; the "
+        r"history has 1\)", lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n7,2,fc1,0.1,0.2,0.3,0.4,0.001\n")),
     Row("silent-wrong", "flow-layer-twice", "visualize", flow_refused(r"step 0: a layer named twice, or an epoch below 1"),
         lambda c: flow_of(c, "0,1,fc1,0.1,0.2,0.3,0.4,0.001\n0,1,fc1,0.1,0.2,0.3,0.4,0.001\n")),
     Row("traceback", "flags-not-a-list-of-text", "visualize",

@@ -259,9 +259,31 @@ def _state_with(tmp_path: Path, tiny, edit) -> tuple[ResumeStore, object, object
     (lambda s: {"key": s["key"]}, "KeyError: 'history'"),  # this run's key and nothing else
     (lambda s: {**s, "epoch": 7}, "ValueError: step 4, epoch 7 after 1 epochs of history"),
     (lambda s: {**s, "step": "4"}, "ValueError"),
-    (lambda s: {**s, "model_state": {k: v[:1] if v.dim() else v for k, v in s["model_state"].items()}}, "RuntimeError"),
+    (lambda s: {**s, "model_state": {k: v[:1] if v.dim() else v for k, v in s["model_state"].items()}},
+     "ValueError: model_state: block1.conv.weight is not a torch.float32 tensor of shape (32, 3, 3, 3)"),
     (lambda s: {**s, "flow": [{"step": 0}]}, "TypeError"),
-], ids=["a-list", "none", "key-alone", "epoch-past-its-history", "step-as-text", "weights-cut", "flow-fields-missing"])
+    # what would become a result, or train on from a wrong start (probe 4)
+    (lambda s: {**s, "history": [{**s["history"][0], "heldout_acc": float("nan")}]}, "ValueError: history epoch 1"),
+    (lambda s: {**s, "history": [{**s["history"][0], "epoch": 99}]}, "ValueError: history row 1 is epoch 99"),
+    (lambda s: {**s, "step": -5}, "ValueError: step -5, epoch 1"),
+    (lambda s: {**s, "step": 10 ** 30}, "ValueError: step 1000000000000000000000000000000, epoch 1"),
+    (lambda s: {**s, "flow": [{**s["flow"][0], "layers": ["\x1b[2J<script>"] * len(s["flow"][0]["layers"])}]},
+     "ValueError: step 0: a layer that is not a module name"),
+    (lambda s: {**s, "model_state": {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                                     for k, v in s["model_state"].items()}}, "is not a torch.float32 tensor"),
+    (lambda s: {**s, "model_state": {k: v * float("nan") if v.is_floating_point() else v
+                                     for k, v in s["model_state"].items()}}, "holds values that are not finite numbers"),
+    (lambda s: {**s, "optimizer_state": {**s["optimizer_state"], "param_groups": [
+        {**g, "lr": "x"} for g in s["optimizer_state"]["param_groups"]]}}, "not this run's optimizer settings"),
+    (lambda s: {**s, "optimizer_state": {**s["optimizer_state"], "state": {
+        **s["optimizer_state"]["state"], 0: {**s["optimizer_state"]["state"][0], "exp_avg": torch.zeros(7)}}}},
+     "ValueError: optimizer_state[0]: exp_avg is not a torch.float32 tensor"),
+    (lambda s: {**s, "optimizer_state": {**s["optimizer_state"], "state": {
+        **s["optimizer_state"]["state"], 0: {**s["optimizer_state"]["state"][0], "step": torch.tensor(float("inf"))}}}},
+     "ValueError: optimizer_state[0]: step is not a count"),
+], ids=["a-list", "none", "key-alone", "epoch-past-its-history", "step-as-text", "weights-cut", "flow-fields-missing",
+        "nan-in-history", "history-epoch-99", "step-negative", "step-past-any-run", "flow-layer-with-markup-and-escape",
+        "weights-in-bf16", "weights-nan", "lr-as-text", "adam-moment-cut", "adam-step-infinite"])
 def test_a_resume_state_not_written_by_this_code_is_ignored_or_refused_in_one_line(tmp_path, tiny, capsys, edit,
                                                                                     refusal):
     """Not a state: ignored with a warning (training starts over). This run's key on content this code does not

@@ -19,11 +19,12 @@ from typing import Any, Callable
 import torch
 
 from cifar_study.core.flow import FlowSnapshot
-from cifar_study.core.history import EpochRecord
+from cifar_study.core.history import history_of
 from cifar_study.core.training import TrainResult, TrainState
 from cifar_study.pipeline.checkpoint import model_payload
 from cifar_study.pipeline.errors import DataError, first_line
 from cifar_study.pipeline.outputs import write_bytes
+from cifar_study.pipeline.stage_inputs import check_snapshots
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
@@ -62,16 +63,20 @@ class ResumeStore:
         if saved is None:
             return None
         try:
-            result = TrainResult([EpochRecord.from_row(r) for r in saved["history"]],
-                                 [FlowSnapshot(**f) for f in saved["flow"]],
-                                 [[EpochRecord.from_row(r) for r in history] for history in saved["replicas"]])
+            # What this code writes and nothing else: the history, flow and weights become the run's results
+            result = TrainResult(history_of(saved["history"]), [FlowSnapshot(**f) for f in saved["flow"]],
+                                 [history_of(history) for history in saved["replicas"]])
+            check_snapshots(result.flow)
+            step, epoch = saved["step"], saved["epoch"]
+            if type(step) is not int or type(epoch) is not int or not 0 < epoch == len(result.history) <= state.p.epochs \
+                    or step != epoch * len(loader) or (result.flow and not result.flow[-1].step < step):
+                raise ValueError(f"step {step!r}, epoch {epoch!r} after {len(result.history)} epochs of history")
+            _same_kind("model_state", saved["model_state"], state.model.state_dict())
+            _same_optimizer(saved["optimizer_state"], state.optimizer)
             state.model.load_state_dict(saved["model_state"])
             state.optimizer.load_state_dict(saved["optimizer_state"])
             state.scaler.load_state_dict(saved["scaler_state"])
             set_rng_state(loader, saved["rng"])
-            step, epoch = saved["step"], saved["epoch"]
-            if type(step) is not int or type(epoch) is not int or not 0 < epoch == len(result.history) <= state.p.epochs:
-                raise ValueError(f"step {step!r}, epoch {epoch!r} after {len(result.history)} epochs of history")
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             # This run's key but not what this code writes: the model may be half loaded, so no starting over here.
             raise DataError(f"{self.path}: not a complete resume state ({type(exc).__name__}: {first_line(exc)}); "
@@ -132,6 +137,39 @@ class ResumeStore:
             print(f"note: {self.path} is from other params, data or code; starting from epoch 1", flush=True)
             return None
         return saved
+
+
+def _same_kind(name: str, saved: Any, current: dict[str, torch.Tensor]) -> None:
+    """`saved` holds exactly `current`'s tensors (names, shapes, dtypes), every float finite: load_state_dict
+    would cast another dtype silently, and a NaN weight trains on as NaN losses."""
+    if not isinstance(saved, dict) or saved.keys() != current.keys():
+        raise ValueError(f"{name}: not this model's tensors")
+    for key, tensor in saved.items():
+        ref = current[key]
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != ref.dtype or tensor.shape != ref.shape:
+            raise ValueError(f"{name}: {key} is not a {ref.dtype} tensor of shape {tuple(ref.shape)}")
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ValueError(f"{name}: {key} holds values that are not finite numbers")
+
+
+def _same_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Adam's saved state as this run's optimizer would hold it: the same settings (lr, betas, ...), and per
+    parameter its step and moments, finite, of the parameter's shape and dtype."""
+    current = optimizer.state_dict()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in current["param_groups"]]
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) or \
+            [{k: v for k, v in g.items() if k != "params"} for g in saved["param_groups"]] != groups:
+        raise ValueError("optimizer_state: not this run's optimizer settings")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = saved.get("state")
+    if not isinstance(state, dict) or set(state) != set(range(len(params))):
+        raise ValueError("optimizer_state: not a state for each of this model's parameters")
+    for i, param in enumerate(params):
+        _same_kind(f"optimizer_state[{i}]", {k: v for k, v in state[i].items() if k != "step"},
+                   {"exp_avg": param, "exp_avg_sq": param})
+        step = state[i].get("step")
+        if not isinstance(step, torch.Tensor) or step.numel() != 1 or not 0 <= float(step) < 2 ** 53:
+            raise ValueError(f"optimizer_state[{i}]: step is not a count")
 
 
 def _host_copy(obj: Any) -> Any:

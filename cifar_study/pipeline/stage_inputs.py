@@ -80,17 +80,38 @@ def read_flow(path: str) -> list[FlowSnapshot]:
                 raise ValueError(f"line {line}: layer {r['layer'][:40]!r} is not a module name")
             if any(float(r[s]) < 0 for s in STATS):
                 raise ValueError(f"line {line}: a negative statistic (all are sizes: |grad|, |W|, |ΔW| / |W|)")
-        snapshots = snapshots_from_rows(rows)
         steps = [int(r["step"]) for r in rows]
-        if steps != sorted(steps) or steps[0] < 0:
+        if steps != sorted(steps):  # rows in the order train writes them
             raise ValueError("steps are not in order from 0 or more")
-        for snap, before in zip(snapshots[1:], snapshots):
-            if snap.epoch < before.epoch or snap.layers != snapshots[0].layers:
-                raise ValueError(f"step {snap.step}: its epoch goes back, or its layers are not step "
-                                 f"{snapshots[0].step}'s")
-        if len(set(snapshots[0].layers)) != len(snapshots[0].layers) or snapshots[0].epoch < 1:
-            raise ValueError(f"step {snapshots[0].step}: a layer named twice, or an epoch below 1")
+        snapshots = snapshots_from_rows(rows)
+        check_snapshots(snapshots)
         return snapshots
+
+
+def check_snapshots(snapshots: list[FlowSnapshot]) -> None:
+    """Flow snapshots as train takes them, ValueError otherwise: steps in order from 0, epochs from 1 and never
+    back, the same module names at every step, each once, and per layer its statistics, none negative (NaN and
+    infinity stay: an exploding gradient is evidence). flow.csv's rows and the resume state's flow alike."""
+    for snap, before in zip(snapshots, [None, *snapshots]):
+        if type(snap.step) is not int or type(snap.epoch) is not int or (before is None and snap.step < 0) or \
+                (before is not None and snap.step < before.step):
+            raise ValueError("steps are not in order from 0 or more")
+        if before is not None and (snap.epoch < before.epoch or snap.layers != snapshots[0].layers):
+            raise ValueError(f"step {snap.step}: its epoch goes back, or its layers are not step "
+                             f"{snapshots[0].step}'s")
+        if not all(isinstance(layer, str) and LAYER_NAME.fullmatch(layer) for layer in snap.layers) or \
+                len(snap.values) != len(snap.layers) or \
+                not all(len(v) == len(STATS) and all(isinstance(x, float) and not x < 0 for x in v) for v in snap.values):
+            raise ValueError(f"step {snap.step}: a layer that is not a module name, or statistics that are not "
+                             f"{len(STATS)} sizes")
+    if snapshots and (len(set(snapshots[0].layers)) != len(snapshots[0].layers) or snapshots[0].epoch < 1):
+        raise ValueError(f"step {snapshots[0].step}: a layer named twice, or an epoch below 1")
+
+
+def check_flow_history(flow: list[FlowSnapshot], epochs: int) -> None:
+    """flow.csv and history.csv come from one run: no snapshot after its last epoch."""
+    if flow and flow[-1].epoch > epochs:
+        raise mismatch(paths.FLOW, paths.HISTORY, f"a snapshot at epoch {flow[-1].epoch}; the history has {epochs}")
 
 
 def mismatch(made: str, used: str, why: str) -> UpstreamError:
