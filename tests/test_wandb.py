@@ -234,6 +234,32 @@ def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_pa
     assert "resuming" not in out and "(a new W&B run with the id abc123elsewhere found in " in out
 
 
+def test_a_run_id_with_control_characters_is_printed_escaped(monkeypatch, tmp_path, capsys):
+    """WANDB_RUN_ID names the offline run's folder, which the stage prints (probe 4)."""
+    from cifar_study.observe.wandb_run import Tracker
+    from cifar_study.pipeline.params import WandbParams
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_RUN_ID", "ab\x1b[31mRED\nX")
+    with Tracker(WandbParams(mode="offline"), "train", "run-x", {}) as tracker:
+        assert tracker.active
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "ab\\x1b[31mRED\\nX" in out and len(out.splitlines()) == 1, out
+
+
+def test_a_wandb_dir_that_is_a_file_is_one_warning_and_no_wandb(monkeypatch, tmp_path, capsys):
+    """W&B itself warns three times, then writes its run into /tmp, outside the project and WANDB_DIR."""
+    from cifar_study.observe.wandb_run import Tracker
+    from cifar_study.pipeline.params import WandbParams
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "a-file"))
+    with Tracker(WandbParams(mode="offline"), "train", "run-x", {}) as tracker:
+        assert not tracker.active
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: W&B's folder {tmp_path / 'a-file'} (WANDB_DIR) is not a folder; continuing without W&B"]
+
+
 def test_a_run_id_that_cannot_be_resumed_is_dropped(monkeypatch, tmp_path, capsys):
     """wandb.init failing on a kept id (a run deleted online, say): one warning, and the next run starts afresh."""
     import wandb

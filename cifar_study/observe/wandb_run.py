@@ -24,6 +24,7 @@ import numpy as np
 
 from cifar_study.core.flow import STATS, FlowSnapshot
 from cifar_study.core.history import EpochRecord
+from cifar_study.pipeline.cli import printable
 from cifar_study.pipeline.errors import OutputError, first_line
 from cifar_study.pipeline.outputs import write_bytes
 from cifar_study.pipeline.params import ModelParams, WandbParams, parse_section
@@ -170,6 +171,10 @@ class Tracker:
                   "(log in with `wandb login`, or set WANDB_API_KEY; or use wandb.mode: offline)",
                   file=sys.stderr, flush=True)
             return
+        if os.path.exists(wandb_root()) and not os.path.isdir(wandb_root()):  # W&B would warn thrice, then use /tmp
+            print(printable(f"warning: W&B's folder {wandb_root()} (WANDB_DIR) is not a folder; continuing without "
+                            "W&B"), file=sys.stderr, flush=True)
+            return
         self.wandb = wandb
         # An interrupted stage re-run with the same params continues its W&B run, so a sweep's
         # dashboard shows one run per stage and experiment, not a failed one beside a second.
@@ -203,8 +208,8 @@ class Tracker:
             # Renamed into place: a FIFO or symlink planted at the path is replaced, never opened or followed.
             write_bytes(self._id_file, (run_id + "\n").encode(), now=True)
         except (OSError, OutputError) as exc:  # W&B itself is fine: only a re-run after an interruption starts a new run
-            print(f"warning: cannot keep the W&B run id in {self._id_file} ({first_line(exc)}); "
-                  "an interrupted run will be continued as a new W&B run", file=sys.stderr, flush=True)
+            print(printable(f"warning: cannot keep the W&B run id in {self._id_file} ({first_line(exc)}); "
+                            "an interrupted run will be continued as a new W&B run"), file=sys.stderr, flush=True)
 
     def _forget(self) -> None:
         try:
@@ -222,9 +227,11 @@ class Tracker:
             where = self.run.settings.sync_dir
             # a resumed offline run is one directory per attempt; `wandb sync` joins them in start order
             upload = f"{os.path.dirname(where)}/offline-run-*-{resumed}*" if resumed else where
-            print(f"{stage}: W&B offline run in {where}{again}; upload it with: wandb sync {upload}", flush=True)
+            # the folder names the run id, which WANDB_RUN_ID or the id file may fill with control characters
+            print(printable(f"{stage}: W&B offline run in {where}{again}; upload it with: wandb sync {upload}"),
+                  flush=True)
         else:
-            print(f"{stage}: W&B run at {self.run.url}{again} (online: synced as it runs)", flush=True)
+            print(printable(f"{stage}: W&B run at {self.run.url}{again} (online: synced as it runs)"), flush=True)
 
     def _ran_before(self, mode: str, run_id: str) -> bool:
         """Whether `run_id` was really run before: online, W&B says it resumed; offline, a folder of an
@@ -243,8 +250,8 @@ class Tracker:
         return self.run.id if self.active else None
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        print(f"warning: W&B {what} failed ({type(exc).__name__}: {first_line(exc)}); continuing without W&B",
-              file=sys.stderr, flush=True)
+        print(printable(f"warning: W&B {what} failed ({type(exc).__name__}: {first_line(exc)}); continuing without "
+                        "W&B"), file=sys.stderr, flush=True)
 
     def _guard(self, what: str, call: Callable[[], Any], always: bool = False) -> Any:
         if not self._on and not always:
