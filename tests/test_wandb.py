@@ -6,13 +6,16 @@ import csv
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from cifar_study.core.model import SimpleCNN
-from tests.conftest import project, run_stage, snapshot
+from tests.conftest import ROOT, project, run_stage, snapshot
 from tests.wandb_records import artifacts, config, history, run_info, summary
 
 # 200 images / batch 16 = 13 batches an epoch (the last of 8), 26 steps, a snapshot every 7: steps 0, 7,
@@ -234,17 +237,16 @@ def test_a_run_id_from_elsewhere_is_not_called_a_resumed_run(monkeypatch, tmp_pa
     assert "resuming" not in out and "(a new W&B run with the id abc123elsewhere found in " in out
 
 
-def test_a_run_id_with_control_characters_is_printed_escaped(monkeypatch, tmp_path, capsys):
-    """WANDB_RUN_ID names the offline run's folder, which the stage prints (probe 4)."""
-    from cifar_study.observe.wandb_run import Tracker
-    from cifar_study.pipeline.params import WandbParams
-
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_RUN_ID", "ab\x1b[31mRED\nX")
-    with Tracker(WandbParams(mode="offline"), "train", "run-x", {}) as tracker:
-        assert tracker.active
-    out = capsys.readouterr().out
-    assert "\x1b" not in out and "ab\\x1b[31mRED\\nX" in out and len(out.splitlines()) == 1, out
+def test_a_run_id_with_control_characters_is_printed_escaped(tmp_path):
+    """WANDB_RUN_ID names the offline run's folder, which the stage prints (probe 4). In a process of its own: W&B
+    reads WANDB_RUN_ID once per process."""
+    script = ("from cifar_study.observe.wandb_run import Tracker\nfrom cifar_study.pipeline.params import WandbParams\n"
+              "with Tracker(WandbParams(mode='offline'), 'train', 'run-x', {}) as tracker:\n    assert tracker.active\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_DIR": str(tmp_path),
+                               "WANDB_RUN_ID": "ab\x1b[31mRED\nX"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "ab\\x1b[31mRED\\nX" in proc.stdout and len(proc.stdout.splitlines()) == 1
 
 
 def test_a_wandb_dir_that_is_a_file_is_one_warning_and_no_wandb(monkeypatch, tmp_path, capsys):
