@@ -8,12 +8,11 @@ is replaced, not written through.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import refuse_links, write_json
+from cifar_study.pipeline.outputs import new_temporary, refuse_links, write_json
 
 
 def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
@@ -34,9 +33,7 @@ def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
             out.parent.mkdir(parents=True, exist_ok=True)
         # The write's own temporary, made and removed: a folder it cannot write in, or a name too long with the
         # temporary's suffix, is refused now, not after the measuring
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+        new_temporary(out).unlink()
     except OSError as exc:
         raise UserError(f"--out: cannot write {name} ({exc.strerror or exc})") from None
     return out

@@ -1,6 +1,5 @@
 """Shared code for the CIFAR-10 SimpleCNN study pipeline (see README.md)."""
 import os
-import signal
 import sys
 
 # Set by distributed.launch for the ranks it starts: a folder where a rank leaves its one-line
@@ -27,6 +26,6 @@ def _stop_while_importing(signum: int, frame: object) -> None:
 # stage.run_stage replace these handlers once main runs.
 _BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 if sys.argv[:1] == ["-m"] or os.path.dirname(os.path.abspath(sys.argv[0] if sys.argv else "")) == _BENCH:
-    for _signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if _signal != signal.SIGHUP or signal.getsignal(_signal) is not signal.SIG_IGN:  # nohup ignores SIGHUP
-            signal.signal(_signal, _stop_while_importing)
+    from cifar_study.pipeline.cli import stop_on_signals  # argparse and the standard library: no PyTorch
+
+    stop_on_signals(_stop_while_importing)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from cifar_study import RANK_ERRORS_ENV
+from cifar_study.pipeline.cli import hangup_ignored
 from cifar_study.pipeline.errors import ParamError, UserError
 
 
@@ -87,7 +87,7 @@ def launch(nproc: int, module: str) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     # torchrun handles (and forwards) SIGHUP too, unless this process ignores it: under nohup the ranks must outlive
     # a closed terminal, as one process does
-    stops = "SIGTERM,SIGINT,SIGQUIT" + (",SIGHUP" if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else "")
+    stops = "SIGTERM,SIGINT,SIGQUIT" + ("" if hangup_ignored() else ",SIGHUP")
     args = ["--standalone", f"--nproc-per-node={nproc}", f"--signals-to-handle={stops}", "-m", module]
     print(f"launching {nproc} processes: torch.distributed.run {' '.join(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rank-errors-") as errors:

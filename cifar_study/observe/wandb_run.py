@@ -171,9 +171,10 @@ class Tracker:
                   "(log in with `wandb login`, or set WANDB_API_KEY; or use wandb.mode: offline)",
                   file=sys.stderr, flush=True)
             return
-        if os.path.exists(wandb_root()) and not os.path.isdir(wandb_root()):  # W&B would warn thrice, then use /tmp
-            print(printable(f"warning: W&B's folder {wandb_root()} (WANDB_DIR) is not a folder; continuing without "
-                            "W&B"), file=sys.stderr, flush=True)
+        root = wandb_root()
+        if os.path.exists(root) and not os.path.isdir(root):  # W&B would warn thrice, then write into /tmp
+            print(printable(f"warning: W&B's folder {root} (WANDB_DIR) is not a folder; continuing without W&B"),
+                  file=sys.stderr, flush=True)
             return
         self.wandb = wandb
         # An interrupted stage re-run with the same params continues its W&B run, so a sweep's
@@ -181,7 +182,7 @@ class Tracker:
         self._id_file = resume_id_file(stage, group)
         resumed = unfinished_id(self._id_file)
         settings = dict(project=p.project, entity=p.entity or None, mode=mode, group=group, job_type=stage,
-                        name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=wandb_root(),
+                        name=f"{stage}-{group}", config={**config, "git": git_state()}, dir=root,
                         id=resumed, resume="allow" if resumed else None,
                         settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True))
         self._on = True

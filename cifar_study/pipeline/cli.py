@@ -103,12 +103,17 @@ def exit_status(main: Callable[[], int | None]) -> int | None:
         return 130
 
 
+def hangup_ignored() -> bool:
+    """Whether SIGHUP is ignored: nohup started this process to outlive a closed terminal."""
+    return signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
 def stop_on_signals(handler: Callable[[int, object], None] = interrupt) -> None:
     """Ctrl-C, SIGTERM and a closed terminal (SIGHUP) stop the command through `handler`. SIGINT also when a shell
     started it in the background (with SIGINT ignored); SIGHUP not under nohup, which ignores it on purpose."""
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+    if not hangup_ignored():
         signal.signal(signal.SIGHUP, handler)
 
 

@@ -27,7 +27,7 @@ GIT_TIMEOUT_S = 30
 SCAN_LIMIT = 2_000_000  # workspace entries looked at for special files (this project with its .venv: 36,000)
 MAX_FILE_BYTES = 1 << 20  # this project's params and metrics files are a few KB; dvc.lock about 20 KB
 DVC_YAMLS = ("dvc.yaml", "dvclive/dvc.yaml")
-ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml", ".dvc/config", ".dvc/config.local")
+ALWAYS_READ = (*DVC_YAMLS, "dvc.lock", "params.yaml")
 
 
 def _paths(entries: Any, strings: bool = True) -> list[str]:
@@ -102,8 +102,9 @@ def special_files(root: str = ".", limit: int = SCAN_LIMIT) -> Iterator[tuple[st
 def check_workspace(error: type[UserError]) -> None:
     """Refuse, in one line, a workspace file that DVC would block on, could not read as a file, or would
     not finish flattening."""
-    for path, kind in special_files():
-        raise error(f"{path} in the workspace is a {kind}, not a regular file")
+    special = next(special_files(), None)
+    if special is not None:
+        raise error(f"{special[0]} in the workspace is a {special[1]}, not a regular file")
     for path in read_by_dvc():
         try:
             st = os.stat(path)

@@ -91,9 +91,16 @@ def _writer_alive(temporary: Path) -> bool:
         os.kill(int(pid), 0)
     except (ProcessLookupError, OverflowError):  # no such process, or no pid at all
         return False
-    except OSError:  # EPERM: alive, another user's
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
+
+
+def new_temporary(path: Path) -> Path:
+    """A new, empty temporary file beside `path`, named .<name>.<pid>.<random>.tmp (see _writer_alive)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
 
 
 def remove_stale_temporaries(outputs: Sequence[str]) -> None:
@@ -127,9 +134,7 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
         raise OutputError(f"{path}: cannot create its folder {path.parent} ({_reason(exc)})") from None
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
+        tmp = new_temporary(path)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         if staged is None:

@@ -51,7 +51,7 @@ def _shown(value: Any) -> str:
     try:
         text = repr(value)
     except ValueError:  # holds an integer too long for str()
-        return "an integer of more than 4,000 digits" if isinstance(value, int) else \
+        return _digits(value) if isinstance(value, int) else \
             f"a {type(value).__name__} holding an integer of more than 4,000 digits"
     return text if len(text) <= 80 else text[:77] + "..."
 

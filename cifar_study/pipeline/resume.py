@@ -155,10 +155,11 @@ def _same_kind(name: str, saved: Any, current: dict[str, torch.Tensor]) -> None:
 def _same_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
     """Adam's saved state as this run's optimizer would hold it: the same settings (lr, betas, ...), and per
     parameter its step and moments, finite, of the parameter's shape and dtype."""
-    current = optimizer.state_dict()
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in current["param_groups"]]
+    def settings(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in g.items() if k != "params"} for g in groups]
+
     if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) or \
-            [{k: v for k, v in g.items() if k != "params"} for g in saved["param_groups"]] != groups:
+            settings(saved["param_groups"]) != settings(optimizer.param_groups):
         raise ValueError("optimizer_state: not this run's optimizer settings")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = saved.get("state")
