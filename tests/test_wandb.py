@@ -172,6 +172,8 @@ def test_wandb_mode_param_and_env(monkeypatch):
 def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsys):
     """Interrupted (exit 130), the next run of the same stage and group continues the same W&B run id;
     a completed one does not, so a sweep's dashboard shows one run per stage and experiment."""
+    import wandb
+
     from cifar_study.observe.wandb_run import Tracker, resume_id_file
     from cifar_study.pipeline.params import WandbParams
 
@@ -181,11 +183,15 @@ def test_an_interrupted_stage_resumes_its_wandb_run(monkeypatch, tmp_path, capsy
         with Tracker(offline, "train", "run-x", {}) as tracker:
             first = tracker.run_id
             raise KeyboardInterrupt
+    # A stage's exit closes W&B's service, which writes out the run's log; run.finish() only asks it to. Here the runs
+    # share one process and one run id, so without this the resumed run's stream could meet the unclosed one (CI, once).
+    wandb.teardown()
     assert resume_id_file("train", "run-x").read_text().strip() == first
     with Tracker(offline, "evaluate", "run-x", {}) as other:  # another stage: its own run
         assert other.run_id != first
     with Tracker(offline, "train", "run-x", {}) as tracker:
         assert tracker.run_id == first
+    wandb.teardown()
     out = capsys.readouterr().out
     assert f"(resuming the interrupted W&B run {first}); upload it with: wandb sync " in out
     assert f"offline-run-*-{first}*" in out
