@@ -9,6 +9,7 @@ vanish (SimpleCNN without BatchNorm, saturated sigmoids instead of ReLU).
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -22,9 +23,10 @@ from cifar_study.core.loader import make_loader  # noqa: E402
 from cifar_study.core.model import SimpleCNN  # noqa: E402
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
 from cifar_study.core.training import setup, train  # noqa: E402
+from cifar_study.pipeline.cli import Parser, as_options, run_command, whole_number  # noqa: E402
 from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
-from cifar_study.pipeline.params import DataParams, TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from cifar_study.pipeline.errors import UserError  # noqa: E402
+from cifar_study.pipeline.params import TrainParams, parse_params  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 
 
@@ -70,22 +72,31 @@ def check(make_model: Callable[[], nn.Module], p: TrainParams, ds, device: torch
 def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="synthetic", help="'synthetic' or an image-folder archive")
-    ap.add_argument("--train-limit", type=int, default=0)
-    ap.add_argument("--test-limit", type=int, default=1000)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--flow-every", type=int, default=20)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-limit", type=whole_number, default=0, help="training images (default 0: all)")
+    ap.add_argument("--test-limit", type=whole_number, default=1000)
+    ap.add_argument("--epochs", type=whole_number, default=2)
+    ap.add_argument("--flow-every", type=whole_number, default=20, help="batches between flow snapshots")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"), help="default cpu")
     ap.add_argument("--out", default=f"bench/results/flow_health_check-{datetime.now():%Y%m%d-%H%M%S}.json")
     args = ap.parse_args()
+    synthetic = args.data == "synthetic"
+    # The stage's rules, in params.py's one place: a refusal names the option
+    names = {"data.path": "--data", "data.train_limit": "--train-limit", "data.test_limit": "--test-limit",
+               "train.epochs": "--epochs", "train.flow_every": "--flow-every", "train.device": "--device"}
+    params = as_options(lambda: parse_params({
+        "data": {"source": "synthetic" if synthetic else "folder", "path": "" if synthetic else args.data,
+                 "train_limit": args.train_limit, "test_limit": args.test_limit},
+        "train": {"epochs": args.epochs, "flow_every": args.flow_every, "device": args.device}}), names)
+    device = as_options(lambda: resolve_device(params.train.device), names)
     out = checked_out(args.out, create_folder=args.out == ap.get_default("out"))
-    source = "synthetic" if args.data == "synthetic" else "folder"
-    ds = fetch(DataParams(source=source, path="" if source == "synthetic" else args.data,
-                          train_limit=args.train_limit, test_limit=args.test_limit))
-    device = resolve_device(args.device)
+    ds = as_options(lambda: fetch(params.data), names)
+    batches = params.train.epochs * -(-len(ds.train.labels) // params.train.batch_size)
+    if batches <= params.train.flow_every:  # snapshots at batches 0, flow_every, ...: the update ratio needs two
+        raise UserError(f"--flow-every: {params.train.flow_every} leaves one flow snapshot in the run's {batches} "
+                        f"batch{'es' if batches > 1 else ''}; the check needs two or more (lower it, or raise --epochs or --train-limit)")
     results = {}
     for name, (make_model, options) in CONFIGS.items():
-        p = TrainParams(epochs=args.epochs, flow_every=args.flow_every, **options)
-        health = check(make_model, p, ds, device)
+        health = check(make_model, replace(params.train, **options), ds, device)
         results[name] = {"healthy": health.healthy, "flagged": {h.layer: h.flags for h in health.flagged},
                          **health.metrics()}
         print(f"{name}: {'healthy' if health.healthy else 'FLAGGED'} {results[name]['flagged']} "

@@ -2,17 +2,19 @@
 
 Minutes of measuring must have somewhere to go, so a name that cannot take them (a folder, a link, a FIFO, a
 missing folder) is refused at once; an existing file is refused too, as it holds earlier results (a committed
-note's JSON). The write is cifar_study's atomic one: a full disk leaves no half file, a link planted meanwhile
-is replaced, not written through.
+note's JSON), then and at the end. The write is whole or nothing: a full disk leaves no half file, a link planted
+meanwhile is not written through.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import new_temporary, refuse_links, write_json
+from cifar_study.pipeline.errors import OutputError, UserError
+from cifar_study.pipeline.outputs import new_temporary, process_umask, refuse_links
 
 
 def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
@@ -40,6 +42,29 @@ def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
 
 
 def write_out(out: Path | None, result: dict[str, Any]) -> None:
-    """`result` as JSON at `out` (from checked_out), if one was asked for."""
-    if out is not None:
-        write_json(out, result)
+    """`result` as JSON at `out` (from checked_out), if one was asked for: a temporary, then a hard link to it,
+    which unlike a rename never replaces a file. Results that appeared at `out` while this tool measured (another
+    run's, started the same second) are kept, and this run's go to the first free <name>-2.json, ..., said in
+    one line."""
+    if out is None:
+        return
+    if not out.is_absolute():
+        refuse_links(out, folders_only=True)  # as checked_out did: a folder linked since then is refused too
+    tmp, target = None, out
+    try:
+        tmp = new_temporary(out)
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.chmod(0o666 & ~process_umask())
+        for n in itertools.count(2):
+            try:
+                os.link(tmp, target)
+                break
+            except FileExistsError:
+                target = out.with_name(f"{out.stem}-{n}{out.suffix}")
+    except OSError as exc:
+        raise OutputError(f"--out: cannot write {out} ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    if target != out:
+        raise UserError(f"--out: {out} appeared while this ran and is kept; this run's results are in {target}")

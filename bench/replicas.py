@@ -27,9 +27,8 @@ from cifar_study.core.replicas import ReplicaLoader, build_replicas  # noqa: E40
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import SYNTHETIC_CLASSES, SYNTHETIC_PER_CLASS, Split, synthetic  # noqa: E402
-from cifar_study.pipeline.errors import ParamError, UserError  # noqa: E402
 from cifar_study.pipeline.params import REPLICAS_MAX, ModelParams, TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser, run_command, whole_number  # noqa: E402
+from cifar_study.pipeline.cli import Parser, as_options, run_command, whole_number  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import cpu_name  # noqa: E402
 
@@ -68,10 +67,7 @@ def main() -> int:
         ap.error(f"--k from 2 to {REPLICAS_MAX} (train.replicas' bound), --images from 128 to {images:,} (the "
                  "synthetic set), --rounds at least 1")
     out = checked_out(args.out)
-    try:
-        device = resolve_device(args.device)
-    except ParamError as exc:  # its message names the param of the stage; here it is the option
-        raise UserError(f"--device{str(exc).removeprefix('train.device')}") from None
+    device = as_options(lambda: resolve_device(args.device), {"train.device": "--device"})
     data = synthetic(seed=0)
     train_split = Split(data.train.images[:args.images], data.train.labels[:args.images])
     test_split = Split(data.test.images[:1000], data.test.labels[:1000])

@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cifar_study.pipeline.params import Params  # noqa: E402
-from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command, whole_number  # noqa: E402
 from bench.children import succeeds, timed_child  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import commit, machine, tree_clean  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True, help="the other commit (any git revision)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=whole_number, default=3)
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     stages = args.stages.split(",")

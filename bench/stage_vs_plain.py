@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from cifar_study.pipeline.cli import Parser, run_command, whole_number  # noqa: E402
 from bench.children import succeeds, timed_child  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import commit, cpu_name, tree_clean  # noqa: E402
@@ -87,9 +87,9 @@ def timed(scratch: Path, config: str, wandb: str) -> float:
 def main() -> None:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/raw/cifar10-jpg.tar.gz", help="the CIFAR-10 image-folder archive")
-    ap.add_argument("--train", type=int, default=5000, help="training images (a class-balanced slice)")
-    ap.add_argument("--test", type=int, default=1000, help="test images")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--train", type=whole_number, default=5000, help="training images (a class-balanced slice)")
+    ap.add_argument("--test", type=whole_number, default=1000, help="test images")
+    ap.add_argument("--rounds", type=whole_number, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {', '.join(CONFIGS)} (plain always runs)")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain script in this project

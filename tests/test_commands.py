@@ -3,6 +3,7 @@ each (the rows' machinery and classes: tests/hostile.py); and a stop while a com
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -579,8 +580,33 @@ REPLICAS_BENCH_ROWS = [
 ]
 
 
-def test_the_replicas_bench_has_two_rows_per_class():
-    every_class_twice(REPLICAS_BENCH_ROWS)
+FLOW_HEALTH_ROWS = [  # bench/flow_health_check.py: its options go through params.py's rules (probe 5)
+    Row("traceback", "no-epochs", lambda r: ["--epochs", "0"], expect=r"^error: --epochs: 0 must be > 0$"),
+    Row("traceback", "flow-every-as-text", lambda r: ["--flow-every", "often"],
+        expect=r"^error: flow_health_check.py: argument --flow-every: 'often' is not a whole number"),
+    Row("silent-wrong", "flow-every-negative-was-every-batch", lambda r: ["--flow-every", "-1"],
+        expect=r"^error: flow_health_check.py: argument --flow-every: '-1' is not a whole number"),
+    Row("silent-wrong", "one-snapshot-has-no-update-ratio", lambda r: ["--train-limit", "100", "--epochs", "1"],
+        expect=r"^error: --flow-every: 20 leaves one flow snapshot in the run's 1 batch; the check needs two or more"),
+    Row("hang", "data-is-a-fifo", lambda r: (os.mkfifo(r / "fifo.tar.gz"), ["--data", "fifo.tar.gz"])[1],
+        expect=r"^error: --data: fifo.tar.gz is a FIFO \(named pipe\), not a regular file$"),
+    Row("hang", "data-is-a-device", lambda r: ["--data", "/dev/zero"],
+        expect=r"^error: --data: /dev/zero is a device, not a regular file$"),
+    Row("breach", "device-with-a-terminal-escape", lambda r: ["--device", ESC],
+        expect=r"^error: flow_health_check.py: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
+    Row("breach", "data-named-with-a-terminal-escape", lambda r: ["--data", f"x{ESC}.tar.gz"],
+        expect=r"^error: --data: \S*x\\x1b\]2;owned\\x07.tar.gz does not exist$"),
+    Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
+        expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
+    Row("misleading", "too-few-images-names-the-option", lambda r: ["--train-limit", "5"],
+        expect=r"^error: --train-limit: 5 is fewer than the 10 classes"),
+    *OUT_ROWS,
+]
+
+
+@pytest.mark.parametrize("rows", [REPLICAS_BENCH_ROWS, FLOW_HEALTH_ROWS], ids=["replicas", "flow_health_check"])
+def test_the_bench_tables_have_two_rows_per_class(rows):
+    every_class_twice(rows)
 
 
 @pytest.mark.parametrize("row", REPLICAS_BENCH_ROWS, ids=str)
@@ -592,7 +618,36 @@ def test_replicas_bench(row, tmp_path):
     run_row([sys.executable, str(ROOT / "bench/replicas.py")], row, project)
 
 
-@pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup", "benchmark", "flow_health_check"])
+@pytest.mark.parametrize("row", FLOW_HEALTH_ROWS, ids=str)
+def test_flow_health_bench(row, tmp_path):
+    if "cuda" in row.name and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the row would measure on it")
+    project = tmp_path / "project"
+    project.mkdir()
+    run_row([sys.executable, str(ROOT / "bench/flow_health_check.py")], row, project)
+
+
+@pytest.mark.parametrize("kind", ["results", "a link"])
+def test_results_that_appear_while_a_bench_tool_measures_are_kept(kind, tmp_path):
+    """--out is checked at the start; another run's results (or a planted link) may be there by the end (probe 5)."""
+    from bench.out import checked_out, write_out
+    from cifar_study.pipeline.errors import UserError
+
+    out = checked_out(str(tmp_path / "r.json"))
+    (tmp_path / "elsewhere").write_text("earlier\n")
+    if kind == "results":
+        out.write_text("earlier\n")
+    else:
+        out.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"^--out: \S*r.json appeared while this ran and is kept; this run's results "
+                                        r"are in \S*r-2.json$"):
+        write_out(out, {"median_s": 1.0})
+    assert out.read_text() == (tmp_path / "elsewhere").read_text() == "earlier\n"
+    assert json.loads((tmp_path / "r-2.json").read_text()) == {"median_s": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "r-2.json", "r.json"]  # no temporary left
+
+
+@pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup", "benchmark"])
 @pytest.mark.parametrize("row", OUT_ROWS, ids=str)
 def test_bench_out_is_refused_before_any_measuring(tool, row, tmp_path):
     project = tmp_path / "project"

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import sys
 
 import pytest
 import torch
 
 from cifar_study.core.loader import TensorLoader
 from tests.conftest import project, run_stage, snapshot
+from tests.hostile import ESC, Row, run_row
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +78,52 @@ def test_the_launcher_forwards_a_closed_terminal_except_under_nohup(sighup, monk
     finally:
         signal.signal(signal.SIGHUP, before)
     assert seen == ["SIGTERM,SIGINT,SIGQUIT" + (",SIGHUP" if sighup == signal.SIG_DFL else "")]
+
+
+@pytest.fixture(scope="module")
+def trained_repo(tmp_path_factory):
+    repo = project(tmp_path_factory.mktemp("env"), train={"epochs": 1})
+    for name in ("fetch_data", "train"):
+        assert run_stage(repo, name)[0] == 0
+    return repo
+
+
+TORCHRUN = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555",
+            "TORCHELASTIC_RUN_ID": "none"}
+NOT_TORCHRUN = r"^error: environment: WORLD_SIZE=%s is set, but torchrun did not start this process"
+
+
+def torchrun(**changes: str | None) -> dict:
+    """torchrun's variables for rank 0 of 2, changed; None removes one (run_row's environment is built anew)."""
+    return {k: v for k, v in {**TORCHRUN, **changes}.items() if v is not None}
+
+
+# torchrun's variables, left in a shell or half set: one line before any work, never a wait for ranks that do not come
+ENV_ROWS = [
+    Row("hang", "variables-of-two-ranks-left-in-a-shell", lambda r: [], env=torchrun(TORCHELASTIC_RUN_ID=None),
+        expect=NOT_TORCHRUN % "2"),
+    Row("hang", "a-rank-past-the-world", lambda r: [], env=torchrun(RANK="2"),
+        expect=r"^error: environment: RANK=2 is not a whole number from 0 to 1$"),
+    Row("traceback", "world-size-alone", lambda r: [], env=torchrun(RANK=None, LOCAL_RANK=None),
+        expect=r"^error: environment: RANK is not set \(torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR"),
+    Row("traceback", "world-size-as-text", lambda r: [], env=torchrun(WORLD_SIZE="two"),
+        expect=r"^error: environment: WORLD_SIZE=two is not a whole number from 1 to 65536$"),
+    Row("misleading", "no-master-address", lambda r: [], env=torchrun(MASTER_ADDR=None),
+        expect=r"^error: environment: MASTER_ADDR is not set"),
+    Row("misleading", "a-stray-world-size-of-text", lambda r: [], env={"WORLD_SIZE": "abc"}, expect=NOT_TORCHRUN % "abc"),
+    Row("silent-wrong", "a-stray-world-size-of-one-would-ignore-train-nproc", lambda r: [], env={"WORLD_SIZE": "1"},
+        expect=NOT_TORCHRUN % "1"),
+    Row("silent-wrong", "a-rank-in-full-width-digits", lambda r: [], env=torchrun(RANK="\uff11"),
+        expect=r"^error: environment: RANK=\uff11 is not a whole number from 0 to 1$"),
+    Row("breach", "world-size-with-a-terminal-escape", lambda r: [], env={"WORLD_SIZE": ESC},
+        expect=NOT_TORCHRUN % re.escape(r"\x1b]2;owned\x07")),
+    Row("breach", "port-with-a-terminal-escape", lambda r: [], env=torchrun(MASTER_PORT=ESC),
+        expect=r"^error: environment: MASTER_PORT=\\x1b\]2;owned\\x07 is not a whole number from 1 to 65535$"),
+]
+
+
+@pytest.mark.parametrize("row", ENV_ROWS, ids=str)
+def test_torchrun_variables_not_set_by_torchrun_are_one_line(row, trained_repo):
+    """Found by probe 5: all five variables left in a shell waited without end in init_process_group, deaf to Ctrl-C
+    and SIGTERM; half of them were a KeyError traceback. The trained outputs stay as they were (run_row)."""
+    run_row([sys.executable, "-m", "stages.train"], row, trained_repo)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from cifar_study import RANK_ERRORS_ENV
-from cifar_study.pipeline.cli import hangup_ignored
+from cifar_study.pipeline.cli import hangup_ignored, printable
 from cifar_study.pipeline.errors import ParamError, UserError
 
 
@@ -40,15 +40,41 @@ class Dist:
 
 
 def launched() -> bool:
-    """True inside a process that torchrun started."""
+    """True inside a process that a launcher started (torchrun's variables are checked by `init`)."""
     return "WORLD_SIZE" in os.environ
+
+
+def _whole(name: str, low: int, high: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        raise UserError(f"environment: {name} is not set (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR "
+                        f"and MASTER_PORT for every process it starts)")
+    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
+        raise UserError(f"environment: {name}={printable(value[:80])} is not a whole number from {low} to {high}")
+    return int(value)
+
+
+def _torchrun_rank() -> Dist:
+    """This process's rank, as torchrun set it. Variables left in a shell, or half of them, would otherwise train one
+    process where several were asked for, or wait without end (and deaf to Ctrl-C) for ranks that never start."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise UserError(f"environment: WORLD_SIZE={printable(os.environ['WORLD_SIZE'][:80])} is set, but torchrun did "
+                        f"not start this process (no TORCHELASTIC_RUN_ID); unset WORLD_SIZE, RANK and LOCAL_RANK "
+                        f"(for several processes set train.nproc, or see docs/scaling.md)")
+    world = _whole("WORLD_SIZE", 1, 2**16)
+    d = Dist(_whole("RANK", 0, world - 1), world, _whole("LOCAL_RANK", 0, world - 1))
+    if d.active:
+        _whole("MASTER_PORT", 1, 65535)
+        if not os.environ.get("MASTER_ADDR"):
+            raise UserError("environment: MASTER_ADDR is not set (torchrun sets it for every process it starts)")
+    return d
 
 
 def init(device: torch.device, batch_size: int) -> tuple[Dist, torch.device]:
     """Join the process group if torchrun started us; returns the rank info and this rank's device."""
-    if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Dist(), device
-    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    d = _torchrun_rank() if launched() else Dist()
+    if not d.active:
+        return d, device
     if batch_size % d.world:
         raise ParamError(f"train.batch_size: {batch_size} must be divisible by the {d.world} processes "
                          f"(it is the global batch, split evenly across ranks)")

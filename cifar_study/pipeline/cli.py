@@ -11,9 +11,11 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, Mapping, NoReturn, TypeVar
 
 from cifar_study.pipeline.errors import OutputError, UserError
+
+T = TypeVar("T")
 
 
 def printable(text: str) -> str:
@@ -147,3 +149,15 @@ def whole_number(text: str) -> int:
     if len(text.lstrip("0")) > 9:
         raise argparse.ArgumentTypeError(f"{text if len(text) <= 12 else text[:12] + '...'} is too large")
     return int(text)
+
+
+def as_options(build: Callable[[], T], options: Mapping[str, str]) -> T:
+    """`build()`, which checks a tool's options by the stages' rules (parse_params, resolve_device, fetch); a
+    refusal names the option typed (--epochs), where theirs names the param (train.epochs)."""
+    try:
+        return build()
+    except UserError as exc:
+        key, _, rest = str(exc).partition(":")
+        if key not in options:
+            raise
+        raise type(exc)(f"{options[key]}:{rest}") from None

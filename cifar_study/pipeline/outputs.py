@@ -31,7 +31,7 @@ _staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.Co
 _after: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar("after", default=None)
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read without changing it where Linux allows (a change races other threads)."""
     with contextlib.suppress(OSError, StopIteration, ValueError):
         with open("/proc/self/status") as f:
@@ -136,7 +136,7 @@ def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
     try:
         tmp = new_temporary(path)
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~process_umask())
         if staged is None:
             os.replace(tmp, path)
         else:
