@@ -35,8 +35,8 @@ from cifar_study.core.model import SimpleCNN  # noqa: E402
 from cifar_study.core.runtime import resolve_device, seed_everything, slow_bf16  # noqa: E402
 from cifar_study.core.training import NullLogger, setup, train_epoch  # noqa: E402
 from cifar_study.pipeline.dataset import Split, channel_stats, synthetic  # noqa: E402
-from cifar_study.pipeline.params import TrainParams  # noqa: E402
-from cifar_study.pipeline.cli import Parser, run_command  # noqa: E402
+from cifar_study.pipeline.params import DEVICES, TrainParams  # noqa: E402
+from cifar_study.pipeline.cli import Parser, as_options, run_command  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import cpu_name  # noqa: E402
 
@@ -127,16 +127,16 @@ class Config:
 
 def main() -> int:
     ap = Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ap.add_argument("--device", default="auto", choices=DEVICES)
     ap.add_argument("--quick", action="store_true", help="fewer batches and rounds (noisier)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few batches, one round, no W&B part, no bf16 where the CPU emulates it: checks that it runs")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to warm up)")
     ap.add_argument("--out", default=f"bench/results/benchmark-{datetime.now():%Y%m%d-%H%M%S}.json")
     args = ap.parse_args()
+    device = as_options(lambda: resolve_device(args.device), {"train.device": "--device"})
     out = checked_out(args.out, create_folder=args.out == ap.get_default("out"))
 
-    device = resolve_device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
     cuda = device.type == "cuda"
     # A GPU step takes about a millisecond: more steps per round keep launch jitter out of the medians.

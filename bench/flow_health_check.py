@@ -8,6 +8,7 @@ vanish (SimpleCNN without BatchNorm, saturated sigmoids instead of ReLU).
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -26,7 +27,7 @@ from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.cli import Parser, as_options, run_command, whole_number  # noqa: E402
 from cifar_study.pipeline.dataset import channel_stats, fetch  # noqa: E402
 from cifar_study.pipeline.errors import UserError  # noqa: E402
-from cifar_study.pipeline.params import TrainParams, parse_params  # noqa: E402
+from cifar_study.pipeline.params import DEVICES, TrainParams, parse_params  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 
 
@@ -76,13 +77,15 @@ def main() -> int:
     ap.add_argument("--test-limit", type=whole_number, default=1000)
     ap.add_argument("--epochs", type=whole_number, default=2)
     ap.add_argument("--flow-every", type=whole_number, default=20, help="batches between flow snapshots")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"), help="default cpu")
+    ap.add_argument("--device", default="cpu", choices=DEVICES, help="default cpu")
     ap.add_argument("--out", default=f"bench/results/flow_health_check-{datetime.now():%Y%m%d-%H%M%S}.json")
     args = ap.parse_args()
+    if not args.data.strip():
+        ap.error("--data: 'synthetic' or an image-folder archive, not an empty name")
     synthetic = args.data == "synthetic"
     # The stage's rules, in params.py's one place: a refusal names the option
     names = {"data.path": "--data", "data.train_limit": "--train-limit", "data.test_limit": "--test-limit",
-               "train.epochs": "--epochs", "train.flow_every": "--flow-every", "train.device": "--device"}
+             "train.epochs": "--epochs", "train.flow_every": "--flow-every", "train.device": "--device"}
     params = as_options(lambda: parse_params({
         "data": {"source": "synthetic" if synthetic else "folder", "path": "" if synthetic else args.data,
                  "train_limit": args.train_limit, "test_limit": args.test_limit},
@@ -90,10 +93,11 @@ def main() -> int:
     device = as_options(lambda: resolve_device(params.train.device), names)
     out = checked_out(args.out, create_folder=args.out == ap.get_default("out"))
     ds = as_options(lambda: fetch(params.data), names)
-    batches = params.train.epochs * -(-len(ds.train.labels) // params.train.batch_size)
+    batches = params.train.epochs * math.ceil(len(ds.train.labels) / params.train.batch_size)  # the loader's
     if batches <= params.train.flow_every:  # snapshots at batches 0, flow_every, ...: the update ratio needs two
         raise UserError(f"--flow-every: {params.train.flow_every} leaves one flow snapshot in the run's {batches} "
-                        f"batch{'es' if batches > 1 else ''}; the check needs two or more (lower it, or raise --epochs or --train-limit)")
+                        f"batch{'es' if batches > 1 else ''}; the check needs two or more (lower it, or raise "
+                        f"--epochs or --train-limit)")
     results = {}
     for name, (make_model, options) in CONFIGS.items():
         health = check(make_model, replace(params.train, **options), ds, device)

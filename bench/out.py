@@ -42,29 +42,51 @@ def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
 
 
 def write_out(out: Path | None, result: dict[str, Any]) -> None:
-    """`result` as JSON at `out` (from checked_out), if one was asked for: a temporary, then a hard link to it,
-    which unlike a rename never replaces a file. Results that appeared at `out` while this tool measured (another
-    run's, started the same second) are kept, and this run's go to the first free <name>-2.json, ..., said in
-    one line."""
+    """`result` as JSON at `out` (from checked_out), if one was asked for. Results that appeared at `out` while this
+    tool measured (another run's, started the same second) are kept, and this run's go to the first free
+    <name>-2.json, ..., said in one line; where even that fails, the line names the temporary that holds them."""
     if out is None:
         return
-    if not out.is_absolute():
-        refuse_links(out, folders_only=True)  # as checked_out did: a folder linked since then is refused too
-    tmp, target = None, out
+    tmp, written = None, False
     try:
+        if not out.is_absolute():
+            refuse_links(out, folders_only=True)  # as checked_out did: a folder linked since then is refused too
+        out.parent.mkdir(parents=True, exist_ok=True)  # bench/results/ cleaned (git clean -X) while measuring
         tmp = new_temporary(out)
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.chmod(0o666 & ~process_umask())
-        for n in itertools.count(2):
-            try:
-                os.link(tmp, target)
-                break
-            except FileExistsError:
-                target = out.with_name(f"{out.stem}-{n}{out.suffix}")
+        written = True
+        names = itertools.chain([out], (out.with_name(f"{out.stem}-{n}{out.suffix}") for n in itertools.count(2)))
+        target = next(name for name in names if _placed(tmp, name))
     except OSError as exc:
-        raise OutputError(f"--out: cannot write {out} ({exc.strerror or exc})") from None
+        kept, tmp = (tmp, None) if written else (None, tmp)  # written: the temporary is the results' only copy
+        where = f"; this run's results are in {kept}" if kept else ""
+        raise OutputError(f"--out: cannot write {out} ({exc.strerror or exc}){where}") from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     if target != out:
         raise UserError(f"--out: {out} appeared while this ran and is kept; this run's results are in {target}")
+
+
+def _placed(tmp: Path, target: Path) -> bool:
+    """`tmp` whole at `target` unless something is there (False), never replacing it: a hard link where the file
+    system has them (a rename would replace), else a copy into a file created exclusively (vfat, some FUSE mounts)."""
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    try:
+        with open(target, "xb") as f:
+            try:
+                f.write(tmp.read_bytes())
+            except BaseException:
+                f.close()
+                target.unlink()  # created above, by this process: a half file is no result
+                raise
+    except FileExistsError:
+        return False
+    return True

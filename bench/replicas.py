@@ -27,7 +27,7 @@ from cifar_study.core.replicas import ReplicaLoader, build_replicas  # noqa: E40
 from cifar_study.core.runtime import resolve_device, seed_everything  # noqa: E402
 from cifar_study.core.training import setup, train  # noqa: E402
 from cifar_study.pipeline.dataset import SYNTHETIC_CLASSES, SYNTHETIC_PER_CLASS, Split, synthetic  # noqa: E402
-from cifar_study.pipeline.params import REPLICAS_MAX, ModelParams, TrainParams  # noqa: E402
+from cifar_study.pipeline.params import DEVICES, REPLICAS_MAX, ModelParams, TrainParams  # noqa: E402
 from cifar_study.pipeline.cli import Parser, as_options, run_command, whole_number  # noqa: E402
 from bench.out import checked_out, write_out  # noqa: E402
 from bench.provenance import cpu_name  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--k", type=whole_number, default=4, help="replicas to compare with one (default 4)")
     ap.add_argument("--images", type=whole_number, default=2560, help="training images (default 2560: 20 batches of 128)")
     ap.add_argument("--rounds", type=whole_number, default=3, help="interleaved rounds; medians are reported (default 3)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"), help="default cpu")
+    ap.add_argument("--device", default="cpu", choices=DEVICES, help="default cpu")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     images = SYNTHETIC_PER_CLASS["train"] * len(SYNTHETIC_CLASSES)

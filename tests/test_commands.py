@@ -481,9 +481,13 @@ def test_every_way_out_skips_the_last_collection(runner, ends, code, tmp_path):
     ("bench/stage_vs_plain.py", ["--data", "nowhere.tar.gz"], "'nowhere.tar.gz' is not a file"),
     ("bench/stage_vs_plain.py", ["--data", "README.md", "--configs", "default,bf16"], "(not bf16)"),
     ("bench/stage_vs_plain.py", ["--data", "README.md", "--rounds", "0"], "--rounds at least 1"),
+    ("bench/benchmark.py", ["--device", "cuda", "--out", "missing/r.json"], "error: --device: 'cuda' asked for"),
 ])
 def test_bench_tools_refuse_a_bad_argument_in_one_line(tool, args, says, tmp_path):
-    """The bench tools that answer before importing PyTorch (the others share the same parser)."""
+    """The bench tools that answer before importing PyTorch (the others share the same parser), and an option
+    refused by the stages' own rules, named as the option."""
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the row would measure on it")
     proc = subprocess.run([sys.executable, str(ROOT / tool), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=ROW_TIMEOUT_S)
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
@@ -600,6 +604,8 @@ FLOW_HEALTH_ROWS = [  # bench/flow_health_check.py: its options go through param
         expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
     Row("misleading", "too-few-images-names-the-option", lambda r: ["--train-limit", "5"],
         expect=r"^error: --train-limit: 5 is fewer than the 10 classes"),
+    Row("misleading", "empty-data-names-the-option", lambda r: ["--data", ""],
+        expect=r"^error: flow_health_check.py: --data: 'synthetic' or an image-folder archive, not an empty name"),
     *OUT_ROWS,
 ]
 
@@ -645,6 +651,26 @@ def test_results_that_appear_while_a_bench_tool_measures_are_kept(kind, tmp_path
     assert out.read_text() == (tmp_path / "elsewhere").read_text() == "earlier\n"
     assert json.loads((tmp_path / "r-2.json").read_text()) == {"median_s": 1.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "r-2.json", "r.json"]  # no temporary left
+
+
+def test_results_go_whole_to_a_file_system_without_hard_links_and_to_a_folder_cleaned_meanwhile(tmp_path, monkeypatch):
+    import errno
+
+    from bench.out import checked_out, write_out
+    from cifar_study.pipeline.errors import UserError
+
+    out = checked_out(str(tmp_path / "results/r.json"), create_folder=True)
+    (tmp_path / "results").rmdir()  # git clean -X of bench/results/ while the tool measured
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")  # vfat, some FUSE and SMB mounts
+    monkeypatch.setattr(os, "link", no_links)
+    write_out(out, {"median_s": 1.0})
+    assert json.loads(out.read_text()) == {"median_s": 1.0} and [p.name for p in out.parent.iterdir()] == ["r.json"]
+    with pytest.raises(UserError, match=r"this run's results are in \S*r-2.json$"):
+        write_out(out, {"median_s": 2.0})  # and still never over a file: the copy goes to a file created exclusively
+    assert json.loads(out.read_text()) == {"median_s": 1.0}
+    assert json.loads((tmp_path / "results/r-2.json").read_text()) == {"median_s": 2.0}
 
 
 @pytest.mark.parametrize("tool", ["stage_vs_plain", "stage_startup", "benchmark"])

@@ -108,6 +108,8 @@ ENV_ROWS = [
         expect=r"^error: environment: RANK is not set \(torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR"),
     Row("traceback", "world-size-as-text", lambda r: [], env=torchrun(WORLD_SIZE="two"),
         expect=r"^error: environment: WORLD_SIZE=two is not a whole number from 1 to 65536$"),
+    Row("traceback", "a-port-of-5000-digits", lambda r: [], env=torchrun(MASTER_PORT="9" * 5000),
+        expect=r"^error: environment: MASTER_PORT=9{80} is not a whole number from 1 to 65535$"),
     Row("misleading", "no-master-address", lambda r: [], env=torchrun(MASTER_ADDR=None),
         expect=r"^error: environment: MASTER_ADDR is not set"),
     Row("misleading", "a-stray-world-size-of-text", lambda r: [], env={"WORLD_SIZE": "abc"}, expect=NOT_TORCHRUN % "abc"),

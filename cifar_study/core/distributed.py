@@ -49,7 +49,8 @@ def _whole(name: str, low: int, high: int) -> int:
     if value is None:
         raise UserError(f"environment: {name} is not set (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR "
                         f"and MASTER_PORT for every process it starts)")
-    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
+    # A length check first: int() refuses a string of 4,300 digits with a traceback
+    if not value.isascii() or not value.isdigit() or len(value) > len(str(high)) + 3 or not low <= int(value) <= high:
         raise UserError(f"environment: {name}={printable(value[:80])} is not a whole number from {low} to {high}")
     return int(value)
 
@@ -59,8 +60,8 @@ def _torchrun_rank() -> Dist:
     process where several were asked for, or wait without end (and deaf to Ctrl-C) for ranks that never start."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         raise UserError(f"environment: WORLD_SIZE={printable(os.environ['WORLD_SIZE'][:80])} is set, but torchrun did "
-                        f"not start this process (no TORCHELASTIC_RUN_ID); unset WORLD_SIZE, RANK and LOCAL_RANK "
-                        f"(for several processes set train.nproc, or see docs/scaling.md)")
+                        f"not start this process (no TORCHELASTIC_RUN_ID); unset WORLD_SIZE, RANK, LOCAL_RANK, "
+                        f"MASTER_ADDR and MASTER_PORT (for several processes set train.nproc, or see docs/scaling.md)")
     world = _whole("WORLD_SIZE", 1, 2**16)
     d = Dist(_whole("RANK", 0, world - 1), world, _whole("LOCAL_RANK", 0, world - 1))
     if d.active:

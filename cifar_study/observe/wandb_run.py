@@ -151,7 +151,7 @@ class Tracker:
     """One W&B run for one stage: `job_type` is the stage, `group` ties a pipeline run's stages together."""
 
     def __init__(self, p: WandbParams, stage: str, group: str, config: dict[str, Any], enabled: bool = True):
-        self.run = None  # set on the logging thread once wandb.init returns
+        self.run = None  # set once wandb.init returns (_start)
         self.wandb = None
         self._on = False  # W&B started, and not failed since
         self.watch, self.watch_every = p.watch, p.watch_every

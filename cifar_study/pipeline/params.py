@@ -26,6 +26,7 @@ SEED_RANGE = f"a seed is in 0..{SEED_MAX}, the range the random-number generator
 PROCESSES_MAX = 256
 PROCESSES_NOTE = "a bound on typos: more processes than one machine has cores or GPUs"
 COUNT_MAX = 2**53  # any int param: past it, a count is no longer exact as a float, and overflows int64 arithmetic
+DEVICES = ("auto", "cpu", "cuda", "mps")  # train.device, and the bench tools' --device
 REPLICAS_MAX = 64  # each replica holds its own weights and Adam state on the device (53 MB each)
 
 
@@ -94,7 +95,7 @@ class TrainParams:
     batch_size: int = _rule(default=128, gt=0, means="a number of images per batch")
     lr: float = _rule(default=0.001, gt=0.0)
     seed: int = _rule(default=42, ge=0, le=SEED_MAX, note=SEED_RANGE)  # rank r seeds with seed + r
-    device: str = _rule(default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = _rule(default="auto", choices=DEVICES)
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
     num_workers: int = _rule(default=0, ge=0, le=PROCESSES_MAX, means="a number of processes",  # loader=dataloader only
                              note=PROCESSES_NOTE)
