@@ -560,6 +560,14 @@ OUT_ROWS = [
     Row("breach", "out-is-a-link-out-of-the-project", out_is("link"),
         expect=r"^error: --out: \S*results.json already exists \(a link\); name a new file$"),
 ]
+def device_rows(tool: str) -> list[Row]:
+    """--device of a bench tool that trains: a choice, and refused by the stages' rules under its own name."""
+    return [Row("breach", "device-with-a-terminal-escape", lambda r: ["--device", ESC],
+                expect=rf"^error: {re.escape(tool)}: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
+            Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
+                expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here")]
+
+
 REPLICAS_BENCH_ROWS = [
     Row("traceback", "unknown-device", lambda r: ["--device", "bogus"],
         expect=r"^error: replicas.py: argument --device: invalid choice: 'bogus'"),
@@ -570,10 +578,7 @@ REPLICAS_BENCH_ROWS = [
     Row("silent-wrong", "more-images-than-the-synthetic-set", lambda r: ["--images", "1000000"],
         expect=r"--images from 128 to 5,000 \(the synthetic set\)"),
     Row("silent-wrong", "no-rounds-no-medians", lambda r: ["--rounds", "0"], expect=r"--rounds at least 1 \(see --help\)$"),
-    Row("breach", "device-with-a-terminal-escape", lambda r: ["--device", ESC],
-        expect=r"^error: replicas.py: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
-    Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
-        expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
+    *device_rows("replicas.py"),
     Row("breach", "out-through-a-linked-folder", lambda r: ((r.parent / "elsewhere").mkdir(),
                                                             (r / "linked").symlink_to(r.parent / "elsewhere"),
                                                             ["--out", "linked/results.json"])[2],
@@ -596,14 +601,11 @@ FLOW_HEALTH_ROWS = [  # bench/flow_health_check.py: its options go through param
         expect=r"^error: --data: fifo.tar.gz is a FIFO \(named pipe\), not a regular file$"),
     Row("hang", "data-is-a-device", lambda r: ["--data", "/dev/zero"],
         expect=r"^error: --data: /dev/zero is a device, not a regular file$"),
-    Row("breach", "device-with-a-terminal-escape", lambda r: ["--device", ESC],
-        expect=r"^error: flow_health_check.py: argument --device: invalid choice: '\\x1b\]2;owned\\x07'"),
     Row("breach", "data-named-with-a-terminal-escape", lambda r: ["--data", f"x{ESC}.tar.gz"],
         expect=r"^error: --data: \S*x\\x1b\]2;owned\\x07.tar.gz does not exist$"),
-    Row("misleading", "cuda-without-cuda-names-the-option", lambda r: ["--device", "cuda"],
-        expect=r"^error: --device: 'cuda' asked for, but PyTorch sees no CUDA device here"),
     Row("misleading", "too-few-images-names-the-option", lambda r: ["--train-limit", "5"],
         expect=r"^error: --train-limit: 5 is fewer than the 10 classes"),
+    *device_rows("flow_health_check.py"),
     Row("misleading", "empty-data-names-the-option", lambda r: ["--data", ""],
         expect=r"^error: flow_health_check.py: --data: 'synthetic' or an image-folder archive, not an empty name"),
     *OUT_ROWS,
