@@ -29,7 +29,8 @@ NOT_COMPARED = ("wandb.",)  # W&B settings change no result
 PENDING = "…"  # a metric a queued or running experiment has not produced yet
 INVALID = " (!)"  # after a metric that is no finite number, or outside what it can be: explained below the table
 INVALID_WIDTH = 24  # such a value is shown cut to this many characters (a 400-digit integer, a long string)
-UNREAD = "(not read)"  # after a revision DVC could not read: its error is below the table
+UNREAD = "(not read)"  # after a revision DVC could not read, or one of its files: the error is below the table
+FAILED = "failed"  # an experiment's executor state: it produced no metrics
 
 
 # What each metric shown can be; a value outside is a broken metrics file, not a result
@@ -48,7 +49,7 @@ class Row:
     params: dict[str, Any]
     metrics: dict[str, Any]
     state: str = ""  # the executor's: queued, running, success, failed ('' for the workspace and commits)
-    error: str = ""  # DVC's, when it could not read the revision (a params.yaml it cannot parse)
+    error: str = ""  # DVC's, when it could not read the revision or one of its files (a params.yaml it cannot parse)
     cells: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,6 +71,18 @@ def _files(section: Any) -> dict[str, Any]:
     return out
 
 
+def _file_errors(*sections: Any) -> str:
+    """The files DVC could not read ({file: {"error": {...}}}: cut short, not JSON): their metrics would show as
+    missing ones do."""
+    return "; ".join(f"{name}: {_error_text(entry['error'])}" for section in sections
+                     for name, entry in _dict(section).items() if isinstance(entry, dict) and entry.get("error"))
+
+
+def _error_text(error: Any) -> str:
+    error = _dict(error)
+    return str(error.get("msg") or error.get("type") or "unreadable")
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -81,9 +94,11 @@ def rows_of(report: Any) -> list[Row]:
     rows = []
 
     def add(entry: dict[str, Any], name: str, state: str = "") -> None:
-        data, error = _dict(entry.get("data")), _dict(entry.get("error"))
+        data = _dict(entry.get("data"))
+        error = _error_text(entry["error"]) if entry.get("error") and state != FAILED else \
+            _file_errors(data.get("params"), data.get("metrics"))  # a failed run's error says only that it failed
         rows.append(Row(printable(name), _files(data.get("params")), _files(data.get("metrics")), state,
-                        printable(str(error.get("msg") or error.get("type") or "")) if error else ""))
+                        printable(error)))
 
     for base in filter(lambda b: isinstance(b, dict), report):
         rev = str(base.get("rev", "?"))
@@ -128,11 +143,14 @@ def table(rows: list[Row], width: int) -> tuple[list[str], list[str]]:
                      and len({json.dumps(r.params.get(k), sort_keys=True) for r in rows}) > 1)
     for r in rows:
         live = r.state in ("queued", "running")
+        if r.state == FAILED:  # DVC gives it the metrics of the commit it started from
+            r.metrics = {}
         acc = r.metrics.get("test_acc_mean", r.metrics.get("test_acc"))
         sd = r.metrics.get("test_acc_sd")
         epoch = r.metrics.get("step")  # dvclive/metrics.json's: the last epoch a running experiment finished
         r.cells = {"experiment": r.name + (f" ({r.state}{f', epoch {fmt(epoch)}' if epoch is not None else ''})" if live
-                                           else f" {UNREAD}" if r.error else ""),
+                                           else f" {UNREAD}" if r.error else f" ({FAILED})" if r.state == FAILED
+                                           else ""),
                    "test_acc": PENDING if live else number(acc, "test_acc") + (f" ± {number(sd, 'test_acc_sd')}"
                                                                             if sd is not None else ""),
                    **{k: fmt(r.params.get(k)) for k in changed},

@@ -187,6 +187,8 @@ SHOW_ROWS = [
     Row("silent-wrong", "accuracy-as-text", files(metrics=SINGLE % '"0.99"'), code=0, expect=r"workspace +'0\.99' \(!\)"),
     Row("traceback", "loss-of-400-digits", files(metrics='{"test_acc": 0.5, "test_loss": %d}' % 10 ** 400), code=0,
         expect=r"workspace +0\.5 +10{22}… \(!\)"),
+    Row("misleading", "metrics-file-cut-short-is-not-a-missing-metric", files(metrics='{"test_acc": 0.5,'), code=0,
+        expect=r"workspace \(not read\) +-\s[\s\S]*\(workspace \(not read\): metrics/eval\.json: unable to read"),
     Row("silent-wrong", "negative-loss", files(metrics='{"test_acc": 0.5, "test_loss": -2.3}'), code=0,
         expect=r"workspace +0\.5 +-2\.3 \(!\)[\s\S]*a negative loss or count"),
     Row("silent-wrong", "fractional-layer-count-and-negative-gflops",

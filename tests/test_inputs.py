@@ -498,6 +498,9 @@ ROWS = [
         lambda c: _duplicate_section(c)),
     Row("silent-wrong", "lr-nan", "fetch_data", r"^error: train.lr: nan is not a finite number$",
         lambda c: {"train": {"lr": float("nan")}}),
+    Row("traceback", "lr-past-what-a-float32-holds", "fetch_data",  # Adam's traceback, after check_params (probe 6)
+        r"^error: train.lr: 1e\+300 must be <= 10.0 \(a bound on typos: Adam moves every weight by about lr each step\)$",
+        lambda c: {"train": {"lr": 1e300}}),
     Row("silent-wrong", "dropout-inf", "fetch_data", r"^error: model.dropout: inf is not a finite number$",
         lambda c: {"model": {"dropout": float("inf")}}),
     Row("traceback", "seed-negative", "fetch_data",

@@ -109,6 +109,20 @@ def test_a_planted_link_or_fifo_is_never_followed_or_read(tmp_path, monkeypatch,
     assert len(err) == 1 and "symlink" in err[0] and err[0].endswith("continuing without it"), err
 
 
+def test_a_progress_file_too_large_to_be_one_is_not_read(tmp_path, monkeypatch, capsys):
+    """Probe 6: a resumed run's Live read a 3 GB dvclive/metrics.json whole (7 GB of memory), then warned."""
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "dvclive"
+    live.mkdir()
+    with open(live / "metrics.json", "wb") as f:
+        f.truncate((16 << 20) + 1)  # sparse: no disk used
+    logger = LiveLogger(live)
+    logger.log_epoch(record(3), step=0, heldout_name="test")  # a resumed run's first epoch
+    assert (live / "metrics.json").stat().st_size == (16 << 20) + 1 and sorted(live.iterdir()) == [live / "metrics.json"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.json is 16,777,217 bytes, more than live progress files hold (16 MiB); not read" in err[0]
+
+
 EPOCH_LINE = re.compile(r"epoch 1/3: train loss ([\d.]+) acc ([\d.]+) \| test loss ([\d.]+) acc ([\d.]+)")
 
 

@@ -407,3 +407,29 @@ def test_a_stop_during_the_epochs_waits_for_the_next_check():
         signal.signal(signal.SIGINT, previous)
         cli._stop["requested"] = False
     assert reached
+
+
+def test_a_stop_during_the_renames_waits_for_the_last_one(tmp_path, monkeypatch):
+    """Probe 6: a signal between a stage's renames left its new checkpoint beside its old metrics. Now it waits for the
+    last rename (and the actions after the outputs), then stops."""
+    model, metrics = tmp_path / "model.json", tmp_path / "train.json"
+    for path in (model, metrics):
+        path.write_text("old\n")
+    rename = os.replace
+
+    def rename_then_stop(source, target):
+        rename(source, target)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, between the two renames
+    monkeypatch.setattr(os, "replace", rename_then_stop)
+    previous = signal.signal(signal.SIGINT, cli.interrupt)
+    after = []
+    try:
+        with pytest.raises(KeyboardInterrupt), cio.outputs_together():
+            cio.write_json(model, "new")
+            cio.write_json(metrics, "new")
+            cio.after_outputs(lambda: after.append("resume state removed"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        cli._stop["requested"] = False
+    assert model.read_text() == metrics.read_text() == '"new"\n' and after == ["resume state removed"]

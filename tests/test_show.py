@@ -49,3 +49,23 @@ def test_wide_characters_take_two_columns_and_the_table_stays_aligned():
     lines, _ = table(rows_of(report((rev("exp-c", 0.002, 0.80, {"note": "学习率调整实验"}), "success"))), 120)
     starts = [columns_of(line[:line.index(" 0.5 ")]) for line in lines[1:]]  # test_loss's column, after the note's
     assert len(lines) == 4 and len(set(starts)) == 1 and max(map(columns_of, lines)) <= 120, lines
+
+
+def test_a_failed_experiment_shows_no_metric_of_the_commit_it_started_from():
+    """Probe 6: `dvc queue kill` left a row with the baseline's metrics, and DVC's error for it, as if unread."""
+    failed = {**rev("exp-f", 0.004, 0.82), "error": {"msg": "Experiment run failed", "type": ""}}
+    rows = rows_of(report((failed, "failed")))
+    lines, _ = table(rows, 120)
+    row = next(line for line in lines if "exp-f" in line)
+    assert row.split() == ["exp-f", "(failed)", "-", "0.004", "-", "-", "-"] and not rows[-1].error
+
+
+def test_a_metrics_file_dvc_cannot_read_is_named_not_shown_as_missing():
+    """Probe 6: a metrics file cut short showed as `-`, as a metric never written does."""
+    broken = rev("exp-g", 0.002, 0.8)
+    broken["data"]["metrics"]["metrics/eval.json"] = {"error": {
+        "type": "JSONFileCorruptedError", "msg": "unable to read: 'metrics/eval.json\x1b]2;x\x07'"}}
+    rows = rows_of(report((broken, "success")))
+    lines, _ = table(rows, 120)
+    assert next(line for line in lines if "exp-g" in line).split()[:4] == ["exp-g", "(not", "read)", "-"]
+    assert rows[-1].error == r"metrics/eval.json: unable to read: 'metrics/eval.json\x1b]2;x\x07'"

@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # for annotations only: `make repro` checks a leftover dvcliv
     from cifar_study.core.training import TrainLogger
 
 
+# A progress file grows by a row of about 30 bytes an epoch: 10,000 epochs stay under 1 MiB. A resumed run's Live
+# reads them whole, so one past this is refused (a 3 GB file took 7 GB of memory), and the run goes on without them.
+MAX_LIVE_FILE_BYTES = 16 << 20
+
 
 def live_dvcyaml(heldout_name: str) -> dict[str, Any]:
     """dvclive/dvc.yaml: the live metrics, and the loss and accuracy curves as the final plots draw them."""
@@ -98,6 +102,9 @@ class LiveLogger:
         for entry in self.dir.rglob("*") if self.dir.is_dir() else []:
             if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
                 raise OSError(f"{entry} is a symlink or special file; not touched")
+            if entry.is_file() and entry.stat().st_size > MAX_LIVE_FILE_BYTES:  # a resumed run's Live reads them whole
+                raise OSError(f"{entry} is {entry.stat().st_size:,} bytes, more than live progress files hold "
+                              f"({MAX_LIVE_FILE_BYTES >> 20} MiB); not read")
 
         # Epoch 1 starts afresh (Live clears the directory); a later first epoch is a resumed run,
         # whose completed epochs are already in the files: keep them.

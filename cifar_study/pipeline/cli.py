@@ -73,11 +73,11 @@ def stops_deferred() -> Iterator[None]:
     """A stop inside waits for the next `check_stop()` (the training loop calls it every batch). Raised anywhere,
     KeyboardInterrupt can land in Python's import machinery, which ignores it ("Exception ignored in
     _get_module_lock") and may keep a module lock: CI saw a run train on after Ctrl-C and then hang."""
-    _stop["deferred"] = True
+    outer, _stop["deferred"] = _stop["deferred"], True
     try:
         yield
     finally:
-        _stop["deferred"] = False
+        _stop["deferred"] = outer  # nested (the outputs' renames inside a stage's epochs): the outer block's rule
 
 
 def check_stop() -> None:

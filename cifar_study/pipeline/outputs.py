@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from cifar_study.pipeline.cli import check_stop, stops_deferred
 from cifar_study.pipeline.errors import OutputError, first_line
 from cifar_study.pipeline.untrusted import json_numbers, read_bounded
 
@@ -56,12 +57,15 @@ def outputs_together() -> Iterator[None]:
         for _, path in staged:  # the one rename that can fail in a folder we could write to
             if path.is_dir():
                 raise OutputError(f"{path}: cannot write (a directory is in the way); no output was changed")
-        for i, (tmp, path) in enumerate(staged):
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                done = f"; {', '.join(str(p) for _, p in staged[:i])} already replaced" if i else "; no output was changed"
-                raise OutputError(f"{path}: cannot write ({_reason(exc)}){done}") from None
+        # A stop waits for the last rename: one part-way would leave a new checkpoint beside the old metrics
+        with stops_deferred():
+            for i, (tmp, path) in enumerate(staged):
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    done = f"; {', '.join(str(p) for _, p in staged[:i])} already replaced" if i else \
+                        "; no output was changed"
+                    raise OutputError(f"{path}: cannot write ({_reason(exc)}){done}") from None
     finally:
         _staged.reset(token)
         _after.reset(after_token)
@@ -69,6 +73,7 @@ def outputs_together() -> Iterator[None]:
             tmp.unlink(missing_ok=True)
     for action in after:
         action()
+    check_stop()  # a stop asked for during the renames, now that the outputs are whole
 
 
 def after_outputs(action: Callable[[], None]) -> None:

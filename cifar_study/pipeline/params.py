@@ -93,7 +93,8 @@ class ModelParams:
 class TrainParams:
     epochs: int = _rule(default=30, gt=0, means="a number of epochs")
     batch_size: int = _rule(default=128, gt=0, means="a number of images per batch")
-    lr: float = _rule(default=0.001, gt=0.0)
+    lr: float = _rule(default=0.001, gt=0.0, le=10.0, note="a bound on typos: Adam moves every weight by about lr "
+                      "each step")
     seed: int = _rule(default=42, ge=0, le=SEED_MAX, note=SEED_RANGE)  # rank r seeds with seed + r
     device: str = _rule(default="auto", choices=DEVICES)
     loader: str = _rule(default="tensor", choices=("tensor", "dataloader"))
