@@ -73,9 +73,10 @@ def _files(section: Any) -> dict[str, Any]:
 
 def _file_errors(*sections: Any) -> str:
     """The files DVC could not read ({file: {"error": {...}}}: cut short, not JSON): their metrics would show as
-    missing ones do."""
-    return "; ".join(f"{name}: {_error_text(entry['error'])}" for section in sections
-                     for name, entry in _dict(section).items() if isinstance(entry, dict) and entry.get("error"))
+    missing ones do. A file that is not there is no error: its metrics are missing, `-`."""
+    errors = {name: _dict(_dict(entry).get("error")) for section in sections for name, entry in _dict(section).items()}
+    return "; ".join(f"{name}: {_error_text(error)}" for name, error in errors.items()
+                     if error and error.get("type") != "FileNotFoundError")
 
 
 def _error_text(error: Any) -> str:
@@ -95,8 +96,10 @@ def rows_of(report: Any) -> list[Row]:
 
     def add(entry: dict[str, Any], name: str, state: str = "") -> None:
         data = _dict(entry.get("data"))
-        error = _error_text(entry["error"]) if entry.get("error") and state != FAILED else \
-            _file_errors(data.get("params"), data.get("metrics"))  # a failed run's error says only that it failed
+        # A failed run's error says only that it failed, and its files are its baseline's; a queued or running one's
+        # are being written (DVCLive rewrites metrics.json every epoch)
+        error = "" if state in (FAILED, "queued", "running") else _error_text(entry["error"]) if entry.get("error") \
+            else _file_errors(data.get("params"), data.get("metrics"))
         rows.append(Row(printable(name), _files(data.get("params")), _files(data.get("metrics")), state,
                         printable(error)))
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     check_experiments_of_head(ShowError)
     rows = rows_of(dvc_json("exp", "show", error=ShowError))
     lines, left_out = table(rows, args.width)
-    lines += [f"({r.name.strip()} {UNREAD}: {r.error})" for r in rows if r.error]
+    lines += [textwrap.fill(f"({r.name.strip()} {UNREAD}: {r.error})", args.width) for r in rows if r.error]
     if any(INVALID in line for line in lines):
         lines.append(f"({INVALID.strip()} marks a metric that is not a finite number, or an accuracy outside "
                      "0..1, a negative loss or count, a GFLOPs not above 0: that run's metrics file is broken; "

@@ -121,6 +121,8 @@ def test_a_progress_file_too_large_to_be_one_is_not_read(tmp_path, monkeypatch, 
     assert (live / "metrics.json").stat().st_size == (16 << 20) + 1 and sorted(live.iterdir()) == [live / "metrics.json"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.json is 16,777,217 bytes, more than live progress files hold (16 MiB); not read" in err[0]
+    LiveLogger(live).log_epoch(record(1), step=0, heldout_name="test")  # a new run clears the folder, reading nothing
+    assert (live / "metrics.json").stat().st_size < 1000 and not capsys.readouterr().err
 
 
 EPOCH_LINE = re.compile(r"epoch 1/3: train loss ([\d.]+) acc ([\d.]+) \| test loss ([\d.]+) acc ([\d.]+)")

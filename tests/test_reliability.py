@@ -1,6 +1,7 @@
 """Bad input gets one clear line and changes nothing; interrupted training resumes; writes are atomic."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from cifar_study.core.training import setup, train
 from cifar_study.pipeline import cli
 from cifar_study.pipeline import outputs as cio
 from cifar_study.pipeline.dataset import Split, fetch, from_folder
-from cifar_study.pipeline.errors import DataError, UserError
+from cifar_study.pipeline.errors import DataError, OutputError, UserError
 from cifar_study.pipeline.params import DataParams, TrainParams
 from cifar_study.pipeline.resume import ResumeStore
 from tests.conftest import (
@@ -411,7 +412,8 @@ def test_a_stop_during_the_epochs_waits_for_the_next_check():
 
 def test_a_stop_during_the_renames_waits_for_the_last_one(tmp_path, monkeypatch):
     """Probe 6: a signal between a stage's renames left its new checkpoint beside its old metrics. Now it waits for the
-    last rename (and the actions after the outputs), then stops."""
+    last rename, then stops before the actions after the outputs: the resume state stays, and the next run only
+    writes the outputs again (DVC records no stage that exits 130)."""
     model, metrics = tmp_path / "model.json", tmp_path / "train.json"
     for path in (model, metrics):
         path.write_text("old\n")
@@ -432,4 +434,20 @@ def test_a_stop_during_the_renames_waits_for_the_last_one(tmp_path, monkeypatch)
     finally:
         signal.signal(signal.SIGINT, previous)
         cli._stop["requested"] = False
-    assert model.read_text() == metrics.read_text() == '"new"\n' and after == ["resume state removed"]
+    assert model.read_text() == metrics.read_text() == '"new"\n' and after == [] and not cli._stop["requested"]
+
+
+def test_a_stop_during_renames_that_then_fail_leaves_no_stop_behind(tmp_path, monkeypatch):
+    """The failed write ends the stage (exit 2); the stop must not linger to interrupt a later block in the process."""
+    def stop_then_fail(source, target):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        raise OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(os, "replace", stop_then_fail)
+    previous = signal.signal(signal.SIGINT, cli.interrupt)
+    try:
+        with pytest.raises(OutputError, match="no output was changed"), cio.outputs_together():
+            cio.write_json(tmp_path / "a.json", 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not cli._stop["requested"]

@@ -69,3 +69,14 @@ def test_a_metrics_file_dvc_cannot_read_is_named_not_shown_as_missing():
     lines, _ = table(rows, 120)
     assert next(line for line in lines if "exp-g" in line).split()[:4] == ["exp-g", "(not", "read)", "-"]
     assert rows[-1].error == r"metrics/eval.json: unable to read: 'metrics/eval.json\x1b]2;x\x07'"
+
+
+def test_a_missing_metrics_file_is_missing_metrics_and_a_live_or_failed_row_names_no_file():
+    """DVC reports a metrics file that is not there as an error too: its metrics are `-`, no more. A running run's
+    dvclive/metrics.json is rewritten every epoch, and a failed run's files are its baseline's: no footnote."""
+    missing, running, failed = rev("exp-h", 0.002, None), rev("exp-i", 0.003, None), rev("exp-j", 0.004, 0.8)
+    missing["data"]["metrics"]["metrics/eval.json"] = {"error": {"type": "FileNotFoundError", "msg": "[Errno 2]"}}
+    for r in (running, failed):
+        r["data"]["metrics"]["dvclive/metrics.json"] = {"error": {"type": "JSONDecodeError", "msg": "cut short"}}
+    rows = rows_of(report((missing, "success"), (running, "running"), (failed, "failed")))
+    assert [r.error for r in rows[-3:]] == ["", "", ""]

@@ -62,27 +62,34 @@ _stop = {"requested": False, "deferred": False}
 
 def interrupt(signum: int, frame: object) -> None:
     """Ctrl-C and SIGTERM (a scheduler, `kill`): KeyboardInterrupt, at once, or inside `stops_deferred()` at the
-    next `check_stop()`."""
-    _stop["requested"] = True
+    next `check_stop()` or the block's end."""
     if not _stop["deferred"]:
         raise KeyboardInterrupt
+    _stop["requested"] = True
 
 
 @contextlib.contextmanager
 def stops_deferred() -> Iterator[None]:
-    """A stop inside waits for the next `check_stop()` (the training loop calls it every batch). Raised anywhere,
-    KeyboardInterrupt can land in Python's import machinery, which ignores it ("Exception ignored in
-    _get_module_lock") and may keep a module lock: CI saw a run train on after Ctrl-C and then hang."""
+    """A stop inside waits for the next `check_stop()` (the training loop calls it every batch), or for the end of
+    the block (a stage's renames of its outputs: one part-way would leave a new checkpoint beside old metrics).
+    Raised anywhere, KeyboardInterrupt can land in Python's import machinery, which ignores it ("Exception ignored
+    in _get_module_lock") and may keep a module lock: CI saw a run train on after Ctrl-C and then hang."""
     outer, _stop["deferred"] = _stop["deferred"], True
     try:
         yield
     finally:
-        _stop["deferred"] = outer  # nested (the outputs' renames inside a stage's epochs): the outer block's rule
+        _stop["deferred"] = outer  # a block inside another: the outer one's end decides
+        pending = _stop["requested"] and not outer
+        if not outer:
+            _stop["requested"] = False  # also when the block failed: its error ends the command instead
+    if pending:
+        raise KeyboardInterrupt
 
 
 def check_stop() -> None:
     """KeyboardInterrupt if a stop was asked for."""
     if _stop["requested"]:
+        _stop["requested"] = False
         raise KeyboardInterrupt
 
 

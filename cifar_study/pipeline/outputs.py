@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from cifar_study.pipeline.cli import check_stop, stops_deferred
+from cifar_study.pipeline.cli import stops_deferred
 from cifar_study.pipeline.errors import OutputError, first_line
 from cifar_study.pipeline.untrusted import json_numbers, read_bounded
 
@@ -57,7 +57,7 @@ def outputs_together() -> Iterator[None]:
         for _, path in staged:  # the one rename that can fail in a folder we could write to
             if path.is_dir():
                 raise OutputError(f"{path}: cannot write (a directory is in the way); no output was changed")
-        # A stop waits for the last rename: one part-way would leave a new checkpoint beside the old metrics
+        # A stop waits for the last rename, then ends the stage before the actions below: the resume state stays
         with stops_deferred():
             for i, (tmp, path) in enumerate(staged):
                 try:
@@ -73,7 +73,6 @@ def outputs_together() -> Iterator[None]:
             tmp.unlink(missing_ok=True)
     for action in after:
         action()
-    check_stop()  # a stop asked for during the renames, now that the outputs are whole
 
 
 def after_outputs(action: Callable[[], None]) -> None:
