@@ -213,6 +213,29 @@ def test_an_output_that_cannot_be_written_keeps_the_trained_epochs(tmp_path):
     assert (repo / "metrics/train.json").is_file() and not (repo / ".train_state/train.pt").exists()
 
 
+def test_a_stop_while_train_renames_its_outputs_keeps_the_trained_epochs(tmp_path):
+    """A stage process stopped right after its checkpoint's rename (probe 6): every output is new, the resume state
+    stays, and the next run only writes the outputs (DVC records no stage that exits 130)."""
+    repo = short_project(tmp_path)
+    assert run_stage(repo, "fetch_data")[0] == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(  # loaded by the stage's Python at start
+        "import os, signal, time\nreplace = os.replace\n"
+        "def replace_then_stop(source, target):\n    replace(source, target)\n"
+        "    if str(target).endswith('model.pt'):\n        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(0.1)\n"
+        "os.replace = replace_then_stop\n")
+    code, _, err = run_stage(repo, "train", env={"PYTHONPATH": f"{hook}{os.pathsep}{repo}"})
+    assert (code, err.strip().splitlines()[-1]) == (130, "interrupted"), err
+    epochs = SHORT["train"]["epochs"]
+    assert torch.load(repo / ".train_state/train.pt", weights_only=True)["epoch"] == epochs
+    # the project's first training: every output there is this run's
+    assert all((repo / f).is_file() for f in ("models/model.pt", "metrics/train.json", "plots/data/history.csv"))
+    code, out, err = run_stage(repo, "train")
+    assert code == 0 and f"resuming: {epochs} of {epochs} epochs saved" in out and "epoch 1/" not in out, out + err
+    assert not (repo / ".train_state/train.pt").exists()
+
+
 def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing_else(tmp_path):
     repo = project(tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
