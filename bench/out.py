@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_study.pipeline.errors import OutputError, UserError
-from cifar_study.pipeline.outputs import new_temporary, process_umask, refuse_links
+from cifar_study.pipeline.outputs import finite_or_none, new_temporary, process_umask, refuse_links
 
 
 def checked_out(name: str | None, create_folder: bool = False) -> Path | None:
@@ -53,7 +53,7 @@ def write_out(out: Path | None, result: dict[str, Any]) -> None:
             refuse_links(out, folders_only=True)  # as checked_out did: a folder linked since then is refused too
         out.parent.mkdir(parents=True, exist_ok=True)  # bench/results/ cleaned (git clean -X) while measuring
         tmp = new_temporary(out)
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.write_text(json.dumps(finite_or_none(result), indent=2, allow_nan=False) + "\n")  # NaN: null, as stages
         tmp.chmod(0o666 & ~process_umask())
         written = True
         names = itertools.chain([out], (out.with_name(f"{out.stem}-{n}{out.suffix}") for n in itertools.count(2)))
