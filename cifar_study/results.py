@@ -24,7 +24,7 @@ from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, error_line, printable, run_command
 from cifar_study.pipeline.dataset import CLASS_NAME, HELDOUT_NAMES
 from cifar_study.pipeline.errors import UserError, first_line
-from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links
+from cifar_study.pipeline.outputs import MAX_READ_BYTES, atomic_path, read_text, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, nonnegative, parse_yaml, read_bounded
 
 # The original study's published numbers (official CIFAR-10 archive).
@@ -344,6 +344,7 @@ def main() -> None:
                 sys.exit(f"{RESULTS} is out of date: run python -m cifar_study.results")
             return
         try:
+            remove_stale_temporaries([RESULTS])  # a killed run's, beside the committed file
             with atomic_path(target) as tmp:
                 tmp.write_text(new, encoding="utf-8")
         except OSError as exc:  # a full disk: the previous file stays, named in the error

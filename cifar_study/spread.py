@@ -30,7 +30,8 @@ from cifar_study.core.history import history_of
 from cifar_study.pipeline import paths
 from cifar_study.pipeline.cli import Parser, emit, printable, run_command
 from cifar_study.pipeline.errors import UserError
-from cifar_study.pipeline.outputs import outputs_together, refuse_links, write_json
+from cifar_study.pipeline.outputs import (outputs_together, refuse_links, remove_stale_temporaries,
+                                          write_json)
 from cifar_study.pipeline.params import Params
 from cifar_study.pipeline.untrusted import finite_number, fraction, json_numbers, load_yaml, md5_file, parse_yaml, read_bounded
 from cifar_study.results import JPEG_REFERENCE, ORIGINAL, SPREAD
@@ -63,7 +64,12 @@ class SeedRun:
     seconds: float  # wall time of all epochs (sum of history.csv's per-epoch times)
 
     def __post_init__(self) -> None:
-        """Refuse what no study run writes (a NaN, a percentage, a float seed) before it skews the statistics."""
+        """Refuse what no study run writes (a NaN, a percentage, a float seed) before it skews the statistics, and a
+        name the figure's legend would not show as written (a control character; matplotlib hides a leading _)."""
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 80 or not self.name.isprintable() \
+                or self.name.startswith("_"):
+            raise ValueError(f"run name {printable(repr(self.name))[:80]} is not one this study writes (1 to 80 "
+                             f"printable characters, not starting with _)")
         _seed(self.seed)
         for what, value in (("test_acc", self.test_acc), *(("heldout_acc", v) for v in self.heldout_acc)):
             if not fraction(value):
@@ -256,7 +262,7 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     base, check = collected["baseline"], spread["baseline_check"]
     if check:
         band.plot(epochs, [a * 100 for a in base["heldout_acc"]], "k--", lw=1.2,
-                  label=f"{base['name']} (seed {base['seed']}, {_options(check)})")
+                  label=printable(f"{base['name']} (seed {base['seed']}, {_options(check)})"))
     band.set(title="Held-out accuracy per epoch over seeds", xlabel="epoch", ylabel="held-out accuracy (%)",
              ylim=(max(0, min(r["min"] for r in rows) * 100 - 5), 100))
     band.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -273,7 +279,7 @@ def spread_figure(collected: dict[str, Any], spread: dict[str, Any]) -> Figure:
     finals.plot([0.25] * len(collected["runs"]), [r["test_acc"] * 100 for r in collected["runs"]], "o", color="0.4",
                 label="each seed")
     if check:
-        finals.plot([-0.25], [base["test_acc"] * 100], "kD", label=f"{base['name']} ({_options(check)})")
+        finals.plot([-0.25], [base["test_acc"] * 100], "kD", label=printable(f"{base['name']} ({_options(check)})"))
     for value, text, style in ((ORIGINAL["test_acc"], "original study (official archive)", ":"),
                                (JPEG_REFERENCE, "plain implementation, JPEG copy", "-.")):
         finals.axhline(value * 100, ls=style, color="tab:red", lw=1, label=f"{text}: {value:.2%}")
@@ -316,6 +322,8 @@ def write(root: Path, collected: dict[str, Any]) -> dict[str, Any]:
     for name in (RUNS, SPREAD, FIGURE):
         refuse_links(root / name)
     (root / SPREAD).parent.mkdir(parents=True, exist_ok=True)
+    # A killed run's temporaries, in a committed folder: `git add -A` would take them
+    remove_stale_temporaries([str(root / name) for name in (RUNS, SPREAD, FIGURE)])
     with outputs_together():
         write_json(root / RUNS, collected)
         write_json(root / SPREAD, spread)

@@ -476,6 +476,19 @@ def test_every_way_out_skips_the_last_collection(runner, ends, code, tmp_path):
     assert (proc.returncode, proc.stdout) == (code, "frozen True\n"), proc.stderr
 
 
+@pytest.mark.parametrize("runner", ["stage.run_stage", "cli.run_command"])
+@pytest.mark.parametrize("raised, code, says", [
+    ("raise ImportError('initialization failed') from KeyboardInterrupt()", 130, "interrupted\n"),
+    ("raise ImportError('no module named x')", 1, "ImportError: no module named x\n")])
+def test_a_stop_while_a_c_extension_initialises_is_a_stop(runner, raised, code, says, tmp_path):
+    """Probe 7: Ctrl-C during matplotlib's first Agg import (pybind11 raises ImportError from the interrupt) was a
+    traceback and exit 1. An ImportError of its own stays one."""
+    script = f"from cifar_study.pipeline import cli, stage\ndef main():\n    {raised}\n{runner}(main)\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=ROW_TIMEOUT_S)
+    assert proc.returncode == code and proc.stderr.endswith(says), proc.stderr
+
+
 @pytest.mark.parametrize("tool, args, says", [
     ("bench/stage_startup.py", ["--against", "HEAD", "--rounds", "0"], "--stages from"),
     ("bench/stage_startup.py", ["--against=--output=x.tar"], "names no commit"),

@@ -257,6 +257,18 @@ def test_temporaries_of_a_killed_stage_are_removed_at_its_next_start_and_nothing
         alive.wait()
 
 
+def test_a_killed_trains_temporaries_of_its_resume_state_and_live_files_are_removed(tmp_path):
+    """Probe 7: a SIGKILL while the resume state was saved left a 16 MB temporary in .train_state/ for good."""
+    repo = project(tmp_path)
+    stale = [repo / ".train_state/.train.pt.99999999999999999999.k1ll3d.tmp",
+             repo / "dvclive/.dvc.yaml.99999999999999999999.k1ll3d.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+    code, _, err = run_stage(repo, "train")  # no data yet: it stops at once, after the start-up cleaning
+    assert code == 2 and "data/cifar10.npz" in err and not any(p.exists() for p in stale), err
+
+
 def _state_with(tmp_path: Path, tiny, edit) -> tuple[ResumeStore, object, object]:
     """A genuine resume state of one epoch, then `edit(payload)`'s version of it saved in its place."""
     p = TrainParams(epochs=2, batch_size=50, flow_every=2)

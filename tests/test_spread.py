@@ -305,6 +305,12 @@ def runs_of(root: Path, change: Callable[[list], list]) -> None:
     write(root, {SPREAD_RUNS: json.dumps({**collected, "runs": change(collected["runs"])})})
 
 
+def baseline_of(root: Path, **changes: object) -> None:
+    """Change the committed baseline kept in reports/spread/runs.json."""
+    collected = json.loads((root / SPREAD_RUNS).read_text())
+    write(root, {SPREAD_RUNS: json.dumps({**collected, "baseline": {**collected["baseline"], **changes}})})
+
+
 def spread_folder_linked_out(root: Path) -> list[str]:
     (root.parent / "elsewhere").mkdir()
     (root / "reports/spread").symlink_to(root.parent / "elsewhere")
@@ -316,6 +322,7 @@ def outside_untouched(root: Path) -> None:
 
 
 NOT_A_RUN = r"^error: summary.json: not what a study run writes \("
+KILLED_TEMPORARY = "reports/spread/.runs.json.99999999999999999999.k1ll3d.tmp"  # no process has that pid
 SPREAD_ROWS = [
     Row("breach", "spread-folder-is-a-link-out-of-the-project", spread_folder_linked_out,
         expect=r"^error: reports/spread is a symbolic link: not written through \(replace it with a regular folder\)$",
@@ -324,6 +331,15 @@ SPREAD_ROWS = [
         expect=r"^spread: 3 runs", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE)),
     Row("breach", "param-value-with-mathtext-that-matplotlib-cannot-parse", replicas_of(note="$\\frac{"), code=0,
         expect=r"^spread: 3 runs", writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE)),
+    Row("breach", "run-name-with-a-terminal-escape-for-the-legend", lambda r: (
+        spread_written_before(r), runs_of(r, lambda runs: [{**runs[0], "name": f"x{ESC}"}, *runs[1:]]), ["--from-runs"])[2],
+        expect=r"^error: reports/spread/runs.json: not what a study run writes \(ValueError: run name 'x\\x1b\]2;owned"),
+    Row("silent-wrong", "baseline-name-that-matplotlib-hides", lambda r: (spread_written_before(r), baseline_of(
+        r, name="_baseline"), ["--from-runs"])[2], expect=r"run name '_baseline' is not one this study writes"),
+    Row("lost-work", "temporaries-of-a-killed-run-are-removed", lambda r: (replicas_of()(r), write(r, {
+        KILLED_TEMPORARY: "partial"}))[0], code=0, expect=r"^spread: 3 runs",
+        writes=(SPREAD, SPREAD_RUNS, SPREAD_FIGURE, KILLED_TEMPORARY), check=lambda r: not (r / KILLED_TEMPORARY).exists()
+        or pytest.fail("a killed run's temporary was left in reports/spread/ (probe 7)")),
     Row("silent-wrong", "nan-accuracy-of-a-seed", summary_of(lambda s: s["spread"]["43"].update(test_acc=float("nan"))),
         expect=NOT_A_RUN + r"ValueError: NaN is not a finite number\)$"),
     Row("silent-wrong", "accuracy-in-percent", summary_of(lambda s: s["spread"]["43"].update(test_acc=81.69)),

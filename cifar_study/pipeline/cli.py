@@ -100,11 +100,24 @@ def skip_exit_collection() -> None:
     gc.freeze()
 
 
+@contextlib.contextmanager
+def stops_out_of_imports() -> Iterator[None]:
+    """A stop that lands while a C extension initialises (matplotlib's Agg backend, imported at the first figure
+    saved) leaves it as the ImportError it caused: raised here as the stop it is."""
+    try:
+        yield
+    except ImportError as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+
+
 def exit_status(main: Callable[[], int | None]) -> int | None:
     """`main()`'s status, where a UserError is one line on stderr and 2, and a stop is one line and 130: the
     one place a command's errors become its exit status (run_command's core; tests call it in-process)."""
     try:
-        return main()
+        with stops_out_of_imports():
+            return main()
     except UserError as exc:
         return error_line(str(exc))
     except KeyboardInterrupt:

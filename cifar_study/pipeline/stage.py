@@ -13,7 +13,7 @@ from typing import Callable, TextIO
 
 from cifar_study import RANK_ERRORS_ENV, launched_rank
 from cifar_study.pipeline.cli import (error_line, escape_unencodable_output, skip_exit_collection, stdout_to_devnull,
-                                     stop_on_signals)
+                                     stop_on_signals, stops_out_of_imports)
 from cifar_study.pipeline.errors import UserError
 from cifar_study.pipeline.outputs import outputs_together, refuse_links, remove_stale_temporaries
 from cifar_study.pipeline.paths import LIVE, RESUME, STAGE_FILES
@@ -75,11 +75,15 @@ def report_error(message: str) -> None:
         error_line(message)
 
 
+def _written_by(stage: str) -> list[str]:
+    """Every path the stage writes: its outputs, and train's resume state and live progress."""
+    return [*STAGE_FILES.get(stage, ((), ()))[1], *((RESUME, LIVE) if stage == "train" else ())]
+
+
 def _refuse_linked_folders(stage: str) -> None:
     """A symlinked folder on the way of any of the stage's outputs, refused before any work (atomic_path refuses it
     too, at the write: for train that would be after the epochs)."""
-    outputs = [*STAGE_FILES.get(stage, ((), ()))[1], *((RESUME, LIVE) if stage == "train" else ())]
-    for output in map(Path, outputs):
+    for output in map(Path, _written_by(stage)):
         # A folder output (no suffix: plots/figures, dvclive) is checked itself: DVC links files to its cache, not folders
         refuse_links(output / "-" if not output.suffix else output, folders_only=True)
 
@@ -118,12 +122,12 @@ def run_stage(main: Callable[[], None]) -> None:
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
     if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
-        remove_stale_temporaries(STAGE_FILES[stage][1])
+        remove_stale_temporaries(_written_by(stage))
     # `>&-` leaves no stdout at all (None): print() then writes nothing, and there is nothing to guard
     stdout = sys.stdout = _StageStdout(sys.stdout) if sys.stdout is not None else None
     try:
         _refuse_linked_folders(stage)
-        with outputs_together():  # a stage that stops part-way changes none of its outputs
+        with stops_out_of_imports(), outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
         if stdout is not None:
             stdout.flush()
