@@ -269,6 +269,19 @@ def test_a_killed_trains_temporaries_of_its_resume_state_and_live_files_are_remo
     assert code == 2 and "data/cifar10.npz" in err and not any(p.exists() for p in stale), err
 
 
+def test_a_temporary_that_cannot_be_removed_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A read-only folder, a shared workspace: the start-up cleaning's failure is the stage's one line (run_stage
+    calls it inside its error handling), not a traceback."""
+    stale = tmp_path / ".train.pt.99999999999999999999.k1ll3d.tmp"
+    stale.write_text("partial")
+
+    def refused(self, missing_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "unlink", refused)
+    with pytest.raises(OutputError, match=r"k1ll3d.tmp: cannot remove this temporary of a killed run \(Permission"):
+        cio.remove_stale_temporaries([str(tmp_path / "train.pt")])
+
+
 def _state_with(tmp_path: Path, tiny, edit) -> tuple[ResumeStore, object, object]:
     """A genuine resume state of one epoch, then `edit(payload)`'s version of it saved in its place."""
     p = TrainParams(epochs=2, batch_size=50, flow_every=2)

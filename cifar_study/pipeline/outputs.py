@@ -109,15 +109,20 @@ def new_temporary(path: Path) -> Path:
 
 def remove_stale_temporaries(outputs: Sequence[str]) -> None:
     """Delete the temporary files a killed stage (SIGKILL, a power cut) left beside or inside `outputs`:
-    only names `atomic_path` makes (.<output name>.<pid>.<random>.tmp), never another file, and none of a
-    process that still runs."""
+    beside a file, only the names `atomic_path` makes for it (.<output name>.<pid>.<random>.tmp); inside a folder
+    output, which the stage owns (plots/figures, dvclive), any hidden .tmp file; never one of a process that still
+    runs. One that cannot be deleted is an OutputError naming it."""
     for output in map(Path, outputs):
         folder, pattern = (output, ".*.tmp") if output.is_dir() and not output.is_symlink() else \
             (output.parent, f".{output.name}.*.tmp")
         if folder.is_dir() and not folder.is_symlink():
             for stale in folder.glob(pattern):
                 if stale.is_file() and not stale.is_symlink() and not _writer_alive(stale):
-                    stale.unlink(missing_ok=True)
+                    try:
+                        stale.unlink(missing_ok=True)
+                    except OSError as exc:
+                        raise OutputError(f"{stale}: cannot remove this temporary of a killed run "
+                                          f"({_reason(exc)})") from None
 
 
 @contextlib.contextmanager

@@ -121,11 +121,11 @@ def run_stage(main: Callable[[], None]) -> None:
     stop_with_launcher()
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # stages.<name> when run as python -m stages.<name>
     stage = spec.name.rpartition(".")[2] if spec and spec.name.startswith("stages.") else ""
-    if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
-        remove_stale_temporaries(_written_by(stage))
     # `>&-` leaves no stdout at all (None): print() then writes nothing, and there is nothing to guard
     stdout = sys.stdout = _StageStdout(sys.stdout) if sys.stdout is not None else None
     try:
+        if stage in STAGE_FILES and not launched_rank():  # one process cleans, before any writes
+            remove_stale_temporaries(_written_by(stage))
         _refuse_linked_folders(stage)
         with stops_out_of_imports(), outputs_together():  # a stage that stops part-way changes none of its outputs
             main()
