@@ -627,27 +627,22 @@ FLOW_HEALTH_ROWS = [  # bench/flow_health_check.py: its options go through param
 ]
 
 
-@pytest.mark.parametrize("rows", [REPLICAS_BENCH_ROWS, FLOW_HEALTH_ROWS], ids=["replicas", "flow_health_check"])
-def test_the_bench_tables_have_two_rows_per_class(rows):
-    every_class_twice(rows)
+TRAINING_BENCH_TABLES = {"replicas": REPLICAS_BENCH_ROWS, "flow_health_check": FLOW_HEALTH_ROWS}
 
 
-@pytest.mark.parametrize("row", REPLICAS_BENCH_ROWS, ids=str)
-def test_replicas_bench(row, tmp_path):
+@pytest.mark.parametrize("tool", TRAINING_BENCH_TABLES)
+def test_the_bench_tables_have_two_rows_per_class(tool):
+    every_class_twice(TRAINING_BENCH_TABLES[tool])
+
+
+@pytest.mark.parametrize("tool, row", [(tool, row) for tool, rows in TRAINING_BENCH_TABLES.items() for row in rows],
+                         ids=lambda v: str(v))
+def test_training_bench_tool(tool, row, tmp_path):
     if "cuda" in row.name and torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the row would measure on it")
     project = tmp_path / "project"
     project.mkdir()
-    run_row([sys.executable, str(ROOT / "bench/replicas.py")], row, project)
-
-
-@pytest.mark.parametrize("row", FLOW_HEALTH_ROWS, ids=str)
-def test_flow_health_bench(row, tmp_path):
-    if "cuda" in row.name and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the row would measure on it")
-    project = tmp_path / "project"
-    project.mkdir()
-    run_row([sys.executable, str(ROOT / "bench/flow_health_check.py")], row, project)
+    run_row([sys.executable, str(ROOT / f"bench/{tool}.py")], row, project)
 
 
 @pytest.mark.parametrize("kind", ["results", "a link"])
