@@ -9,6 +9,7 @@ process. Only rank 0 writes outputs, logs to W&B and shows a progress bar.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from cifar_study import RANK_ERRORS_ENV
-from cifar_study.pipeline.cli import hangup_ignored, printable
+from cifar_study.pipeline.cli import hangup_ignored, printable, whole_number
 from cifar_study.pipeline.errors import ParamError, UserError
 
 
@@ -49,10 +50,13 @@ def _whole(name: str, low: int, high: int) -> int:
     if value is None:
         raise UserError(f"environment: {name} is not set (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR "
                         f"and MASTER_PORT for every process it starts)")
-    # A length check first: int() refuses a string of 4,300 digits with a traceback
-    if not value.isascii() or not value.isdigit() or len(value) > len(str(high)) + 3 or not low <= int(value) <= high:
+    try:
+        number = whole_number(value)  # the command line's rule for counts: digits 0-9, never thousands of them
+    except argparse.ArgumentTypeError:
+        number = None
+    if number is None or not low <= number <= high:
         raise UserError(f"environment: {name}={printable(value[:80])} is not a whole number from {low} to {high}")
-    return int(value)
+    return number
 
 
 def _torchrun_rank() -> Dist:

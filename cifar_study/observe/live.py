@@ -102,8 +102,8 @@ class LiveLogger:
         for entry in self.dir.rglob("*") if self.dir.is_dir() else []:
             if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
                 raise OSError(f"{entry} is a symlink or special file; not touched")
-            if epoch > 1 and entry.is_file() and entry.stat().st_size > MAX_LIVE_FILE_BYTES:  # resumed: Live reads them
-                raise OSError(f"{entry} is {entry.stat().st_size:,} bytes, more than live progress files hold "
+            if epoch > 1 and entry.is_file() and (size := entry.stat().st_size) > MAX_LIVE_FILE_BYTES:  # read whole
+                raise OSError(f"{entry} is {size:,} bytes, more than live progress files hold "
                               f"({MAX_LIVE_FILE_BYTES >> 20} MiB); not read")
 
         # Epoch 1 starts afresh (Live clears the directory); a later first epoch is a resumed run,
